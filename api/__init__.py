@@ -1,0 +1,1 @@
+"""The submit API (FastAPI): validates requests, stores images, queues jobs; never imports torch."""

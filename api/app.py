@@ -1,0 +1,69 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.body_limit import BodyLimitMiddleware
+from api.deps import Runtime
+from api.problems import install_problem_handlers
+from api.routes import jobs, service
+from core.config import Settings, get_settings
+from core.db import transaction
+from core.specs import JobCreate
+from core.tenants import ensure_default_tenant
+
+DESCRIPTION = """Asynchronous InternVL inference: submit images and a task, poll the job or
+receive a signed webhook when it finishes. Errors are application/problem+json with a stable
+`code`."""
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
+    """The API app for these settings (or the environment's); clients are created at start-up."""
+    settings = settings or (runtime.settings if runtime else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = runtime or Runtime.from_settings(settings)
+        if not settings.auth_enabled:
+            with transaction(app.state.runtime.sessions) as session:
+                ensure_default_tenant(session)
+        try:
+            yield
+        finally:
+            if runtime is None:
+                app.state.runtime.close()
+
+    app = FastAPI(
+        title="internvl-jobs",
+        version="1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_problem_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(service.router)
+    _register_request_schemas(app)
+    return app
+
+
+def _register_request_schemas(app: FastAPI) -> None:
+    # Routes that read JSON or multipart by hand still publish the JobCreate schema.
+    original = app.openapi
+
+    def openapi() -> dict:  # type: ignore[type-arg]
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        definition = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definition.pop("$defs", {}))
+        components["JobCreate"] = definition
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

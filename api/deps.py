@@ -1,0 +1,79 @@
+"""What routes depend on: the process-wide runtime, a database session, the caller's tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Header, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.db import make_engine, make_session_factory, transaction
+from core.queue import make_celery
+from core.storage import ObjectStorage, open_storage
+from core.tenants import DEFAULT_TENANT_ID, authenticate
+
+
+@dataclass
+class Runtime:
+    """Clients created once per API process and shared by every request."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: ObjectStorage
+    celery: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        """Connect to the database, storage and broker the settings name."""
+        engine = make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            storage=open_storage(
+                settings.storage_url,
+                endpoint_url=settings.s3_endpoint_url,
+                region=settings.s3_region,
+            ),
+            celery=make_celery(settings),
+        )
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+        self.celery.close()
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    with transaction(runtime.sessions) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_tenant_id(
+    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
+) -> str:
+    """The caller's tenant: from its API key, or the default tenant when auth is disabled."""
+    if not runtime.settings.auth_enabled:
+        return DEFAULT_TENANT_ID  # created at start-up
+    with transaction(runtime.sessions) as session:
+        return authenticate(session, authorization)
+
+
+TenantDep = Annotated[str, Depends(get_tenant_id)]

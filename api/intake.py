@@ -1,0 +1,241 @@
+"""Job submission: check everything, then store images, then commit the job, then publish."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import Runtime
+from core.config import ModelSpec, Settings
+from core.db import transaction, utcnow
+from core.errors import InvalidImage, InvalidRequest
+from core.images import ImageInfo, ImageLimits, inspect_image
+from core.jobs import create_job
+from core.models import Image, Job
+from core.queue import publish_job
+from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
+from core.storage import image_key, store_once
+
+log = logging.getLogger("api.intake")
+
+
+@dataclass
+class ImageSet:
+    """The images of one job, in prompt order: new bytes to store, or images already stored."""
+
+    new: dict[str, tuple[ImageInfo, bytes]] = field(default_factory=dict)
+    shas: list[str] = field(default_factory=list)
+
+
+def request_limits(settings: Settings) -> RequestLimits:
+    """The request caps from the settings."""
+    return RequestLimits(
+        max_images_per_job=settings.max_images_per_job,
+        max_new_tokens_cap=settings.max_new_tokens_cap,
+        max_text_chars=settings.max_text_chars,
+    )
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    """The per-image caps from the settings."""
+    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+def resolve_model(settings: Settings, alias: str | None) -> ModelSpec:
+    """The registry entry a job names (or the default); unknown aliases are refused."""
+    if alias is None:
+        return settings.default_model
+    model = settings.model(alias)
+    if model is None:
+        known = ", ".join(m.alias for m in settings.models)
+        raise InvalidRequest(f"unknown model '{alias}'; known: {known}", code="unknown_model")
+    return model
+
+
+def decode_base64(text: str, *, index: int) -> bytes:
+    """Strict base64 (whitespace allowed); anything else is a clear 422."""
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage(
+            f"image {index}: 'data' is not valid base64", code="invalid_base64"
+        ) from exc
+
+
+def _data_url_bytes(url: str, *, index: int) -> bytes:
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64"):
+        raise InvalidRequest(
+            f"image {index}: only base64 data: URLs are accepted in image_url parts",
+            code="unsupported_image_source",
+        )
+    return decode_base64(payload, index=index)
+
+
+def collect_images(
+    request: JobCreate, files: list[bytes], *, session: Session, tenant_id: str, settings: Settings
+) -> tuple[ImageSet, list[dict[str, Any]] | None]:
+    """Decode and check every image of a request; rewrite chat image_url parts to indexes."""
+    images = ImageSet()
+    limits = image_limits(settings)
+
+    def add_bytes(data: bytes) -> None:
+        info = inspect_image(data, limits=limits, index=len(images.shas))
+        images.new.setdefault(info.sha256, (info, data))
+        images.shas.append(info.sha256)
+
+    for ref in request.images:
+        if ref.data is not None:
+            add_bytes(decode_base64(ref.data, index=len(images.shas)))
+        elif ref.image_id is not None:
+            images.shas.append(_known_image(session, tenant_id, ref.image_id))
+        else:
+            raise InvalidRequest(
+                f"image {len(images.shas)}: this server does not fetch image URLs; "
+                "send the bytes as 'data' or upload them to /v1/images",
+                code="unsupported_image_source",
+            )
+    for data in files:
+        add_bytes(data)
+    messages = _normalized_messages(request, images, add_bytes)
+    return images, messages
+
+
+def _normalized_messages(
+    request: JobCreate, images: ImageSet, add_bytes: Any
+) -> list[dict[str, Any]] | None:
+    if request.messages is None:
+        return None
+    rendered = []
+    for message in request.messages:
+        if isinstance(message.content, str):
+            rendered.append({"role": message.role, "content": message.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in message.content:
+            if isinstance(part, ImageUrlPart):
+                add_bytes(_data_url_bytes(part.image_url.url, index=len(images.shas)))
+                parts.append({"type": "image", "image": len(images.shas) - 1})
+            elif isinstance(part, ImagePart):
+                parts.append({"type": "image", "image": part.image})
+            else:
+                parts.append({"type": "text", "text": part.text})
+        rendered.append({"role": message.role, "content": parts})
+    return rendered
+
+
+def _known_image(session: Session, tenant_id: str, image_id: str) -> str:
+    sha = image_id.removeprefix("sha256:")
+    if session.get(Image, (tenant_id, sha)) is None:
+        raise InvalidRequest(
+            f"image {image_id} is not stored for this tenant", code="image_not_found"
+        )
+    return sha
+
+
+def job_spec(
+    request: JobCreate, images: ImageSet, messages: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """What the worker needs to run the job, as stored in jobs.spec."""
+    spec: dict[str, Any] = {
+        "task": request.task.value,
+        "images": images.shas,
+        "params": request.params.model_dump(),
+    }
+    for name in ("question", "prompt", "preset"):
+        if getattr(request, name) is not None:
+            spec[name] = getattr(request, name)
+    if messages is not None:
+        spec["messages"] = messages
+    return spec
+
+
+def put_new_objects(runtime: Runtime, images: ImageSet) -> list[str]:
+    """Put image bytes not yet in storage there; return the content addresses newly stored."""
+    stored: list[str] = []
+    for sha, (info, data) in images.new.items():
+        _, created = store_once(runtime.storage, data, content_type=info.content_type)
+        if created:
+            stored.append(sha)
+    return stored
+
+
+def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
+    """Record the tenant's images (new rows, or a fresh last_used_at for known ones)."""
+    now = utcnow()
+    for sha in dict.fromkeys(images.shas):
+        row = session.get(Image, (tenant_id, sha))
+        if row is not None:
+            row.last_used_at = now
+            continue
+        info = images.new[sha][0]
+        session.add(
+            Image(
+                tenant_id=tenant_id,
+                sha256=sha,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                byte_size=info.byte_size,
+            )
+        )
+
+
+def forget_objects(runtime: Runtime, shas: list[str]) -> None:
+    """Delete objects stored for a submission that failed, unless some image row uses them."""
+    with transaction(runtime.sessions) as session:
+        for sha in shas:
+            if session.scalar(select(Image.sha256).where(Image.sha256 == sha).limit(1)) is None:
+                runtime.storage.delete(image_key(sha))
+
+
+def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: list[bytes]) -> Job:
+    """Validate, store and queue one job; nothing is stored when anything is refused."""
+    settings = runtime.settings
+    model = resolve_model(settings, request.model)
+    validate_job_request(
+        request, limits=request_limits(settings), max_tiles=model.max_tiles, extra_images=len(files)
+    )
+    with runtime.sessions() as session:  # reads only: image_id look-ups
+        images, messages = collect_images(
+            request, files, session=session, tenant_id=tenant_id, settings=settings
+        )
+    stored = put_new_objects(runtime, images)
+    try:
+        with transaction(runtime.sessions) as session:
+            upsert_image_rows(session, tenant_id, images)
+            job = create_job(
+                session=session,
+                tenant_id=tenant_id,
+                model=model,
+                spec=job_spec(request, images, messages),
+                image_shas=images.shas,
+                max_attempts=settings.max_attempts,
+                priority=request.priority,
+                metadata=request.metadata,
+                webhook=request.webhook.model_dump() if request.webhook else None,
+                custom_id=request.custom_id,
+            )
+    except BaseException:
+        forget_objects(runtime, stored)
+        raise
+    publish_or_defer(runtime, job, model)
+    return job
+
+
+def publish_or_defer(runtime: Runtime, job: Job, model: ModelSpec) -> None:
+    """Publish a committed job; if the broker is down, leave it to the sweeper."""
+    try:
+        publish_job(runtime.celery, model, job.id, priority=job.priority)
+    except Exception:  # noqa: BLE001 - the job is safe in the database either way
+        log.exception("publishing job %s failed; the sweeper will publish it", job.id)
+        with transaction(runtime.sessions) as session:
+            session.execute(
+                Job.__table__.update().where(Job.id == job.id).values(published_at=None)
+            )

@@ -1,0 +1,103 @@
+"""The one place where errors become RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import PROBLEM_TYPE_PREFIX, ServiceError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("api.problems")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    411: "length_required",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_params",
+    429: "too_many_requests",
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """A problem+json response with the service's stable `code`."""
+    body = {
+        "type": PROBLEM_TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **(extra or {}),
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status >= 500:
+        log.warning("service error %s: %s", exc.code, exc.detail)
+    return JSONResponse(
+        exc.to_problem(instance=request.url.path),
+        status_code=exc.status,
+        headers=exc.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Never echo the input back: it may be megabytes of base64.
+    errors = [
+        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        for err in exc.errors()
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"] if part != "body")
+    detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+    return problem_response(
+        422, "invalid_params", "Invalid request", detail, extra={"errors": errors}
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    title = code.replace("_", " ").capitalize()
+    return problem_response(
+        exc.status_code, code, title, str(exc.detail), headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500, "internal_error", "Internal server error", "the server failed; it has been logged"
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Map every error the app can raise to problem+json."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

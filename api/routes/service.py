@@ -1,0 +1,85 @@
+"""Service routes: models, liveness and readiness."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select, text
+
+from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
+from api.schemas import Health, ModelPublic, ModelsPublic
+from core.db import utcnow
+from core.errors import ServiceError
+from core.models import Worker
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelsPublic, tags=["service"])
+def list_models(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -> ModelsPublic:
+    """The models jobs can name, with how many workers serve each."""
+    fresh = utcnow() - timedelta(seconds=runtime.settings.heartbeat_s * 3)
+    counts = dict(
+        session.execute(
+            select(Worker.model, func.count())
+            .where(Worker.last_heartbeat_at >= fresh, Worker.state != "stopped")
+            .group_by(Worker.model)
+        ).all()
+    )
+    return ModelsPublic(
+        models=[
+            ModelPublic(
+                alias=m.alias,
+                checkpoint=m.checkpoint,
+                queue=m.queue,
+                default=m.default,
+                tile_size=m.tile_size,
+                max_tiles=m.max_tiles,
+                workers=counts.get(m.alias, 0),
+            )
+            for m in runtime.settings.models
+        ]
+    )
+
+
+@router.get("/healthz", response_model=Health, tags=["service"])
+def healthz() -> Health:
+    """The process is alive (no dependency is checked)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, tags=["service"], responses={503: {"model": Health}})
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    """Database, broker and storage are reachable; 503 names what is not."""
+    checks = await run_in_threadpool(dependency_checks, runtime)
+    ready = all(value == "ok" for value in checks.values())
+    body = Health(status="ok" if ready else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+def dependency_checks(runtime: Runtime) -> dict[str, str]:
+    """'ok' or the error for each dependency."""
+    checks: dict[str, str] = {}
+    try:
+        with runtime.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        with runtime.celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"error: {type(exc).__name__}"
+    try:
+        runtime.storage.check()
+        checks["storage"] = "ok"
+    except ServiceError as exc:
+        checks["storage"] = f"error: {exc.detail}"
+    except Exception as exc:  # noqa: BLE001
+        checks["storage"] = f"error: {type(exc).__name__}"
+    return checks

@@ -1,0 +1,1 @@
+"""Code shared by the submit API and the workers: configuration, data model, queue, storage."""

@@ -1,0 +1,185 @@
+"""Service configuration: the one place that reads the environment (prefix INTERNVL_JOBS_)."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INTERNVL_JOBS_"
+_ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+Environment = Literal["development", "test", "production"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
+Quantization = Literal["none", "8bit", "4bit"]
+
+
+class ModelSpec(BaseModel):
+    """One entry of the model registry: an alias clients name, and how workers load it."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    alias: str
+    checkpoint: str = Field(description="Hugging Face hub id or local checkpoint directory.")
+    revision: str | None = None
+    default: bool = False
+    queue: str = Field("", description="Celery queue; defaults to 'internvl.<alias>'.")
+    tile_size: int = Field(448, ge=16, le=2048, description="Pixel size of one image tile.")
+    max_tiles: int = Field(12, ge=1, le=40, description="Largest tile grid a job may ask for.")
+    dtype: DType = "auto"
+    attn_implementation: Attention = "auto"
+    quantization: Quantization = "none"
+    compile: bool = False
+    gpus_per_worker: int = Field(1, ge=1, le=64)
+    offload_folder: str | None = None
+    max_batch_size: int = Field(8, ge=1, le=256)
+    max_batch_wait_ms: int = Field(10, ge=0, le=10_000)
+    max_batch_tiles: int = Field(256, ge=1, description="Tile budget of one batch.")
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_format(cls, value: str) -> str:
+        if not _ALIAS_RE.match(value):
+            raise ValueError("alias must be lowercase letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _default_queue(self) -> ModelSpec:
+        if not self.queue:
+            object.__setattr__(self, "queue", f"internvl.{self.alias}")
+        return self
+
+
+DEFAULT_MODELS = [
+    ModelSpec(alias="internvl3-1b", checkpoint="OpenGVLab/InternVL3-1B-hf", default=True)
+]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; read from INTERNVL_JOBS_* variables or a .env file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    # Deployment
+    environment: Environment = Field(
+        "production", description="development relaxes safety checks; never use it exposed."
+    )
+    data_dir: Path = Field(
+        Path(".internvl-jobs"), description="Where embedded defaults keep their files."
+    )
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    broker_url: str = Field(
+        "",
+        description="Celery broker: redis://host:6379/0, or filesystem:///dir (embedded); "
+        "default: filesystem broker in data_dir.",
+    )
+    storage_url: str = Field(
+        "", description="s3://bucket/prefix or file:///path; default: directory in data_dir."
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, ...); credentials via AWS_* variables."
+    )
+    s3_region: str | None = None
+    models: list[ModelSpec] = Field(
+        default_factory=lambda: list(DEFAULT_MODELS),
+        description="Model registry as JSON: [{alias, checkpoint, default, ...}].",
+    )
+
+    # API
+    auth_enabled: bool = Field(True, description="Require API keys; false only in development.")
+    public_base_url: str = Field("", description="Base URL used in links; empty: relative.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_images_per_job: int = Field(16, ge=1, le=256)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_new_tokens_cap: int = Field(4096, ge=1)
+    max_text_chars: int = Field(32_000, ge=1)
+    max_wait_s: int = Field(60, ge=0, le=600, description="Cap of GET /v1/jobs/{id}?wait=.")
+
+    # Job lifecycle
+    max_attempts: int = Field(3, ge=1, le=100, description="Deliveries of a job before it fails.")
+    lease_s: float = Field(60.0, gt=0, description="How long a claim lasts without renewal.")
+    sweep_interval_s: float = Field(10.0, gt=0, description="Period of the recovery sweeper.")
+    stale_queued_s: float = Field(
+        300.0, gt=0, description="A queued job unclaimed this long is published again."
+    )
+    visibility_timeout_s: int = Field(
+        7200, ge=60, description="Redis redelivery of unacknowledged messages; > longest job."
+    )
+
+    # Workers
+    worker_threads: int = Field(
+        0, ge=0, description="Celery threads per worker; 0: twice the model's max_batch_size."
+    )
+    heartbeat_s: float = Field(5.0, gt=0)
+
+    # Observability
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("models")
+    @classmethod
+    def _one_default(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        if not models:
+            raise ValueError("the model registry is empty")
+        aliases = [m.alias for m in models]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError("model aliases must be unique")
+        defaults = [m for m in models if m.default]
+        if len(defaults) > 1:
+            raise ValueError("only one model can be the default")
+        if not defaults:
+            models = [models[0].model_copy(update={"default": True}), *models[1:]]
+        return models
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        data = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{data / 'jobs.db'}"
+        if not self.broker_url:
+            self.broker_url = f"filesystem://{data / 'broker'}"
+        if not self.storage_url:
+            self.storage_url = f"file://{data / 'objects'}"
+        if self.environment == "production" and not self.auth_enabled:
+            raise ValueError("auth_enabled=false is refused in production; use development")
+        return self
+
+    @property
+    def default_model(self) -> ModelSpec:
+        """The registry entry used when a job names no model."""
+        return next(m for m in self.models if m.default)
+
+    def model(self, alias: str) -> ModelSpec | None:
+        """The registry entry with this alias, if any."""
+        return next((m for m in self.models if m.alias == alias), None)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as INTERNVL_JOBS_* variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[ENV_PREFIX + name.upper()] = _env_value(value)
+        return env
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings read once per process from the environment."""
+    return Settings()

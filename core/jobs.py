@@ -1,0 +1,268 @@
+"""The job lifecycle: every status change goes through `transition`, which records the event.
+
+A change is a conditional UPDATE (expected status, and for a worker the attempt it holds), so
+two workers, a sweeper and a cancel request can race without a job completing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session
+
+from core.config import ModelSpec
+from core.db import utcnow
+from core.ids import new_id
+from core.models import Job, JobEvent, JobImage, JobStatus
+
+EVENT_FOR_STATUS = {
+    JobStatus.QUEUED: "job.queued",
+    JobStatus.RUNNING: "job.running",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+}
+
+# Called inside the transaction of every status change (webhooks, metrics hook in here).
+EventListener = Callable[[Session, Job, str], None]
+_listeners: list[EventListener] = []
+
+
+def add_event_listener(listener: EventListener) -> None:
+    """Run listener(session, job, event_type) in the transaction of every job event."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+
+def create_job(
+    *,
+    session: Session,
+    tenant_id: str,
+    model: ModelSpec,
+    spec: dict[str, Any],
+    image_shas: list[str],
+    max_attempts: int,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    batch_id: str | None = None,
+    custom_id: str | None = None,
+) -> Job:
+    """Insert a queued job with its image references and its job.queued event."""
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        batch_id=batch_id,
+        custom_id=custom_id,
+        task=spec["task"],
+        model=model.alias,
+        status=JobStatus.QUEUED.value,
+        priority=priority,
+        spec=spec,
+        meta=metadata or {},
+        webhook_url=webhook["url"] if webhook else None,
+        webhook_events=list(webhook["events"]) if webhook else None,
+        max_attempts=max_attempts,
+        created_at=now,
+        published_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.add_all(
+        JobImage(job_id=job.id, position=i, sha256=sha) for i, sha in enumerate(image_shas)
+    )
+    session.flush()
+    _record(session, job, "job.queued", attempt=0, data={})
+    return job
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    *,
+    to: JobStatus,
+    expect: Iterable[JobStatus],
+    attempt: int | None = None,
+    values: dict[str, Any] | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
+    event_data: dict[str, Any] | None = None,
+) -> Job | None:
+    """Move a job to `to` if it is in one of `expect` (and at `attempt`); record the event."""
+    conditions = [Job.id == job_id, Job.status.in_([s.value for s in expect]), *where]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
+    changes = {"status": to.value, "updated_at": utcnow(), **(values or {})}
+    result = session.execute(
+        update(Job)
+        .where(*conditions)
+        .values(**changes)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    _record(session, job, EVENT_FOR_STATUS[to], attempt=job.attempts, data=event_data or {})
+    return job
+
+
+def _record(
+    session: Session, job: Job, event_type: str, *, attempt: int, data: dict[str, Any]
+) -> None:
+    session.add(JobEvent(job_id=job.id, type=event_type, attempt=attempt, data=data))
+    for listener in _listeners:
+        listener(session, job, event_type)
+
+
+def claim_job(
+    session: Session, job_id: str, *, worker_id: str, lease_s: float, now: datetime | None = None
+) -> Job | None:
+    """Take a queued job for one attempt; None when it is not queued (duplicate delivery)."""
+    now = now or utcnow()
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.RUNNING,
+        expect=[JobStatus.QUEUED],
+        where=[Job.attempts < Job.max_attempts, Job.cancel_requested_at.is_(None)],
+        values={
+            "attempts": Job.attempts + 1,
+            "worker_id": worker_id,
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            "started_at": now,
+        },
+    )
+
+
+def renew_leases(
+    session: Session, held: dict[str, int], *, worker_id: str, lease_s: float
+) -> set[str]:
+    """Extend the leases this worker holds; return the ids whose cancel was requested."""
+    if not held:
+        return set()
+    expires = utcnow() + timedelta(seconds=lease_s)
+    for job_id, attempt in held.items():
+        session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.attempts == attempt,
+                Job.status == JobStatus.RUNNING.value,
+                Job.worker_id == worker_id,
+            )
+            .values(lease_expires_at=expires)
+            .execution_options(synchronize_session=False)
+        )
+    rows = session.execute(
+        select(Job.id).where(Job.id.in_(list(held)), Job.cancel_requested_at.is_not(None))
+    )
+    return set(rows.scalars())
+
+
+def complete_job(
+    session: Session, job_id: str, *, attempt: int, result: dict[str, Any], usage: dict[str, Any]
+) -> Job | None:
+    """Store the result if this attempt still holds the job (fencing); else None."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.SUCCEEDED,
+        expect=[JobStatus.RUNNING],
+        attempt=attempt,
+        values={
+            "result": result,
+            "usage": usage,
+            "finished_at": utcnow(),
+            "lease_expires_at": None,
+            "error_code": None,
+            "error_message": None,
+        },
+    )
+
+
+def fail_job(
+    session: Session,
+    job_id: str,
+    *,
+    code: str,
+    message: str,
+    attempt: int | None = None,
+    expect: Iterable[JobStatus] = (JobStatus.RUNNING,),
+    usage: dict[str, Any] | None = None,
+) -> Job | None:
+    """Mark a job failed with a reason (by its attempt holder, or by the sweeper)."""
+    values: dict[str, Any] = {
+        "error_code": code,
+        "error_message": message[:2000],
+        "finished_at": utcnow(),
+        "lease_expires_at": None,
+    }
+    if usage is not None:
+        values["usage"] = usage
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.FAILED,
+        expect=expect,
+        attempt=attempt,
+        values=values,
+        event_data={"code": code},
+    )
+
+
+def release_job(session: Session, job_id: str, *, attempt: int, reason: str) -> Job | None:
+    """Give a running job back to the queue (worker shutting down, transient failure)."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.QUEUED,
+        expect=[JobStatus.RUNNING],
+        attempt=attempt,
+        values={"worker_id": None, "lease_expires_at": None, "published_at": utcnow()},
+        event_data={"reason": reason},
+    )
+
+
+def cancel_job(session: Session, job_id: str, *, attempt: int) -> Job | None:
+    """End a running job as canceled (its worker stopped generating)."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.CANCELED,
+        expect=[JobStatus.RUNNING],
+        attempt=attempt,
+        values={"finished_at": utcnow(), "lease_expires_at": None},
+    )
+
+
+def job_public(job: Job) -> dict[str, Any]:
+    """The job as clients see it (api.md): the body of GET /v1/jobs/{id} and of webhooks."""
+    error = None
+    if job.error_code:
+        error = {"code": job.error_code, "message": job.error_message or ""}
+    return {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "task": job.task,
+        "model": job.model,
+        "priority": job.priority,
+        "batch_id": job.batch_id,
+        "custom_id": job.custom_id,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "attempts": job.attempts,
+        "metadata": job.meta or {},
+        "result": job.result,
+        "usage": job.usage,
+        "error": error,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

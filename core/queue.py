@@ -1,0 +1,76 @@
+"""The Celery application: messages carry job ids only; the jobs table holds everything else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from celery import Celery
+
+from core.config import ModelSpec, Settings
+
+RUN_JOB_TASK = "internvl_jobs.run_job"
+WEBHOOK_QUEUE = "internvl.webhooks"
+DELIVER_WEBHOOK_TASK = "internvl_jobs.deliver_webhook"
+
+
+def broker_options(broker_url: str) -> tuple[str, dict[str, Any]]:
+    """The kombu URL and transport options for a broker URL (filesystem:///dir is ours)."""
+    parsed = urlparse(broker_url)
+    if parsed.scheme == "filesystem":
+        folder = Path(unquote(parsed.netloc + parsed.path))
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return "filesystem://", {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        }
+    return broker_url, {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for at-least-once delivery of job ids."""
+    url, transport_options = broker_options(settings.broker_url)
+    if url.startswith(("redis://", "rediss://")):
+        transport_options.update(
+            visibility_timeout=settings.visibility_timeout_s,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=25,
+        )
+    app = Celery("internvl_jobs", broker=url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.default_model.queue,
+        task_create_missing_queues=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_pool_limit=10,
+    )
+    return app
+
+
+def publish_job(app: Celery, model: ModelSpec, job_id: str, *, priority: int = 0) -> None:
+    """Put a job id on its model's queue; call only after the job row is committed."""
+    app.send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        queue=model.queue,
+        priority=priority,
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+    )

@@ -1,0 +1,242 @@
+"""Job requests as clients send them (api.md), validated strictly: unknown fields are refused."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.errors import InvalidRequest
+from core.tasks import PRESETS, Task
+
+EventType = Literal["job.queued", "job.running", "job.succeeded", "job.failed", "job.canceled"]
+TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationParams(Strict):
+    """Generation settings of one job; ranges are checked, never clamped."""
+
+    max_new_tokens: int = Field(256, ge=1, description="Capped by the service's max_new_tokens.")
+    min_new_tokens: int = Field(0, ge=0)
+    temperature: float = Field(1.0, gt=0, le=5.0, description="Used only with do_sample.")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Used only with do_sample.")
+    do_sample: bool = False
+    repetition_penalty: float = Field(1.0, gt=0, le=5.0)
+    num_beams: int = Field(1, ge=1, le=8)
+    max_tiles: int | None = Field(None, ge=1, description="Tile cap per image; model cap if unset.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> GenerationParams:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+
+class ImageRef(Strict):
+    """One input image: inline base64 bytes, an http(s) URL, or a stored image id."""
+
+    data: str | None = Field(None, description="Base64 of the image file's bytes.")
+    url: str | None = Field(None, max_length=4096)
+    image_id: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        given = [name for name in ("data", "url", "image_id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("an image needs exactly one of data, url or image_id")
+        return self
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(Strict):
+    """An image of the conversation: an index into the job's `images`."""
+
+    type: Literal["image"]
+    image: int = Field(ge=0)
+
+
+class ImageUrl(Strict):
+    url: str
+
+
+class ImageUrlPart(Strict):
+    """OpenAI-style image part; a data: URL carries the bytes inline."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImagePart | ImageUrlPart, Field(discriminator="type")]
+
+
+class Message(Strict):
+    """One chat turn in the Hugging Face chat format."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+class WebhookSpec(Strict):
+    """Where to send signed notifications of a job's (or batch's) events."""
+
+    url: str = Field(max_length=2048)
+    events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS), min_length=1)
+
+
+class JobCreate(Strict):
+    """The body of POST /v1/jobs."""
+
+    task: Task
+    model: str | None = None
+    images: list[ImageRef] = Field(default_factory=list)
+    question: str | None = None
+    prompt: str | None = None
+    preset: str | None = Field(None, description="A named instruction for task=prompt.")
+    messages: list[Message] | None = None
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    webhook: WebhookSpec | None = None
+    priority: int = Field(0, ge=0, le=9, description="0 (default) to 9 (most urgent).")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    custom_id: str | None = Field(None, max_length=200)
+
+
+class RequestLimits(BaseModel):
+    """The service-side caps a job request must fit (from Settings)."""
+
+    max_images_per_job: int
+    max_new_tokens_cap: int
+    max_text_chars: int
+    max_metadata_bytes: int = 16 * 1024
+
+
+_TASK_FIELDS: dict[Task, set[str]] = {
+    Task.CAPTION: {"prompt"},
+    Task.VQA: {"question"},
+    Task.OCR: {"prompt"},
+    Task.COMPARE: {"prompt"},
+    Task.CHAT: {"messages"},
+    Task.PROMPT: {"prompt", "preset"},
+}
+
+
+def validate_job_request(
+    request: JobCreate, *, limits: RequestLimits, max_tiles: int, extra_images: int = 0
+) -> None:
+    """Check the rules a schema cannot express; raise InvalidRequest naming the problem.
+
+    `extra_images` counts images sent beside the JSON (multipart files).
+    """
+    _check_task_fields(request, len(request.images) + extra_images)
+    image_count = len(request.images) + len(inline_image_parts(request)) + extra_images
+    if image_count > limits.max_images_per_job:
+        raise InvalidRequest(
+            f"{image_count} images in one job; the limit is {limits.max_images_per_job}",
+            code="too_many_images",
+        )
+    _check_image_count(request, image_count)
+    if request.params.max_new_tokens > limits.max_new_tokens_cap:
+        raise InvalidRequest(
+            f"params.max_new_tokens={request.params.max_new_tokens} exceeds the limit "
+            f"{limits.max_new_tokens_cap}",
+            code="invalid_params",
+        )
+    if request.params.max_tiles is not None and request.params.max_tiles > max_tiles:
+        raise InvalidRequest(
+            f"params.max_tiles={request.params.max_tiles} exceeds the model's cap {max_tiles}",
+            code="invalid_params",
+        )
+    if text_length(request) > limits.max_text_chars:
+        raise InvalidRequest(
+            f"the job's text has more than {limits.max_text_chars} characters",
+            code="text_too_long",
+        )
+    if len(json.dumps(request.metadata)) > limits.max_metadata_bytes:
+        raise InvalidRequest(
+            f"metadata is larger than {limits.max_metadata_bytes} bytes as JSON",
+            code="invalid_params",
+        )
+
+
+def _check_task_fields(request: JobCreate, listed_images: int) -> None:
+    allowed = _TASK_FIELDS[request.task]
+    for name in ("question", "prompt", "preset", "messages"):
+        if getattr(request, name) is not None and name not in allowed:
+            raise InvalidRequest(
+                f"'{name}' does not apply to task '{request.task}'", code="invalid_params"
+            )
+    if request.task == Task.VQA and not (request.question or "").strip():
+        raise InvalidRequest("task 'vqa' needs a non-empty 'question'", code="missing_question")
+    if request.task == Task.CHAT:
+        _check_messages(request, listed_images)
+    if request.task == Task.PROMPT and not ((request.prompt or "").strip() or request.preset):
+        raise InvalidRequest("task 'prompt' needs a 'prompt' or a 'preset'", code="missing_prompt")
+    if request.preset is not None and request.preset not in PRESETS:
+        raise InvalidRequest(
+            f"unknown preset '{request.preset}'; choose one of {sorted(PRESETS)}",
+            code="invalid_params",
+        )
+    if request.prompt is not None and not request.prompt.strip():
+        raise InvalidRequest("'prompt' must not be empty", code="missing_prompt")
+
+
+def _check_image_count(request: JobCreate, count: int) -> None:
+    needed = {Task.CAPTION: 1, Task.VQA: 1, Task.OCR: 1, Task.COMPARE: 2}.get(request.task, 0)
+    if count < needed:
+        raise InvalidRequest(
+            f"task '{request.task}' needs at least {needed} image(s); got {count}",
+            code="missing_image",
+        )
+
+
+def _check_messages(request: JobCreate, listed_images: int) -> None:
+    messages = request.messages or []
+    if not messages:
+        raise InvalidRequest("task 'chat' needs 'messages'", code="missing_messages")
+    if messages[-1].role != "user":
+        raise InvalidRequest("the last message must come from the user", code="invalid_messages")
+    referenced = set()
+    for message in messages:
+        for part in message.content if isinstance(message.content, list) else []:
+            if isinstance(part, ImagePart):
+                if part.image >= listed_images:
+                    raise InvalidRequest(
+                        f"message refers to image {part.image}, but the job has "
+                        f"{listed_images} image(s)",
+                        code="invalid_messages",
+                    )
+                referenced.add(part.image)
+    unused = set(range(listed_images)) - referenced
+    if unused:
+        raise InvalidRequest(
+            f"images {sorted(unused)} are not referenced by any message", code="invalid_messages"
+        )
+
+
+def inline_image_parts(request: JobCreate) -> list[ImageUrlPart]:
+    """The OpenAI-style image parts of a chat, in order."""
+    parts: list[ImageUrlPart] = []
+    for message in request.messages or []:
+        if isinstance(message.content, list):
+            parts.extend(p for p in message.content if isinstance(p, ImageUrlPart))
+    return parts
+
+
+def text_length(request: JobCreate) -> int:
+    """Characters of instruction text a job carries (question, prompt and messages)."""
+    total = len(request.question or "") + len(request.prompt or "")
+    for message in request.messages or []:
+        if isinstance(message.content, str):
+            total += len(message.content)
+        else:
+            total += sum(len(p.text) for p in message.content if isinstance(p, TextPart))
+    return total

@@ -1,0 +1,199 @@
+"""Object storage for images: S3-compatible servers through boto3, or a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlparse
+
+from core.errors import Unavailable
+
+
+class ObjectNotFound(KeyError):
+    """The key holds no object."""
+
+
+class ObjectStorage(Protocol):
+    """What the service needs from a bucket."""
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Store bytes under key, replacing what was there."""
+
+    def get(self, key: str) -> bytes:
+        """The bytes under key; ObjectNotFound when absent."""
+
+    def exists(self, key: str) -> bool:
+        """Whether key holds an object."""
+
+    def delete(self, key: str) -> None:
+        """Remove key; absent keys are fine."""
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key starting with prefix."""
+
+    def check(self) -> None:
+        """Raise Unavailable when the store cannot be reached."""
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content address of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_key(sha256: str) -> str:
+    """Where an image's bytes live: fanned out by the first two hex digits."""
+    return f"images/{sha256[:2]}/{sha256}"
+
+
+class LocalStorage:
+    """A directory as a bucket; writes are atomic so readers never see half an object."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key escapes the storage root: {key!r}")
+        return path
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise Unavailable(f"storage directory {self.root} is not writable", code="storage_down")
+
+
+class S3Storage:
+    """A bucket on any S3-compatible server (AWS, MinIO, ...); one client per process."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        client: Any = None,
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            config=Config(
+                retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=32,
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        )
+
+    def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type
+        )
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+        except self.client.exceptions.NoSuchKey as exc:
+            raise ObjectNotFound(key) from exc
+        body: bytes = response["Body"].read()
+        return body
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix) :]
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise Unavailable(
+                f"bucket {self.bucket} unreachable: {exc}", code="storage_down"
+            ) from exc
+
+
+def open_storage(
+    url: str, *, endpoint_url: str | None = None, region: str | None = None
+) -> ObjectStorage:
+    """The storage a URL names: s3://bucket/prefix or file:///path."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"storage URL {url!r} names no bucket")
+        return S3Storage(
+            parsed.netloc, prefix=parsed.path, endpoint_url=endpoint_url, region=region
+        )
+    if parsed.scheme == "file":
+        return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))
+    raise ValueError(f"unsupported storage URL {url!r}: use s3://bucket/prefix or file:///path")
+
+
+def store_once(storage: ObjectStorage, data: bytes, *, content_type: str) -> tuple[str, bool]:
+    """Store bytes under their content address unless already there; (sha256, newly stored)."""
+    digest = sha256_hex(data)
+    key = image_key(digest)
+    if storage.exists(key):
+        return digest, False
+    storage.put(key, data, content_type=content_type)
+    return digest, True

@@ -1,0 +1,62 @@
+"""Service routes: models, health, readiness, OpenAPI; and the API stays free of torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fastapi.testclient import TestClient
+
+
+def test_models_lists_the_registry(client: TestClient) -> None:
+    models = client.get("/v1/models").json()["models"]
+    assert models == [
+        {
+            "alias": "tiny",
+            "checkpoint": models[0]["checkpoint"],
+            "queue": "internvl.tiny",
+            "default": True,
+            "tile_size": 64,
+            "max_tiles": 12,
+            "workers": 0,
+        }
+    ]
+
+
+def test_healthz_is_ok(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+
+
+def test_readyz_checks_database_broker_and_storage(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_readyz_names_what_is_down(client: TestClient, runtime) -> None:  # type: ignore[no-untyped-def]
+    from core.storage import S3Storage
+
+    runtime.storage = S3Storage(
+        "bucket-that-does-not-exist", endpoint_url=runtime.settings.s3_endpoint_url
+    )
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["storage"].startswith("error")
+
+
+def test_openapi_documents_the_job_request(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert "JobCreate" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_importing_the_api_imports_neither_torch_nor_worker_code() -> None:
+    code = (
+        "import sys; import api.app; from api.app import create_app; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'worker')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,87 @@
+"""Settings: environment names, embedded defaults, model registry rules, production safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.config import ModelSpec, Settings
+
+
+def make(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_embedded_defaults_live_in_the_data_dir(tmp_path: Path) -> None:
+    settings = make(data_dir=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path / 'jobs.db'}"
+    assert settings.broker_url == f"filesystem://{tmp_path / 'broker'}"
+    assert settings.storage_url == f"file://{tmp_path / 'objects'}"
+
+
+def test_operator_names_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERNVL_JOBS_DATABASE_URL", "postgresql+psycopg://u@db/jobs")
+    monkeypatch.setenv("INTERNVL_JOBS_BROKER_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("INTERNVL_JOBS_STORAGE_URL", "s3://images/prod")
+    monkeypatch.setenv("INTERNVL_JOBS_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv(
+        "INTERNVL_JOBS_MODELS",
+        '[{"alias": "internvl3-8b", "checkpoint": "OpenGVLab/InternVL3-8B-hf"}]',
+    )
+    settings = make()
+    assert settings.database_url == "postgresql+psycopg://u@db/jobs"
+    assert settings.broker_url == "redis://redis:6379/0"
+    assert settings.storage_url == "s3://images/prod"
+    assert settings.s3_endpoint_url == "http://minio:9000"
+    assert settings.default_model.alias == "internvl3-8b"
+    assert settings.default_model.queue == "internvl.internvl3-8b"
+
+
+def test_default_registry_serves_internvl3_1b() -> None:
+    model = make().default_model
+    assert model.checkpoint == "OpenGVLab/InternVL3-1B-hf"
+    assert (model.tile_size, model.max_tiles) == (448, 12)
+
+
+def test_production_refuses_disabled_auth() -> None:
+    with pytest.raises(ValidationError, match="auth_enabled=false is refused in production"):
+        make(auth_enabled=False)
+
+
+def test_development_may_disable_auth() -> None:
+    assert make(environment="development", auth_enabled=False).auth_enabled is False
+
+
+def test_duplicate_aliases_are_refused() -> None:
+    spec = ModelSpec(alias="a", checkpoint="x")
+    with pytest.raises(ValidationError, match="unique"):
+        make(models=[spec, spec])
+
+
+def test_two_defaults_are_refused() -> None:
+    models = [
+        ModelSpec(alias="a", checkpoint="x", default=True),
+        ModelSpec(alias="b", checkpoint="y", default=True),
+    ]
+    with pytest.raises(ValidationError, match="only one model"):
+        make(models=models)
+
+
+def test_bad_alias_is_refused() -> None:
+    with pytest.raises(ValidationError, match="alias"):
+        ModelSpec(alias="Bad Alias!", checkpoint="x")
+
+
+def test_settings_round_trip_through_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = make(
+        environment="development",
+        auth_enabled=False,
+        models=[ModelSpec(alias="tiny", checkpoint="/m", tile_size=64)],
+        max_images_per_job=3,
+    )
+    for key, value in original.as_env().items():
+        monkeypatch.setenv(key, value)
+    copy = make()
+    assert copy == original

@@ -1,0 +1,84 @@
+"""Object storage: the S3 backend against an S3-protocol server, and the local directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import Unavailable
+from core.storage import (
+    LocalStorage,
+    ObjectNotFound,
+    ObjectStorage,
+    S3Storage,
+    image_key,
+    open_storage,
+    sha256_hex,
+    store_once,
+)
+
+
+@pytest.fixture(params=["s3", "local"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStorage:
+    if request.param == "local":
+        return LocalStorage(tmp_path / "objects")
+    s3_url = request.getfixturevalue("s3_url")
+    return open_storage(s3_url, endpoint_url=request.getfixturevalue("s3_endpoint"))
+
+
+def test_put_get_exists_delete_round_trip(storage: ObjectStorage) -> None:
+    storage.put("a/b/object", b"hello", content_type="text/plain")
+    assert storage.exists("a/b/object")
+    assert storage.get("a/b/object") == b"hello"
+    storage.delete("a/b/object")
+    assert not storage.exists("a/b/object")
+
+
+def test_missing_object_raises_object_not_found(storage: ObjectStorage) -> None:
+    with pytest.raises(ObjectNotFound):
+        storage.get("images/00/nothing-here")
+
+
+def test_same_bytes_are_stored_once_under_their_sha256(storage: ObjectStorage) -> None:
+    first = store_once(storage, b"image bytes", content_type="image/png")
+    second = store_once(storage, b"image bytes", content_type="image/png")
+    digest = sha256_hex(b"image bytes")
+    assert first == (digest, True)
+    assert second == (digest, False)
+    assert list(storage.list_keys("images/")) == [image_key(digest)]
+
+
+def test_list_keys_filters_by_prefix(storage: ObjectStorage) -> None:
+    storage.put("images/aa/1", b"1")
+    storage.put("other/2", b"2")
+    assert list(storage.list_keys("images/")) == ["images/aa/1"]
+
+
+def test_check_passes_when_reachable(storage: ObjectStorage) -> None:
+    storage.check()
+
+
+def test_s3_prefix_keeps_tenants_of_one_bucket_apart(s3_bucket: str, s3_endpoint: str) -> None:
+    one = open_storage(f"s3://{s3_bucket}/one", endpoint_url=s3_endpoint)
+    two = open_storage(f"s3://{s3_bucket}/two", endpoint_url=s3_endpoint)
+    one.put("k", b"1")
+    assert not two.exists("k")
+
+
+def test_s3_check_reports_a_missing_bucket(s3_endpoint: str) -> None:
+    storage = S3Storage("no-such-bucket-here", endpoint_url=s3_endpoint)
+    with pytest.raises(Unavailable, match="no-such-bucket-here"):
+        storage.check()
+
+
+def test_local_keys_cannot_escape_the_root(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "root")
+    with pytest.raises(ValueError, match="escapes"):
+        storage.put("../outside", b"x")
+
+
+def test_storage_url_schemes(tmp_path: Path) -> None:
+    assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
+    with pytest.raises(ValueError, match="unsupported storage URL"):
+        open_storage("ftp://host/x")

@@ -1,0 +1,212 @@
+"""Dynamic batching across jobs: task threads submit, one thread owns the model and runs batches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import PermanentJobError
+from worker.engine import Generation, PreparedJob, batch_key
+
+log = logging.getLogger("worker.batcher")
+
+GenerateFn = Callable[[Sequence[PreparedJob]], list[Generation]]
+
+
+class OutOfMemory(PermanentJobError):
+    """A job does not fit on the device even alone."""
+
+    code = "out_of_memory"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA (or other accelerator) out-of-memory errors."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class BatchStats:
+    """Counters a worker reports in its heartbeat and metrics."""
+
+    batches: int = 0
+    jobs: int = 0
+    completion_tokens: int = 0
+    tiles: int = 0
+    busy_s: float = 0.0
+    last_batch_size: int = 0
+    last_batch_at: float | None = None
+    oom_splits: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "batches": self.batches,
+            "jobs": self.jobs,
+            "completion_tokens": self.completion_tokens,
+            "tiles": self.tiles,
+            "busy_s": round(self.busy_s, 3),
+            "last_batch_size": self.last_batch_size,
+            "last_batch_at": self.last_batch_at,
+            "oom_splits": self.oom_splits,
+            "mean_batch_size": round(self.jobs / self.batches, 2) if self.batches else 0.0,
+        }
+
+
+@dataclass
+class _Waiting:
+    job: PreparedJob
+    future: Future[Generation]
+    key: tuple[Any, ...]
+
+
+class Batcher:
+    """Collects prepared jobs and runs compatible ones together on the model's thread."""
+
+    def __init__(
+        self,
+        generate: GenerateFn,
+        *,
+        max_batch_size: int,
+        max_wait_ms: int,
+        max_batch_tiles: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._generate = generate
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_batch_tiles = max_batch_tiles
+        self._on_batch = on_batch
+        self._waiting: list[_Waiting] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="model", daemon=True)
+        self.stats = BatchStats()
+
+    def start(self) -> None:
+        """Start the model thread."""
+        self._thread.start()
+
+    def submit(self, job: PreparedJob) -> Future[Generation]:
+        """Queue a job for the next compatible batch; the future gets its Generation."""
+        future: Future[Generation] = Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopping")
+            self._waiting.append(_Waiting(job, future, batch_key(job.params)))
+            self._cond.notify_all()
+        return future
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish what was submitted (bounded by timeout_s), then stop the model thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not yet started."""
+        with self._cond:
+            return len(self._waiting)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Waiting] | None:
+        with self._cond:
+            while not self._waiting:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self.max_wait_s
+            while not self._stopping:
+                if len(self._compatible()) >= self.max_batch_size:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = self._compatible()
+            for item in batch:
+                self._waiting.remove(item)
+            return batch
+
+    def _compatible(self) -> list[_Waiting]:
+        # The oldest job decides the key, so no job waits behind newer ones forever.
+        key = self._waiting[0].key
+        chosen: list[_Waiting] = []
+        tiles = 0
+        for item in self._waiting:
+            if item.key != key or len(chosen) >= self.max_batch_size:
+                continue
+            if chosen and tiles + item.job.tiles > self.max_batch_tiles:
+                continue
+            chosen.append(item)
+            tiles += item.job.tiles
+        return chosen
+
+    def _execute(self, batch: list[_Waiting]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if live:
+            self._run_batch(live)
+
+    def _run_batch(self, batch: list[_Waiting]) -> None:
+        started = time.monotonic()
+        try:
+            results = self._generate([item.job for item in batch])
+        except Exception as exc:  # noqa: BLE001 - every failure is handed to the jobs' futures
+            self._recover(batch, exc)
+            return
+        elapsed = time.monotonic() - started
+        self._record(batch, results, elapsed)
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
+
+    def _recover(self, batch: list[_Waiting], exc: Exception) -> None:
+        if len(batch) == 1:
+            item = batch[0]
+            if is_out_of_memory(exc):
+                _free_accelerator_memory()
+                exc = OutOfMemory(f"job {item.job.job_id} does not fit in device memory alone")
+            item.future.set_exception(exc)
+            return
+        if is_out_of_memory(exc):
+            self.stats.oom_splits += 1
+            _free_accelerator_memory()
+            log.warning("out of memory with %d jobs; splitting the batch", len(batch))
+        else:
+            log.warning("batch of %d failed (%s); running its jobs one by one", len(batch), exc)
+        half = len(batch) // 2 if is_out_of_memory(exc) else 1
+        parts = [batch[:half], batch[half:]] if half > 1 else [[item] for item in batch]
+        for part in parts:
+            self._run_batch(part)
+
+    def _record(self, batch: list[_Waiting], results: list[Generation], elapsed: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.jobs += len(batch)
+        stats.completion_tokens += sum(r.completion_tokens for r in results)
+        stats.tiles += sum(item.job.tiles for item in batch)
+        stats.busy_s += elapsed
+        stats.last_batch_size = len(batch)
+        stats.last_batch_at = time.time()
+        if self._on_batch is not None:
+            self._on_batch(len(batch), elapsed)
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,112 @@
+"""One worker process: loads its model once, then consumes its model's queue with Celery threads."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from core.config import Settings
+from core.db import make_engine, make_session_factory
+from core.logs import setup_logging
+from core.queue import make_celery
+from core.storage import open_storage
+from worker.heartbeat import Heartbeat
+
+log = logging.getLogger("worker.process")
+
+
+def worker_name(model_alias: str, device: str, host: str | None = None) -> str:
+    """The Celery hostname of a worker: device and model first, then the host."""
+    return f"{device}.{model_alias}@{host or socket.gethostname()}"
+
+
+def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = "INFO") -> None:
+    """Run a worker for one model on one device (already pinned by the launcher) until stopped."""
+    setup_logging(loglevel, json_lines=settings.log_json)
+    spec = settings.model(model_alias)
+    if spec is None:
+        raise SystemExit(f"model '{model_alias}' is not in the registry")
+    name = worker_name(model_alias, device)
+    sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
+    storage = open_storage(
+        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
+    state: dict[str, Any] = {"runtime": None}
+
+    def held() -> dict[str, int]:
+        return state["runtime"].held_attempts() if state["runtime"] else {}
+
+    def stats() -> dict[str, Any]:
+        runtime = state["runtime"]
+        if runtime is None:
+            return {"jobs_done": 0}
+        return {"jobs_done": runtime.jobs_done, **runtime.batcher.stats.as_dict()}
+
+    heartbeat = Heartbeat(
+        sessions=sessions,
+        worker_id=name,
+        device=device,
+        model=model_alias,
+        queue=spec.queue,
+        lease_s=settings.lease_s,
+        interval_s=settings.heartbeat_s,
+        held=held,
+        on_canceled=lambda ids: state["runtime"] and state["runtime"].flag_canceled(ids),
+        stats=stats,
+    )
+    heartbeat.start()
+    runtime = _load_runtime(settings, spec.alias, name, device, sessions, storage, heartbeat)
+    state["runtime"] = runtime
+    runtime.batcher.start()
+    heartbeat.state = "ready"
+    try:
+        _consume(settings, runtime, name, loglevel)
+    finally:
+        heartbeat.state = "stopping"
+        runtime.batcher.stop()
+        heartbeat.stop(final_state="stopped")
+
+
+def _load_runtime(
+    settings: Settings, alias: str, name: str, device: str, sessions: Any, storage: Any,
+    heartbeat: Heartbeat,
+) -> Any:
+    from worker.engine import InternVLEngine
+    from worker.runtime import WorkerRuntime
+
+    spec = settings.model(alias)
+    assert spec is not None
+    try:
+        engine = InternVLEngine(spec, device="cpu" if device.startswith("cpu") else "auto")
+    except Exception:
+        log.exception("loading %s failed", spec.checkpoint)
+        heartbeat.stop(final_state="defunct")
+        raise
+    return WorkerRuntime(
+        settings=settings,
+        spec=spec,
+        sessions=sessions,
+        storage=storage,
+        engine=engine,
+        worker_id=name,
+    )
+
+
+def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None:
+    from worker.tasks import register_tasks
+
+    app = make_celery(settings)
+    register_tasks(app, runtime)
+    threads = settings.worker_threads or 2 * runtime.spec.max_batch_size
+    worker = app.Worker(
+        hostname=name,
+        queues=[runtime.spec.queue],
+        pool="threads",
+        concurrency=threads,
+        loglevel=loglevel,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+    )
+    worker.start()
