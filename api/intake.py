@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.deps import Runtime
@@ -112,7 +112,7 @@ def _normalized_messages(
 ) -> list[dict[str, Any]] | None:
     if request.messages is None:
         return None
-    rendered = []
+    rendered: list[dict[str, Any]] = []
     for message in request.messages:
         if isinstance(message.content, str):
             rendered.append({"role": message.role, "content": message.content})
@@ -236,6 +236,4 @@ def publish_or_defer(runtime: Runtime, job: Job, model: ModelSpec) -> None:
     except Exception:  # noqa: BLE001 - the job is safe in the database either way
         log.exception("publishing job %s failed; the sweeper will publish it", job.id)
         with transaction(runtime.sessions) as session:
-            session.execute(
-                Job.__table__.update().where(Job.id == job.id).values(published_at=None)
-            )
+            session.execute(update(Job).where(Job.id == job.id).values(published_at=None))

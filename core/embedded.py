@@ -75,8 +75,12 @@ def run_dev(*, host: str, port: int, auth: bool, devices: str) -> int:
         name: subprocess.Popen(command, env=env)  # noqa: S603
         for name, command in commands.items()
     }
-    log.info("internvl-jobs dev: http://%s:%d (docs at /docs), data in %s", host, port,
-             settings.data_dir.resolve())
+    log.info(
+        "internvl-jobs dev: http://%s:%d (docs at /docs), data in %s",
+        host,
+        port,
+        settings.data_dir.resolve(),
+    )
     return _wait(children)
 
 

@@ -149,7 +149,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _wide_to_rgb(image: Image.Image) -> Image.Image:
     # Pillow's I;16 -> L conversion clips at 255 instead of scaling: scale 16-bit to 8-bit.
     wide = image.convert("I")
-    _, high = wide.getextrema()  # type: ignore[misc]
-    if image.mode == "I" and high <= 255:
+    extrema = wide.getextrema()
+    high = extrema[1] if isinstance(extrema, tuple) else extrema
+    if image.mode == "I" and isinstance(high, int | float) and high <= 255:
         return wide.convert("L").convert("RGB")
     return wide.point(lambda value: value / 257).convert("L").convert("RGB")

@@ -36,7 +36,10 @@ class SweepReport:
 
 
 def sweep_once(
-    *, sessions: sessionmaker[Session], celery: Celery, settings: Settings,
+    *,
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    settings: Settings,
     now: datetime | None = None,
 ) -> SweepReport:
     """One pass: expired leases, exhausted attempts, then stale queued jobs."""
@@ -58,12 +61,19 @@ def _expire_leases(session: Session, now: datetime) -> tuple[int, int]:
     for job_id, attempt, max_attempts in expired:
         if attempt >= max_attempts:
             if fail_job(
-                session, job_id, attempt=attempt, code="attempts_exhausted",
+                session,
+                job_id,
+                attempt=attempt,
+                code="attempts_exhausted",
                 message=f"the job's worker stopped {attempt} times; giving up",
             ):
                 exhausted += 1
         elif transition(
-            session, job_id, to=JobStatus.QUEUED, expect=[JobStatus.RUNNING], attempt=attempt,
+            session,
+            job_id,
+            to=JobStatus.QUEUED,
+            expect=[JobStatus.RUNNING],
+            attempt=attempt,
             where=[Job.lease_expires_at < now],
             values={"worker_id": None, "lease_expires_at": None, "published_at": None},
             event_data={"reason": "lease_expired"},
@@ -82,8 +92,12 @@ def _fail_exhausted_queued(session: Session) -> int:
     failed = 0
     for job_id, attempt in rows:
         if fail_job(
-            session, job_id, attempt=attempt, expect=[JobStatus.QUEUED],
-            code="attempts_exhausted", message=f"the job was tried {attempt} times; giving up",
+            session,
+            job_id,
+            attempt=attempt,
+            expect=[JobStatus.QUEUED],
+            code="attempts_exhausted",
+            message=f"the job was tried {attempt} times; giving up",
         ):
             failed += 1
     return failed
@@ -130,7 +144,10 @@ def _republish_stale(
 
 
 def run_forever(
-    *, sessions: sessionmaker[Session], celery: Celery, settings: Settings,
+    *,
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    settings: Settings,
     stop: threading.Event | None = None,
 ) -> None:
     """Sweep every sweep_interval_s until stopped; errors are logged and the loop goes on."""
@@ -141,7 +158,9 @@ def run_forever(
             if report.republished or report.requeued or report.exhausted:
                 log.info(
                     "sweep: %d republished, %d requeued, %d exhausted",
-                    report.republished, report.requeued, report.exhausted,
+                    report.republished,
+                    report.requeued,
+                    report.exhausted,
                 )
         except Exception:  # noqa: BLE001 - the next sweep retries
             log.exception("sweep failed")

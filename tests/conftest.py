@@ -150,7 +150,11 @@ def tiny_spec(tiny_model_path: Path) -> ModelSpec:
 
 @pytest.fixture
 def service_settings(
-    db_url: str, redis_url: str, s3_url: str, s3_endpoint: str, tiny_spec: ModelSpec,
+    db_url: str,
+    redis_url: str,
+    s3_url: str,
+    s3_endpoint: str,
+    tiny_spec: ModelSpec,
     tmp_path: Path,
 ) -> Settings:
     """Settings for the real stack: PostgreSQL, Redis, S3 and the tiny model."""

@@ -15,7 +15,9 @@ def main() -> None:
     parser.add_argument("--device", required=True, help="device label, e.g. gpu0 or cpu0")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args()
-    serve(settings=get_settings(), model_alias=args.model, device=args.device, loglevel=args.loglevel)
+    serve(
+        settings=get_settings(), model_alias=args.model, device=args.device, loglevel=args.loglevel
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, StoppingCriteria
+from transformers.utils import logging as hf_logging
 
 from core.config import ModelSpec
 from core.prompts import Conversation
@@ -25,6 +26,7 @@ from core.tiling import tile_count
 from worker.precision import load_options
 
 log = logging.getLogger("worker.engine")
+hf_logging.disable_progress_bar()  # progress bars are noise in service logs
 
 
 @dataclass
@@ -120,7 +122,7 @@ class InternVLEngine:
             spec.checkpoint, revision=spec.revision, **options.from_pretrained_kwargs()
         )
         if options.device_map is None:
-            self.model.to(self.device)
+            self.model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
         if spec.compile:
             self.model.forward = torch.compile(self.model.forward, dynamic=True)
@@ -158,7 +160,10 @@ class InternVLEngine:
         return sorted(tokens)
 
     def prepare(
-        self, job_id: str, conversation: Conversation, images: list[Image.Image],
+        self,
+        job_id: str,
+        conversation: Conversation,
+        images: list[Image.Image],
         params: GenerationParams,
     ) -> PreparedJob:
         """Render the chat template, tile the images and tokenise: one job's inputs."""

@@ -100,8 +100,15 @@ def child_env(settings: Settings, slot: Slot, base: dict[str, str]) -> dict[str,
 def child_command(slot: Slot, loglevel: str) -> list[str]:
     """The command line of a worker process."""
     return [
-        sys.executable, "-m", "worker", "--model", slot.model, "--device", slot.device,
-        "--loglevel", loglevel,
+        sys.executable,
+        "-m",
+        "worker",
+        "--model",
+        slot.model,
+        "--device",
+        slot.device,
+        "--loglevel",
+        loglevel,
     ]
 
 
@@ -119,7 +126,9 @@ class Supervisor:
     def _spawn(self, slot: Slot) -> None:
         env = child_env(self.settings, slot, dict(os.environ))
         self.children[slot] = subprocess.Popen(child_command(slot, self.loglevel), env=env)  # noqa: S603
-        log.info("started worker %s for %s (pid %d)", slot.device, slot.model, self.children[slot].pid)
+        log.info(
+            "started worker %s for %s (pid %d)", slot.device, slot.model, self.children[slot].pid
+        )
 
     def _signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True

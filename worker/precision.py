@@ -30,7 +30,10 @@ class LoadOptions:
 
     def from_pretrained_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for AutoModelForImageTextToText.from_pretrained."""
-        kwargs: dict[str, Any] = {"dtype": self.dtype, "attn_implementation": self.attn_implementation}
+        kwargs: dict[str, Any] = {
+            "dtype": self.dtype,
+            "attn_implementation": self.attn_implementation,
+        }
         if self.device_map is not None:
             kwargs["device_map"] = self.device_map
         if self.max_memory is not None:

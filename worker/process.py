@@ -69,7 +69,12 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
 
 
 def _load_runtime(
-    settings: Settings, alias: str, name: str, device: str, sessions: Any, storage: Any,
+    settings: Settings,
+    alias: str,
+    name: str,
+    device: str,
+    sessions: Any,
+    storage: Any,
     heartbeat: Heartbeat,
 ) -> Any:
     from worker.engine import InternVLEngine

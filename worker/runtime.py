@@ -71,9 +71,7 @@ class WorkerRuntime:
 
     def run_job(self, job_id: str) -> str:
         """Claim and run one job; returns the outcome ('duplicate' when not claimable)."""
-        job = retry_transient(
-            lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60
-        )
+        job = retry_transient(lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60)
         if job is None:
             log.info("job %s is not queued; duplicate delivery ignored", job_id)
             return "duplicate"
@@ -97,15 +95,17 @@ class WorkerRuntime:
         try:
             generation, prepared_tiles, prompt_tokens = self._generate(job, held)
         except PermanentJobError as exc:
-            self._write(lambda s: fail_job(
-                s, job.id, code=exc.code, message=exc.detail, attempt=held.attempt
-            ))
+            code, message = exc.code, exc.detail
+            self._write(
+                lambda s: fail_job(s, job.id, code=code, message=message, attempt=held.attempt)
+            )
             return "failed"
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("job %s hit a transient error (%s); returning it to the queue", job.id, exc)
-            self._write(lambda s: release_job(s, job.id, attempt=held.attempt, reason=str(exc)))
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("job %s hit a transient error (%s); back to the queue", job.id, reason)
+            self._write(lambda s: release_job(s, job.id, attempt=held.attempt, reason=reason))
             return "released"
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -157,7 +157,9 @@ class WorkerRuntime:
             with transaction(self.sessions) as session:
                 return change(session)
 
-        return retry_transient(attempt, what="writing a job result", deadline_s=RESULT_WRITE_DEADLINE_S)
+        return retry_transient(
+            attempt, what="writing a job result", deadline_s=RESULT_WRITE_DEADLINE_S
+        )
 
     # -- leases ----------------------------------------------------------------------------
 

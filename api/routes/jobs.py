@@ -56,9 +56,9 @@ def invalid_from(exc: ValidationError) -> ServiceError:
     errors = [
         {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()
     ]
-    first = errors[0]
+    first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
-    detail = f"{where}: {first['msg']}" if where else first["msg"]
+    detail = f"{where}: {first['msg']}" if where else str(first["msg"])
     return InvalidRequest(detail, code="invalid_params", extra={"errors": errors})
 
 

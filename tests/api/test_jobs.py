@@ -1,4 +1,4 @@
-"""POST/GET /v1/jobs through HTTP: accepted jobs are stored and queued; refused ones leave nothing."""
+"""POST/GET /v1/jobs over HTTP: accepted jobs are stored and queued; refused ones leave nothing."""
 
 from __future__ import annotations
 
@@ -76,19 +76,35 @@ def test_same_image_in_two_jobs_is_stored_once(client: TestClient, runtime: Runt
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        ({"task": "caption", "images": [{"data": b64(b"not an image at all")}]}, 415,
-         "unsupported_image_format"),
+        (
+            {"task": "caption", "images": [{"data": b64(b"not an image at all")}]},
+            415,
+            "unsupported_image_format",
+        ),
         ({"task": "caption", "images": [{"data": ""}]}, 422, "empty_image"),
         ({"task": "caption", "images": [{"data": "***not base64***"}]}, 422, "invalid_base64"),
         ({"task": "summarize", "images": [{"data": b64(png_bytes())}]}, 422, "invalid_params"),
         ({"task": "vqa", "images": [{"data": b64(png_bytes())}]}, 422, "missing_question"),
         ({"task": "caption", "images": []}, 422, "missing_image"),
-        ({"task": "caption", "images": [{"data": b64(png_bytes())}], "colour": "red"}, 422,
-         "invalid_params"),
-        ({"task": "caption", "images": [{"data": b64(png_bytes())}],
-          "params": {"max_new_tokens": 0}}, 422, "invalid_params"),
-        ({"task": "caption", "images": [{"data": b64(png_bytes())}], "model": "nope"}, 422,
-         "unknown_model"),
+        (
+            {"task": "caption", "images": [{"data": b64(png_bytes())}], "colour": "red"},
+            422,
+            "invalid_params",
+        ),
+        (
+            {
+                "task": "caption",
+                "images": [{"data": b64(png_bytes())}],
+                "params": {"max_new_tokens": 0},
+            },
+            422,
+            "invalid_params",
+        ),
+        (
+            {"task": "caption", "images": [{"data": b64(png_bytes())}], "model": "nope"},
+            422,
+            "unknown_model",
+        ),
     ],
 )
 def test_bad_requests_get_a_problem_and_leave_nothing(

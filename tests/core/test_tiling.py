@@ -33,9 +33,7 @@ def reference_grid(width: int, height: int, min_num: int, max_num: int, image_si
 
 
 SIZES = sorted(
-    set(range(1, 64))
-    | set(range(64, 1200, 7))
-    | {1280, 1920, 2048, 3000, 4096, 8000, 12000, 20000}
+    set(range(1, 64)) | set(range(64, 1200, 7)) | {1280, 1920, 2048, 3000, 4096, 8000, 12000, 20000}
 )
 EXTREMES = [(1, 20000), (20000, 1), (3, 4000), (4000, 3), (448, 448), (896, 448), (640, 480)]
 

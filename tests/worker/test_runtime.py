@@ -1,0 +1,113 @@
+"""Running claimed jobs: results and usage stored once, duplicates ignored, bad images fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from core.db import transaction
+from core.jobs import claim_job, complete_job, release_job
+from core.models import Job, JobEvent
+from core.storage import ObjectStorage, image_key
+from tests.worker.conftest import photo, queue_job
+
+
+def events(sessions: Any, job_id: str) -> list[str]:
+    with sessions() as session:
+        rows = session.scalars(
+            select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        )
+        return list(rows)
+
+
+def reload(sessions: Any, job_id: str) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_caption_job_succeeds_with_text_and_usage(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(
+        sessions,
+        storage,
+        worker_runtime.spec,
+        [photo(size=(640, 480))],
+        params={"max_new_tokens": 8},
+    )
+    assert worker_runtime.run_job(job.id) == "succeeded"
+    done = reload(sessions, job.id)
+    assert done.status == "succeeded"
+    assert done.result and done.result["text"]
+    assert done.usage is not None
+    assert done.usage["image_tiles"] == [13]
+    assert done.usage["prompt_tokens"] > 13 * 16
+    assert 0 < done.usage["completion_tokens"] <= 8
+    assert done.usage["queue_s"] >= 0 and done.usage["inference_s"] > 0
+    assert done.started_at and done.finished_at and done.attempts == 1
+    assert events(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
+
+
+def test_vqa_job_answers(worker_runtime: Any, sessions: Any, storage: ObjectStorage) -> None:
+    job = queue_job(
+        sessions,
+        storage,
+        worker_runtime.spec,
+        [photo()],
+        task="vqa",
+        question="How many cats?",
+        params={"max_new_tokens": 4},
+    )
+    assert worker_runtime.run_job(job.id) == "succeeded"
+    assert reload(sessions, job.id).result is not None
+
+
+def test_duplicate_delivery_runs_the_job_once(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, worker_runtime.spec, [photo()], params={"max_new_tokens": 4})
+    assert worker_runtime.run_job(job.id) == "succeeded"
+    assert worker_runtime.run_job(job.id) == "duplicate"
+    assert events(sessions, job.id).count("job.succeeded") == 1
+
+
+def test_undecodable_image_fails_the_job_with_a_code(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, worker_runtime.spec, [photo()])
+    sha = job.spec["images"][0]
+    storage.put(image_key(sha), b"\xff\xd8\xff garbage that no decoder reads")
+    assert worker_runtime.run_job(job.id) == "failed"
+    failed = reload(sessions, job.id)
+    assert (failed.status, failed.error_code) == ("failed", "invalid_image")
+    assert failed.error_message
+
+
+def test_missing_image_fails_the_job(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, worker_runtime.spec, [photo(seed=3)])
+    storage.delete(image_key(job.spec["images"][0]))
+    assert worker_runtime.run_job(job.id) == "failed"
+    assert reload(sessions, job.id).error_code == "image_missing"
+
+
+def test_a_superseded_attempt_cannot_write_its_result(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, worker_runtime.spec, [photo()])
+    with transaction(sessions) as session:
+        first = claim_job(session, job.id, worker_id="a", lease_s=30)
+        assert first is not None and first.attempts == 1
+        release_job(session, job.id, attempt=1, reason="lease expired")
+        second = claim_job(session, job.id, worker_id="b", lease_s=30)
+        assert second is not None and second.attempts == 2
+    with transaction(sessions) as session:
+        late = complete_job(session, job.id, attempt=1, result={"text": "late"}, usage={})
+    assert late is None
+    with transaction(sessions) as session:
+        assert complete_job(session, job.id, attempt=2, result={"text": "ok"}, usage={})
+    assert reload(sessions, job.id).result == {"text": "ok"}
