@@ -20,12 +20,13 @@ def broker_options(broker_url: str) -> tuple[str, dict[str, Any]]:
     parsed = urlparse(broker_url)
     if parsed.scheme == "filesystem":
         folder = Path(unquote(parsed.netloc + parsed.path))
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return "filesystem://", {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.05,
         }
