@@ -56,6 +56,9 @@ class ModelSpec(BaseModel):
         return self
 
 
+# Attempts at once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h and 24 h.
+WEBHOOK_RETRY_DELAYS_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
 DEFAULT_MODELS = [
     ModelSpec(alias="internvl3-1b", checkpoint="OpenGVLab/InternVL3-1B-hf", default=True)
 ]
@@ -121,6 +124,41 @@ class Settings(BaseSettings):
     )
     heartbeat_s: float = Field(5.0, gt=0)
 
+    # Webhooks
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook targets on loopback and private networks (development, "
+        "tests); refused in production.",
+    )
+    webhook_allow_http: bool = Field(
+        False,
+        description="Allow plain-http webhook URLs (development, tests); refused in production.",
+    )
+    webhook_retry_delays_s: list[float] = Field(
+        default_factory=lambda: list(WEBHOOK_RETRY_DELAYS_S),
+        description="Delays between delivery attempts (JSON list); the first attempt is "
+        "immediate, so a delivery has len+1 attempts.",
+    )
+    webhook_timeout_s: float = Field(
+        15.0, gt=0, description="A receiver must answer 2xx within this many seconds."
+    )
+    webhook_send_lease_s: float = Field(
+        60.0, gt=0, description="A delivery being sent is retried if not recorded in this time."
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, description="How often the webhook worker looks for due deliveries."
+    )
+    webhook_max_retry_after_s: float = Field(
+        86400.0, ge=0, description="Cap on a receiver's Retry-After."
+    )
+    webhook_response_max_bytes: int = Field(
+        4096, ge=0, description="How much of a receiver's answer is read and kept."
+    )
+    webhook_secret_overlap_s: int = Field(
+        86400, ge=0, description="How long a rotated-out secret keeps signing beside the new one."
+    )
+    webhook_concurrency: int = Field(16, ge=1, le=512, description="Sends in flight per worker.")
+
     # Observability
     log_level: str = "INFO"
     log_json: bool = True
@@ -140,6 +178,13 @@ class Settings(BaseSettings):
             models = [models[0].model_copy(update={"default": True}), *models[1:]]
         return models
 
+    @field_validator("webhook_retry_delays_s")
+    @classmethod
+    def _delays_not_negative(cls, delays: list[float]) -> list[float]:
+        if any(delay < 0 for delay in delays):
+            raise ValueError("webhook retry delays must not be negative")
+        return delays
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         data = self.data_dir.resolve()
@@ -151,6 +196,12 @@ class Settings(BaseSettings):
             self.storage_url = f"file://{data / 'objects'}"
         if self.environment == "production" and not self.auth_enabled:
             raise ValueError("auth_enabled=false is refused in production; use development")
+        if self.environment == "production" and (
+            self.webhook_allow_private or self.webhook_allow_http
+        ):
+            raise ValueError("private or plain-http webhook targets are refused in production")
+        if self.webhook_send_lease_s <= self.webhook_timeout_s:
+            raise ValueError("webhook_send_lease_s must be longer than webhook_timeout_s")
         return self
 
     @property

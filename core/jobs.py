@@ -266,3 +266,14 @@ def job_public(job: Job) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _queue_webhooks(session: Session, job: Job, event_type: str) -> None:
+    # Imported here because core.webhooks builds its payloads with job_public above.
+    from core.webhooks import record_job_event
+
+    record_job_event(session, job, event_type)
+
+
+# Every process that changes jobs (API, workers, sweeper) writes their webhook deliveries.
+add_event_listener(_queue_webhooks)
