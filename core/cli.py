@@ -73,6 +73,14 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """Send webhooks: a CPU worker on the webhook queue, with its due-delivery poller."""
+    from worker.webhook_process import serve_webhooks
+
+    serve_webhooks(settings=get_settings(), concurrency=args.concurrency, loglevel=args.loglevel)
+    return 0
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """Build the small offline InternVL checkpoint used by tests, the demo and CPU benchmarks."""
     from worker.tiny_model import build_tiny_model
@@ -83,7 +91,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Run API, worker and sweeper on embedded defaults (SQLite, files, no servers)."""
+    """Run API, worker, webhook sender and sweeper on embedded defaults (no servers)."""
     from core.embedded import run_dev
 
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
@@ -119,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweeper", help=cmd_sweeper.__doc__)
     p.set_defaults(func=cmd_sweeper)
+
+    p = sub.add_parser("webhooks", help=cmd_webhooks.__doc__)
+    p.add_argument("--concurrency", type=int, default=0, help="sends in flight (0: settings)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("tiny-model", help=cmd_tiny_model.__doc__)
     p.add_argument("directory")

@@ -2,7 +2,8 @@
 
 SQLite holds the jobs, a directory holds the images, kombu's filesystem transport carries the
 messages, and the tiny offline InternVL answers unless a model registry is configured. The
-API, one worker and the sweeper run as child processes, exactly as they would in production.
+API, one worker, the webhook sender and the sweeper run as child processes, exactly as they
+would in production.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ def tiny_model_dir(settings: Settings) -> Path:
 
 def dev_settings(base: Settings, *, auth: bool) -> Settings:
     """The base settings with development relaxations and, unless configured, the tiny model."""
-    update: dict[str, object] = {"environment": "development", "auth_enabled": auth}
+    update: dict[str, object] = {
+        "environment": "development",
+        "auth_enabled": auth,
+        "webhook_allow_private": True,  # receivers on this machine, for trying webhooks out
+        "webhook_allow_http": True,
+    }
     if "log_json" not in base.model_fields_set:
         update["log_json"] = False
     if "models" not in base.model_fields_set:
@@ -70,6 +76,7 @@ def run_dev(*, host: str, port: int, auth: bool, devices: str) -> int:
         "api": _python("api", "--host", host, "--port", str(port)),
         "worker": _python("worker", "--devices", devices),
         "sweeper": _python("sweeper"),
+        "webhooks": _python("webhooks", "--concurrency", "4"),
     }
     children = {
         name: subprocess.Popen(command, env=env)  # noqa: S603
