@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.deps import Runtime
 from api.problems import install_problem_handlers
-from api.routes import jobs, service
+from api.routes import jobs, service, webhooks
 from core.config import Settings, get_settings
 from core.db import transaction
 from core.specs import JobCreate
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     install_problem_handlers(app)
     app.include_router(jobs.router)
     app.include_router(service.router)
+    app.include_router(webhooks.router)
     _register_request_schemas(app)
     return app
 

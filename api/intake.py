@@ -21,6 +21,7 @@ from core.models import Image, Job
 from core.queue import publish_job
 from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
 from core.storage import image_key, store_once
+from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
 
@@ -202,6 +203,8 @@ def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: l
     validate_job_request(
         request, limits=request_limits(settings), max_tiles=model.max_tiles, extra_images=len(files)
     )
+    if request.webhook is not None:
+        check_webhook_url(request.webhook.url, settings)
     with runtime.sessions() as session:  # reads only: image_id look-ups
         images, messages = collect_images(
             request, files, session=session, tenant_id=tenant_id, settings=settings

@@ -63,3 +63,64 @@ class ModelsPublic(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookSecretPublic(BaseModel):
+    """The tenant's Standard Webhooks signing secret."""
+
+    secret: str = Field(examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    created_at: str
+    previous_expires_at: str | None = Field(
+        None, description="Until when a rotated-out secret still signs, as a second signature."
+    )
+
+
+class SecretRotate(BaseModel):
+    """Options of a secret rotation."""
+
+    model_config = {"extra": "forbid"}
+
+    overlap_s: int | None = Field(
+        None,
+        ge=0,
+        le=30 * 86400,
+        description="How long the old secret keeps signing; 0 revokes it at once. "
+        "Default: the service's webhook_secret_overlap_s.",
+    )
+
+
+class WebhookAttemptPublic(BaseModel):
+    """One try at sending a webhook."""
+
+    attempted_at: str
+    status_code: int | None = None
+    latency_ms: int
+    error: str | None = None
+    response: str | None = Field(None, description="The start of the receiver's answer.")
+
+
+class WebhookDeliveryPublic(BaseModel):
+    """One webhook message (its id is the webhook-id header) and its attempts."""
+
+    id: str = Field(examples=["msg_01jd5k3m8q9v2x7c4n6b0t1r5w"])
+    object: str = "webhook_delivery"
+    event_type: str = Field(examples=["job.succeeded"])
+    url: str
+    status: str = Field(description="pending | succeeded | failed | disabled (410 Gone)")
+    attempt_count: int
+    next_attempt_at: str | None = None
+    created_at: str
+    finished_at: str | None = None
+    attempts: list[WebhookAttemptPublic]
+
+
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
+
+
+class WebhookReplay(BaseModel):
+    """Which delivery to send again; all failed ones of the job when empty."""
+
+    model_config = {"extra": "forbid"}
+
+    delivery_id: str | None = None
