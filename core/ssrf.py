@@ -258,8 +258,9 @@ class GuardedTransport(httpx.HTTPTransport):
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             network_backend=backend,
-            max_connections=20,
-            max_keepalive_connections=0,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
         )
 
 

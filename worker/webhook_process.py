@@ -12,6 +12,8 @@ import os
 import socket
 import threading
 
+from celery import Celery
+
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.logs import setup_logging
@@ -26,22 +28,8 @@ def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = 
     """Dispatch and send webhooks until stopped."""
     setup_logging(loglevel, json_lines=settings.log_json)
     threads = concurrency or settings.webhook_concurrency
-    sessions = make_session_factory(make_engine(settings.database_url, pool_size=threads + 2))
     app = make_celery(settings)
-    client = guarded_client(
-        allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s
-    )
-
-    def publish(delivery_id: str, attempts: int) -> None:
-        app.send_task(
-            DELIVER_WEBHOOK_TASK,
-            args=[delivery_id, attempts],
-            queue=WEBHOOK_QUEUE,
-            retry=True,
-            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-        )
-
-    sender = WebhookSender(settings=settings, sessions=sessions, client=client, publish=publish)
+    sender = build_sender(settings, app, pool_size=threads + 2)
 
     @app.task(
         name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True
@@ -69,4 +57,23 @@ def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = 
     finally:
         stop.set()
         dispatcher.join(timeout=10)
-        client.close()
+        sender.client.close()
+
+
+def build_sender(settings: Settings, app: Celery, *, pool_size: int) -> WebhookSender:
+    """A sender on the database, the SSRF-guarded client, and `app`'s webhook queue."""
+    sessions = make_session_factory(make_engine(settings.database_url, pool_size=pool_size))
+    client = guarded_client(
+        allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s
+    )
+
+    def publish(delivery_id: str, attempts: int) -> None:
+        app.send_task(
+            DELIVER_WEBHOOK_TASK,
+            args=[delivery_id, attempts],
+            queue=WEBHOOK_QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    return WebhookSender(settings=settings, sessions=sessions, client=client, publish=publish)

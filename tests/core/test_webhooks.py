@@ -6,9 +6,11 @@ import json
 from datetime import timedelta
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import Settings
 from core.db import transaction, utcnow
 from core.errors import Conflict, NotFound
 from core.jobs import claim_job, complete_job
@@ -169,3 +171,15 @@ def test_rotation_without_overlap_revokes_at_once(sessions: sessionmaker[Session
         new = rotate_secret(session, tenant.id, overlap_s=0).secret
     with transaction(sessions) as session:
         assert signing_secrets(session, tenant.id) == [new]
+
+
+@pytest.mark.parametrize("unsafe", [{"webhook_allow_private": True}, {"webhook_allow_http": True}])
+def test_production_refuses_private_or_plain_http_webhooks(unsafe: dict) -> None:
+    with pytest.raises(ValidationError, match="refused in production"):
+        Settings(_env_file=None, environment="production", **unsafe)  # type: ignore[call-arg]
+    assert Settings(_env_file=None, environment="development", **unsafe)  # type: ignore[call-arg]
+
+
+def test_send_lease_must_outlast_the_timeout() -> None:
+    with pytest.raises(ValidationError, match="webhook_send_lease_s"):
+        Settings(_env_file=None, webhook_timeout_s=30, webhook_send_lease_s=20)  # type: ignore[call-arg]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import transaction, utcnow
 from core.models import WebhookDelivery
+from core.signatures import new_secret
 from core.ssrf import guarded_client
 from core.tenants import DEFAULT_TENANT_ID, ensure_default_tenant
 from core.webhook_secrets import current_secret, rotate_secret
@@ -264,3 +268,35 @@ def test_during_rotation_both_secrets_sign(
     assert len(request.headers["webhook-signature"].split(" ")) == 2
     verify_standard_webhook(old, request.headers, request.body)
     verify_standard_webhook(new, request.headers, request.body)
+
+
+def _example_receiver() -> Any:
+    path = Path(__file__).resolve().parents[2] / "examples" / "webhook_receiver.py"
+    spec = importlib.util.spec_from_file_location("webhook_receiver_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_documented_receiver_accepts_real_deliveries_and_refuses_forgeries(
+    make_sender: MakeSender, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = _example_receiver()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), example.Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    sender = make_sender(webhook_retry_delays_s=[])
+    try:
+        monkeypatch.setenv("WEBHOOK_SECRET", secret_of_default_tenant(sessions))
+        _, genuine = finished_job_delivery(sessions, url)
+        assert settle(sender, genuine.id).status == "succeeded"
+        # A receiver holding another secret must refuse what this tenant's secret signed.
+        monkeypatch.setenv("WEBHOOK_SECRET", new_secret())
+        _, forged = finished_job_delivery(sessions, url)
+        assert settle(sender, forged.id).status == "failed"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [a.status_code for a in attempts(sessions, genuine.id)] == [204]
+    assert [a.status_code for a in attempts(sessions, forged.id)] == [401]
