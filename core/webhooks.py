@@ -153,24 +153,32 @@ def _add_delivery(
 
 def job_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
     """The deliveries of a job, oldest first."""
+    return _deliveries(session, WebhookDelivery.job_id == job_id)
+
+
+def batch_deliveries(session: Session, batch_id: str) -> list[WebhookDelivery]:
+    """The deliveries of a batch's own events, oldest first."""
+    return _deliveries(session, WebhookDelivery.batch_id == batch_id)
+
+
+def _deliveries(session: Session, owner: Any) -> list[WebhookDelivery]:
     return list(
         session.scalars(
             select(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id)
+            .where(owner)
             .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
         )
     )
 
 
 def replay_deliveries(
-    session: Session, job_id: str, *, delivery_id: str | None = None
+    session: Session, deliveries: list[WebhookDelivery], *, delivery_id: str | None = None
 ) -> list[WebhookDelivery]:
-    """Send a job's failed or disabled deliveries again (or the one named), same webhook-id."""
-    deliveries = job_deliveries(session, job_id)
+    """Send failed or disabled deliveries again (or the one named), with the same webhook-id."""
     if delivery_id is not None:
         chosen = [d for d in deliveries if d.id == delivery_id]
         if not chosen:
-            raise NotFound(f"job {job_id} has no webhook delivery {delivery_id}")
+            raise NotFound(f"no webhook delivery {delivery_id} here")
         if chosen[0].status == DeliveryStatus.PENDING.value:
             raise Conflict(
                 f"delivery {delivery_id} is still being delivered", code="delivery_pending"
@@ -179,10 +187,7 @@ def replay_deliveries(
         done = {DeliveryStatus.FAILED.value, DeliveryStatus.DISABLED.value}
         chosen = [d for d in deliveries if d.status in done]
         if not chosen:
-            raise Conflict(
-                f"job {job_id} has no failed webhook deliveries to replay",
-                code="nothing_to_replay",
-            )
+            raise Conflict("no failed webhook deliveries to replay", code="nothing_to_replay")
     now = utcnow()
     for delivery in chosen:
         delivery.status = DeliveryStatus.PENDING.value

@@ -67,5 +67,9 @@ def replay_job_webhooks(
 ) -> dict[str, Any]:
     """Send the job's failed deliveries (or the one named) again, with the same webhook-id."""
     _own_job(session, job_id, tenant_id)
-    chosen = replay_deliveries(session, job_id, delivery_id=replay.delivery_id if replay else None)
+    chosen = replay_deliveries(
+        session,
+        job_deliveries(session, job_id),
+        delivery_id=replay.delivery_id if replay else None,
+    )
     return {"data": [delivery_public(session, d) for d in chosen]}

@@ -17,7 +17,13 @@ from core.jobs import claim_job, complete_job
 from core.models import Batch, WebhookDelivery
 from core.tenants import ensure_default_tenant
 from core.webhook_secrets import current_secret, rotate_secret, signing_secrets
-from core.webhooks import DeliveryStatus, record_batch_event, replay_deliveries
+from core.webhooks import (
+    DeliveryStatus,
+    batch_deliveries,
+    job_deliveries,
+    record_batch_event,
+    replay_deliveries,
+)
 from tests.webhook_jobs import deliveries, queued_job, run_job
 
 URL = "https://hooks.example.com/internvl"
@@ -72,7 +78,7 @@ def test_replay_rearms_failed_deliveries_for_a_full_schedule(
 ) -> None:
     failed = _failed_delivery(sessions)
     with transaction(sessions) as session:
-        [replayed] = replay_deliveries(session, failed.job_id or "")
+        [replayed] = replay_deliveries(session, job_deliveries(session, failed.job_id or ""))
     assert replayed.id == failed.id  # same webhook-id
     assert (replayed.status, replayed.attempts_before_replay) == ("pending", 10)
     assert replayed.finished_at is None and replayed.next_attempt_at is not None
@@ -83,14 +89,15 @@ def test_replay_refuses_pending_unknown_or_nothing(sessions: sessionmaker[Sessio
     run_job(sessions, job.id)
     [pending] = deliveries(sessions, job.id)
     with transaction(sessions) as session:
+        rows = job_deliveries(session, job.id)
         with pytest.raises(Conflict) as nothing:
-            replay_deliveries(session, job.id)
+            replay_deliveries(session, rows)
         assert nothing.value.code == "nothing_to_replay"
         with pytest.raises(Conflict) as busy:
-            replay_deliveries(session, job.id, delivery_id=pending.id)
+            replay_deliveries(session, rows, delivery_id=pending.id)
         assert busy.value.code == "delivery_pending"
         with pytest.raises(NotFound):
-            replay_deliveries(session, job.id, delivery_id="msg_other")
+            replay_deliveries(session, rows, delivery_id="msg_other")
 
 
 def _batch(session: Session, **fields: object) -> Batch:
@@ -116,6 +123,8 @@ def test_batch_event_delivery_carries_the_batch_and_its_counts(
     assert body["data"]["id"] == "bat_1" and body["data"]["total"] == 2
     assert body["data"]["metadata"] == {"run": 7}
     assert body["data"]["counts"]["succeeded"] == 0
+    with sessions() as session:
+        assert [d.id for d in batch_deliveries(session, "bat_1")] == [delivery.id]
 
 
 def test_batch_events_follow_the_batch_webhook(sessions: sessionmaker[Session]) -> None:

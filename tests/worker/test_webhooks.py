@@ -20,7 +20,7 @@ from core.signatures import new_secret
 from core.ssrf import guarded_client
 from core.tenants import DEFAULT_TENANT_ID, ensure_default_tenant
 from core.webhook_secrets import current_secret, rotate_secret
-from core.webhooks import replay_deliveries
+from core.webhooks import job_deliveries, replay_deliveries
 from tests.support import free_port
 from tests.webhook_jobs import MODEL, attempts, deliveries, job_status, queued_job, row, run_job
 from tests.webhook_receiver import Receiver, Reply, verify_standard_webhook
@@ -184,7 +184,7 @@ def test_unreachable_receiver_exhausts_the_schedule_then_replay_delivers(
     assert job_status(sessions, job_id) == "succeeded"
     with Receiver(port=port) as receiver:
         with transaction(sessions) as session:
-            replay_deliveries(session, job_id)
+            replay_deliveries(session, job_deliveries(session, job_id))
         replayed = settle(sender, delivery.id)
     assert (replayed.status, replayed.attempts) == ("succeeded", 5)
     assert receiver.received[0].headers["webhook-id"] == delivery.id
