@@ -26,18 +26,6 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-__all__ = [
-    "CHAT_TEMPLATE",
-    "PRESETS",
-    "TinyPreset",
-    "build_processor",
-    "build_tiny_model",
-    "model_config",
-    "parameter_count",
-    "preset_named",
-    "train_tokenizer",
-]
-
 
 @dataclass(frozen=True)
 class TinyPreset:

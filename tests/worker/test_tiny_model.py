@@ -132,6 +132,14 @@ def test_different_images_give_different_varied_output(loaded: tuple[Any, Any]) 
     assert len(set(icon)) > 1
 
 
+def test_vision_position_embeddings_and_cls_token_are_random(loaded: tuple[Any, Any]) -> None:
+    _, model = loaded
+    embeddings = model.model.vision_tower.embeddings
+    init_std = PRESETS["test"].init_std
+    for weights in (embeddings.position_embeddings, embeddings.cls_token):
+        assert 0.5 * init_std < float(weights.detach().std()) < 1.5 * init_std
+
+
 def test_batched_greedy_equals_single(loaded: tuple[Any, Any]) -> None:
     processor, model = loaded
     images = [noise_image(1, 640, 480), noise_image(2, 100, 100), noise_image(3, 300, 120)]
