@@ -11,9 +11,12 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.deps import Runtime
 from api.problems import install_problem_handlers
-from api.routes import jobs, service, webhooks
+from api.routes import jobs, metrics, service, webhooks
+from api.telemetry import RequestTelemetryMiddleware
 from core.config import Settings, get_settings
 from core.db import transaction
+from core.job_telemetry import install_job_telemetry
+from core.metrics import BUILD_INFO
 from core.specs import JobCreate
 from core.tenants import ensure_default_tenant
 
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime or Runtime.from_settings(settings)
+        app.state.deployment_registry = metrics.deployment_registry(app.state.runtime)
         if not settings.auth_enabled:
             with transaction(app.state.runtime.sessions) as session:
                 ensure_default_tenant(session)
@@ -44,11 +48,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    install_job_telemetry()
+    BUILD_INFO.labels("api").set(1)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetryMiddleware)  # outermost: sees refused bodies too
     install_problem_handlers(app)
     app.include_router(jobs.router)
     app.include_router(service.router)
     app.include_router(webhooks.router)
+    app.include_router(metrics.router)
     _register_request_schemas(app)
     return app
 

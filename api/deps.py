@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
+from core.logs import bind_log_context
 from core.queue import make_celery
 from core.storage import ObjectStorage, open_storage
 from core.tenants import DEFAULT_TENANT_ID, authenticate
@@ -71,9 +72,12 @@ def get_tenant_id(
 ) -> str:
     """The caller's tenant: from its API key, or the default tenant when auth is disabled."""
     if not runtime.settings.auth_enabled:
-        return DEFAULT_TENANT_ID  # created at start-up
-    with transaction(runtime.sessions) as session:
-        return authenticate(session, authorization)
+        tenant_id = DEFAULT_TENANT_ID  # created at start-up
+    else:
+        with transaction(runtime.sessions) as session:
+            tenant_id = authenticate(session, authorization)
+    bind_log_context(tenant=tenant_id)
+    return tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]

@@ -58,7 +58,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         models.append(model)
     devices = parse_devices(args.devices, [] if args.devices.startswith("cpu") else visible_gpus())
     slots = plan_slots(models, devices)
-    return Supervisor(settings, slots, loglevel=args.loglevel).run()
+    loglevel = args.loglevel or args.log_level or settings.log_level
+    return Supervisor(settings, slots, loglevel=loglevel).run()
 
 
 def cmd_sweeper(args: argparse.Namespace) -> int:
@@ -68,6 +69,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     from core.sweeper import run_forever
 
     settings = get_settings()
+    serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
     run_forever(sessions=sessions, celery=make_celery(settings), settings=settings)
     return 0
@@ -97,6 +99,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
 
 
+def serve_process_probes(settings: Settings, *, role: str, port: int) -> None:
+    """Count this process's job events and serve /metrics and /healthz on its probe port."""
+    from core.job_telemetry import install_job_telemetry
+    from core.metrics import BUILD_INFO
+    from core.probe_server import always_alive, start_probe_server
+
+    install_job_telemetry()
+    BUILD_INFO.labels(role).set(1)
+    start_probe_server(
+        host=settings.probe_host,
+        port=port,
+        probes={"/healthz": always_alive, "/livez": always_alive, "/readyz": always_alive},
+    )
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -122,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help=cmd_worker.__doc__)
     p.add_argument("--devices", default="all", help="all | 0,1,... | cpu | cpu:N")
     p.add_argument("--models", default="", help="comma-separated aliases (default model if empty)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default=None, help="default: INTERNVL_JOBS_LOG_LEVEL")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sweeper", help=cmd_sweeper.__doc__)

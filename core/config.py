@@ -18,6 +18,7 @@ Environment = Literal["development", "test", "production"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 Attention = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 Quantization = Literal["none", "8bit", "4bit"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class ModelSpec(BaseModel):
@@ -160,8 +161,39 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(16, ge=1, le=512, description="Sends in flight per worker.")
 
     # Observability
-    log_level: str = "INFO"
-    log_json: bool = True
+    log_level: LogLevel = Field("INFO", description="Lowest level logged by every process.")
+    log_json: bool = Field(True, description="One JSON object per log line; false: plain text.")
+    probe_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - Prometheus and the orchestrator scrape from other hosts
+        description="Address the probe and metrics servers of workers and the sweeper bind.",
+    )
+    worker_probe_port: int = Field(
+        9310,
+        ge=0,
+        le=65535,
+        description="Base port of GPU worker probes and metrics: a worker process listens on "
+        "base + its (first) device index + 100 x its model's position in the registry; "
+        "0 disables.",
+    )
+    sweeper_probe_port: int = Field(
+        9300, ge=0, le=65535, description="Port of the sweeper's probes and metrics; 0 disables."
+    )
+    generation_stuck_s: float = Field(
+        900.0,
+        gt=0,
+        description="A generate() call running longer than this fails the worker's liveness "
+        "probe (the stuck-generation watchdog).",
+    )
+    exit_when_stuck: bool = Field(
+        True,
+        description="A worker whose generation is stuck exits, so that its supervisor or "
+        "orchestrator restarts it and the sweeper requeues its jobs.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("models")
     @classmethod

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import transaction, utcnow
 from core.jobs import fail_job, transition
+from core.metrics import record_sweep
 from core.models import Job, JobStatus
 from core.queue import publish_job
 
@@ -155,6 +156,7 @@ def run_forever(
     while not stop.is_set():
         try:
             report = sweep_once(sessions=sessions, celery=celery, settings=settings)
+            record_sweep(report)
             if report.republished or report.requeued or report.exhausted:
                 log.info(
                     "sweep: %d republished, %d requeued, %d exhausted",

@@ -13,10 +13,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m worker")
     parser.add_argument("--model", required=True, help="model alias from the registry")
     parser.add_argument("--device", required=True, help="device label, e.g. gpu0 or cpu0")
-    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--loglevel", default=None)
     args = parser.parse_args()
+    settings = get_settings()
     serve(
-        settings=get_settings(), model_alias=args.model, device=args.device, loglevel=args.loglevel
+        settings=settings,
+        model_alias=args.model,
+        device=args.device,
+        loglevel=args.loglevel or settings.log_level,
     )
 
 

@@ -42,6 +42,7 @@ class BatchStats:
     busy_s: float = 0.0
     last_batch_size: int = 0
     last_batch_at: float | None = None
+    running_since: float | None = None  # unix time the generate() call in progress began
     oom_splits: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,7 +83,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_batch_tiles = max_batch_tiles
-        self._on_batch = on_batch
+        self.on_batch = on_batch  # (batch size, seconds) after each batch: metrics
         self._waiting: list[_Waiting] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -164,10 +165,13 @@ class Batcher:
     def _run_batch(self, batch: list[_Waiting]) -> None:
         started = time.monotonic()
         try:
+            self.stats.running_since = time.time()  # what the stuck-generation watchdog reads
             results = self._generate([item.job for item in batch])
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the jobs' futures
+            self.stats.running_since = None
             self._recover(batch, exc)
             return
+        self.stats.running_since = None
         elapsed = time.monotonic() - started
         self._record(batch, results, elapsed)
         for item, result in zip(batch, results, strict=True):
@@ -201,8 +205,8 @@ class Batcher:
         stats.busy_s += elapsed
         stats.last_batch_size = len(batch)
         stats.last_batch_at = time.time()
-        if self._on_batch is not None:
-            self._on_batch(len(batch), elapsed)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), elapsed)
 
 
 def _free_accelerator_memory() -> None:

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ class Heartbeat:
         self.on_canceled = on_canceled
         self.stats = stats
         self.state = "starting"
+        self.last_beat_at: float | None = None  # unix time of the last recorded beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -79,6 +81,7 @@ class Heartbeat:
                 session, self.held(), worker_id=self.worker_id, lease_s=self.lease_s
             )
             self._upsert(session)
+        self.last_beat_at = time.time()
         if canceled:
             self.on_canceled(canceled)
 

@@ -8,9 +8,13 @@ from typing import Any
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
-from core.logs import setup_logging
+from core.job_telemetry import install_job_telemetry
+from core.logs import set_process_fields, setup_logging
+from core.metrics import BUILD_INFO
+from core.probe_server import ProbeServer, start_probe_server
 from core.queue import make_celery
 from core.storage import open_storage
+from worker.health import WorkerHealth, probe_port
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("worker.process")
@@ -28,6 +32,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     if spec is None:
         raise SystemExit(f"model '{model_alias}' is not in the registry")
     name = worker_name(model_alias, device)
+    health, probes = _start_health(settings, name, model_alias, device)
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
     storage = open_storage(
         settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
@@ -55,17 +60,46 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         on_canceled=lambda ids: state["runtime"] and state["runtime"].flag_canceled(ids),
         stats=stats,
     )
+    health.heartbeat = heartbeat
     heartbeat.start()
     runtime = _load_runtime(settings, spec.alias, name, device, sessions, storage, heartbeat)
     state["runtime"] = runtime
+    health.watch(runtime)
     runtime.batcher.start()
-    heartbeat.state = "ready"
+    heartbeat.state = health.state = "ready"
     try:
         _consume(settings, runtime, name, loglevel)
     finally:
-        heartbeat.state = "stopping"
+        heartbeat.state = health.state = "stopping"
+        health.stop_watchdog()
         runtime.batcher.stop()
         heartbeat.stop(final_state="stopped")
+        if probes is not None:
+            probes.stop()
+
+
+def _start_health(
+    settings: Settings, name: str, model_alias: str, device: str
+) -> tuple[WorkerHealth, ProbeServer | None]:
+    """Log as this worker, count its job events, and serve its probes and metrics."""
+    set_process_fields(worker=name)
+    install_job_telemetry()
+    BUILD_INFO.labels("worker").set(1)
+    health = WorkerHealth(
+        worker_id=name,
+        model=model_alias,
+        stuck_after_s=settings.generation_stuck_s,
+        exit_when_stuck=settings.exit_when_stuck,
+    )
+    position = [m.alias for m in settings.models].index(model_alias)
+    port = probe_port(settings.worker_probe_port, device=device, model_position=position)
+    probes = start_probe_server(
+        host=settings.probe_host,
+        port=port,
+        probes=health.probes(),
+        registries=(health.registry(),),
+    )
+    return health, probes
 
 
 def _load_runtime(

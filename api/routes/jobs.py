@@ -15,6 +15,7 @@ from api.intake import submit_job
 from api.schemas import JobPublic
 from core.errors import InvalidRequest, NotFound, ServiceError
 from core.jobs import job_public
+from core.logs import bind_log_context
 from core.models import Job
 from core.specs import JobCreate
 
@@ -104,6 +105,7 @@ async def create_job(
     job = await run_in_threadpool(
         submit_job, runtime, tenant_id=tenant_id, request=job_request, files=files
     )
+    bind_log_context(job_id=job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_public(job)
 
