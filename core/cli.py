@@ -36,6 +36,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_config=None,
+        access_log=False,  # api.telemetry writes one structured line per request instead
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         timeout_graceful_shutdown=30,

@@ -25,7 +25,12 @@ MAX_FIELD_CHARS = 2000
 MAX_MESSAGE_CHARS = 8000
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-_SENSITIVE_KEY = re.compile(r"(?i)(password|passwd|secret|token|authorization|api_?key|cookie)")
+# Field names whose values are never written: exact words, so prompt_tokens stays readable.
+_SENSITIVE_KEY = re.compile(
+    r"(?i)(^|_)(password|passwd|secret|token|authorization|api_?key|cookie|credentials?)$"
+)
+# Extra fields some libraries add that only repeat the message (uvicorn's coloured copy).
+_DROPPED_FIELDS = frozenset({"color_message"})
 _SECRET_PATTERNS = [
     # user:password@ in any URL (database, broker, S3 endpoint)
     (re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1***@"),
@@ -113,7 +118,7 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = {
         key: safe_value(key, value)
         for key, value in vars(record).items()
-        if key not in _STANDARD and not key.startswith("_")
+        if key not in _STANDARD and key not in _DROPPED_FIELDS and not key.startswith("_")
     }
     if fields.get("job_id") is not None:
         for key in JOB_FIELDS:
@@ -159,5 +164,6 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # library warnings become log lines, not stray stderr text
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

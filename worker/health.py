@@ -102,12 +102,13 @@ class WorkerHealth(Collector):
         registry.register(self)
         return registry
 
-    def watch(self, runtime: Any) -> None:
+    def watch(self, runtime: Any, *, watchdog_interval_s: float | None = 5.0) -> None:
         """Report on a loaded worker runtime: its batcher, its jobs, and check it for stalls."""
         self.batcher = runtime.batcher
         self.jobs_done = lambda: int(runtime.jobs_done)
         runtime.batcher.on_batch = self.on_batch
-        self.start_watchdog()
+        if watchdog_interval_s is not None:
+            self.start_watchdog(watchdog_interval_s)
 
     # -- watchdog -------------------------------------------------------------------------
 

@@ -147,5 +147,6 @@ def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None
         without_mingle=True,
         without_gossip=True,
         optimization="fair",
+        quiet=settings.log_json,  # no banner: with JSON logs every line must parse
     )
     worker.start()

@@ -133,7 +133,16 @@ def test_exceptions_are_masked_too(captured) -> None:  # type: ignore[no-untyped
 
 
 def test_plain_text_lines_carry_the_same_fields_masked() -> None:
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "dsn %s", ("redis://:pw1@r/0",), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "dsn %s", ("redis://:pw1@r/0",), None
+    )
     record.job_id = "job_9"
     line = PlainFormatter().format(record)
     assert "pw1" not in line and "job_id=job_9" in line and "tenant=None" in line
+
+
+def test_counts_whose_names_contain_token_are_not_masked(captured) -> None:  # type: ignore[no-untyped-def]
+    logger, stream = captured
+    logger.info("done", extra={"prompt_tokens": 12, "completion_tokens": 3, "token": "t0p"})
+    entry = lines(stream)[0]
+    assert (entry["prompt_tokens"], entry["completion_tokens"], entry["token"]) == (12, 3, "***")

@@ -14,7 +14,8 @@ def test_a_database_outage_reports_stats_down_instead_of_failing_the_scrape() ->
     registry = CollectorRegistry(auto_describe=False)
     registry.register(
         QueueStatsCollector(
-            sessions=make_session_factory(engine), settings=Settings(_env_file=None)  # type: ignore[call-arg]
+            sessions=make_session_factory(engine),
+            settings=Settings(_env_file=None),  # type: ignore[call-arg]
         )
     )
     text = generate_latest(registry).decode()
