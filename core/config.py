@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     sweeper_probe_port: int = Field(
         9300, ge=0, le=65535, description="Port of the sweeper's probes and metrics; 0 disables."
     )
+    webhook_probe_port: int = Field(
+        9301,
+        ge=0,
+        le=65535,
+        description="Port of the webhook sender's probes and metrics; 0 disables.",
+    )
     generation_stuck_s: float = Field(
         900.0,
         gt=0,

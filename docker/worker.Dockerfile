@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1.7
+# The GPU worker image: CUDA 13.0 runtime on Ubuntu 24.04, matching the CUDA 13.0 build of
+# torch 2.14.1 (its default wheel; it brings its own cuBLAS/cuDNN wheels and needs an NVIDIA
+# driver >= 580 on the host). Runs as an unprivileged user; models are cached in /models.
+# Build from the repository root:
+#   docker build -f docker/worker.Dockerfile -t internvl-jobs-worker .
+#   docker build -f docker/worker.Dockerfile --build-arg FLASH_ATTN=1 -t internvl-jobs-worker:fa2 .
+
+ARG CUDA_VERSION=13.0.2
+ARG UBUNTU=ubuntu24.04
+
+# Build stage: the devel image has nvcc, needed only when flash-attn is compiled.
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
+ARG FLASH_ATTN=0
+ARG FLASH_ATTN_VERSION=2.8.3.post2
+# flash-attn compiles for a long time; MAX_JOBS bounds its memory use (about 4 GB per job).
+ARG MAX_JOBS=4
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential git \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY core ./core
+COPY api ./api
+COPY worker ./worker
+# torch==2.14.1 from PyPI is the CUDA 13.0 build (its wheels pull nvidia-*-cu13 libraries).
+RUN pip install --constraint constraints.txt ".[worker]" \
+    && python -c "import torch; assert torch.version.cuda.startswith('13.0'), torch.version.cuda"
+RUN if [ "$FLASH_ATTN" = "1" ]; then \
+        MAX_JOBS="$MAX_JOBS" pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"; \
+    fi
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
+ENV DEBIAN_FRONTEND=noninteractive \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/models \
+    INTERNVL_JOBS_LOG_JSON=true \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 internvl \
+    && useradd --system --uid 10001 --gid internvl --home-dir /app --shell /usr/sbin/nologin internvl \
+    && mkdir -p /models \
+    && chown internvl:internvl /models
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY alembic.ini ./
+COPY alembic ./alembic
+USER 10001:10001
+# Hugging Face downloads land here: mount a volume so a restart does not download again.
+VOLUME ["/models"]
+# Probes and metrics: 9310 + device index (GPU 0 -> 9310); see docs/deployment.md.
+EXPOSE 9310
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9310/livez', timeout=4)"]
+CMD ["internvl-jobs", "worker", "--devices", "all"]
