@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from api.deps import Runtime
@@ -24,6 +25,8 @@ from core.storage import image_key, store_once
 from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
+# INSERT ... ON CONFLICT for the two databases the service runs on.
+upsert_dialects = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 @dataclass
@@ -168,23 +171,40 @@ def put_new_objects(runtime: Runtime, images: ImageSet) -> list[str]:
 
 
 def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
-    """Record the tenant's images (new rows, or a fresh last_used_at for known ones)."""
+    """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
+
+    One INSERT ... ON CONFLICT for the images sent as bytes (no SELECT first: a round trip
+    per image saved on every submission), one UPDATE for those referenced by image_id.
+    """
     now = utcnow()
-    for sha in dict.fromkeys(images.shas):
-        row = session.get(Image, (tenant_id, sha))
-        if row is not None:
-            row.last_used_at = now
-            continue
-        info = images.new[sha][0]
-        session.add(
-            Image(
-                tenant_id=tenant_id,
-                sha256=sha,
-                format=info.format,
-                width=info.width,
-                height=info.height,
-                byte_size=info.byte_size,
+    sent = [
+        {
+            "tenant_id": tenant_id,
+            "sha256": sha,
+            "format": info.format,
+            "width": info.width,
+            "height": info.height,
+            "byte_size": info.byte_size,
+            "created_at": now,
+            "last_used_at": now,
+        }
+        for sha, (info, _) in images.new.items()
+    ]
+    if sent:
+        insert: Any = upsert_dialects[session.get_bind().dialect.name](Image).values(sent)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=[Image.tenant_id, Image.sha256],
+                set_={"last_used_at": insert.excluded.last_used_at},
             )
+        )
+    referenced = [sha for sha in dict.fromkeys(images.shas) if sha not in images.new]
+    if referenced:
+        session.execute(
+            update(Image)
+            .where(Image.tenant_id == tenant_id, Image.sha256.in_(referenced))
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
         )
 
 

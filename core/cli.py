@@ -100,6 +100,25 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
 
 
+def cmd_bench_submit(args: argparse.Namespace) -> int:
+    """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
+    from api.submit_bench import format_table, run_submit_bench, write_json
+
+    results = run_submit_bench(
+        get_settings(),
+        levels=[int(level) for level in args.concurrency.split(",")],
+        requests=args.requests,
+        same_image=args.same_image,
+        s3_server=args.s3_server,
+        url=args.url,
+        api_key=args.api_key,
+        api_pid=args.api_pid,
+    )
+    print(format_table(results))  # noqa: T201 - the command's output
+    write_json(results, args.json)
+    return 0
+
+
 def serve_process_probes(settings: Settings, *, role: str, port: int) -> None:
     """Count this process's job events and serve /metrics and /healthz on its probe port."""
     from core.job_telemetry import install_job_telemetry
@@ -157,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
+    _add_bench_parsers(sub.add_parser("bench", help="benchmarks that print figures"))
+
     p = sub.add_parser("dev", help=cmd_dev.__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -164,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="store_true", help="require API keys even in dev")
     p.set_defaults(func=cmd_dev)
     return parser
+
+
+def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
+    sub = bench.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("submit", help=cmd_bench_submit.__doc__)
+    p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
+    p.add_argument("--requests", type=int, default=400, help="requests per level")
+    p.add_argument("--same-image", action="store_true", help="one image for every request")
+    p.add_argument("--s3-server", default="", help="'moto': start a local S3 server (dev)")
+    p.add_argument("--url", default="", help="an API already running (default: start one)")
+    p.add_argument("--api-key", default="", help="its API key, with --url")
+    p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_submit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

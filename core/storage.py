@@ -23,6 +23,11 @@ class ObjectStorage(Protocol):
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Store bytes under key, replacing what was there."""
 
+    def put_if_absent(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Store bytes under key unless an object is there; True when this call stored them."""
+
     def get(self, key: str) -> bytes:
         """The bytes under key; ObjectNotFound when absent."""
 
@@ -75,6 +80,26 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def put_if_absent(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> bool:
+        path = self._path(key)
+        if path.exists():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp, path)  # fails if another writer got there first: never replaces
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
 
     def get(self, key: str) -> bytes:
         try:
@@ -134,6 +159,27 @@ class S3Storage:
             Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type
         )
 
+    def put_if_absent(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream"
+    ) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            # A conditional PUT: one round trip instead of HEAD then PUT, and no overwrite.
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=data,
+                ContentType=content_type,
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):  # already there (412), or being written right now (409)
+                return False
+            raise
+        return True
+
     def get(self, key: str) -> bytes:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
@@ -192,8 +238,4 @@ def open_storage(
 def store_once(storage: ObjectStorage, data: bytes, *, content_type: str) -> tuple[str, bool]:
     """Store bytes under their content address unless already there; (sha256, newly stored)."""
     digest = sha256_hex(data)
-    key = image_key(digest)
-    if storage.exists(key):
-        return digest, False
-    storage.put(key, data, content_type=content_type)
-    return digest, True
+    return digest, storage.put_if_absent(image_key(digest), data, content_type=content_type)

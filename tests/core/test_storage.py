@@ -82,3 +82,10 @@ def test_storage_url_schemes(tmp_path: Path) -> None:
     assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
     with pytest.raises(ValueError, match="unsupported storage URL"):
         open_storage("ftp://host/x")
+
+
+def test_put_if_absent_never_replaces_an_object(storage: ObjectStorage) -> None:
+    assert storage.put_if_absent("images/ab/x", b"first") is True
+    assert storage.put_if_absent("images/ab/x", b"second") is False
+    assert storage.get("images/ab/x") == b"first"
+    assert list(storage.list_keys("images/")) == ["images/ab/x"]
