@@ -70,6 +70,8 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     from core.sweeper import run_forever
 
     settings = get_settings()
+    from core.probe_server import serve_process_probes
+
     serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
     run_forever(sessions=sessions, celery=make_celery(settings), settings=settings)
@@ -80,7 +82,9 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     """Send webhooks: a CPU worker on the webhook queue, with its due-delivery poller."""
     from worker.webhook_process import serve_webhooks
 
-    serve_webhooks(settings=get_settings(), concurrency=args.concurrency, loglevel=args.loglevel)
+    settings = get_settings()
+    loglevel = args.loglevel or args.log_level or settings.log_level
+    serve_webhooks(settings=settings, concurrency=args.concurrency, loglevel=loglevel)
     return 0
 
 
@@ -119,21 +123,6 @@ def cmd_bench_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_process_probes(settings: Settings, *, role: str, port: int) -> None:
-    """Count this process's job events and serve /metrics and /healthz on its probe port."""
-    from core.job_telemetry import install_job_telemetry
-    from core.metrics import BUILD_INFO
-    from core.probe_server import always_alive, start_probe_server
-
-    install_job_telemetry()
-    BUILD_INFO.labels(role).set(1)
-    start_probe_server(
-        host=settings.probe_host,
-        port=port,
-        probes={"/healthz": always_alive, "/livez": always_alive, "/readyz": always_alive},
-    )
-
-
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -167,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("webhooks", help=cmd_webhooks.__doc__)
     p.add_argument("--concurrency", type=int, default=0, help="sends in flight (0: settings)")
-    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--loglevel", default=None, help="default: INTERNVL_JOBS_LOG_LEVEL")
     p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("tiny-model", help=cmd_tiny_model.__doc__)

@@ -87,10 +87,11 @@ BATCH_DURATION = Histogram(
     buckets=JOB_BUCKETS_S,
     registry=REGISTRY,
 )
-WEBHOOK_DELIVERIES = Counter(
+WEBHOOK_ATTEMPTS = Counter(
     "internvl_jobs_webhook_attempts",
-    "Webhook send attempts by event type and outcome (delivered, retry, failed, disabled).",
-    ["event", "outcome"],
+    "Webhook send attempts by the delivery's resulting status (succeeded, pending: will be "
+    "retried, failed, disabled by a 410) or duplicate/superseded messages.",
+    ["outcome"],
     registry=REGISTRY,
 )
 SWEEPS = Counter(

@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from core import metrics
+from core.config import Settings
 
 log = logging.getLogger("core.probe_server")
 # A probe answers (HTTP status, JSON body): 200 when healthy, 503 otherwise.
@@ -111,3 +112,16 @@ def start_probe_server(
         return None
     log.info("probes and metrics on http://%s:%d/metrics", host, port)
     return server.start()
+
+
+def serve_process_probes(settings: Settings, *, role: str, port: int) -> None:
+    """Count this process's job events and serve /metrics and /healthz on its probe port."""
+    from core.job_telemetry import install_job_telemetry
+
+    install_job_telemetry()
+    metrics.BUILD_INFO.labels(role).set(1)
+    start_probe_server(
+        host=settings.probe_host,
+        port=port,
+        probes={"/healthz": always_alive, "/livez": always_alive, "/readyz": always_alive},
+    )

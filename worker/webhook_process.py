@@ -17,6 +17,8 @@ from celery import Celery
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.logs import setup_logging
+from core.metrics import WEBHOOK_ATTEMPTS
+from core.probe_server import serve_process_probes
 from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, make_celery
 from core.ssrf import guarded_client
 from worker.webhooks import WebhookSender
@@ -27,6 +29,7 @@ log = logging.getLogger("worker.webhook_process")
 def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = "INFO") -> None:
     """Dispatch and send webhooks until stopped."""
     setup_logging(loglevel, json_lines=settings.log_json)
+    serve_process_probes(settings, role="webhooks", port=settings.webhook_probe_port)
     threads = concurrency or settings.webhook_concurrency
     app = make_celery(settings)
     sender = build_sender(settings, app, pool_size=threads + 2)
@@ -35,7 +38,9 @@ def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = 
         name=DELIVER_WEBHOOK_TASK, ignore_result=True, acks_late=True, reject_on_worker_lost=True
     )
     def deliver_webhook(delivery_id: str, attempts: int) -> str:
-        return sender.deliver(delivery_id, attempts)
+        outcome = sender.deliver(delivery_id, attempts)
+        WEBHOOK_ATTEMPTS.labels(outcome).inc()
+        return outcome
 
     stop = threading.Event()
     dispatcher = threading.Thread(
@@ -53,6 +58,7 @@ def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = 
             without_mingle=True,
             without_gossip=True,
             optimization="fair",
+            quiet=settings.log_json,  # no banner: with JSON logs every line must parse
         ).start()
     finally:
         stop.set()

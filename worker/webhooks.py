@@ -132,7 +132,12 @@ class WebhookSender:
             delivery.event_type,
             attempts + 1,
             outcome.error or outcome.status_code,
-            extra={"delivery_id": delivery.id, "job_id": delivery.job_id, "status": status},
+            extra={
+                "delivery_id": delivery.id,
+                "job_id": delivery.job_id,
+                "tenant": delivery.tenant_id,
+                "status": status,
+            },
         )
         return status
 

@@ -1,4 +1,8 @@
-"""What an operator sees of a running stack: probes, /metrics and the JSON logs, over HTTP."""
+"""What an operator sees of a running stack: probes, /metrics, Celery events and JSON logs.
+
+API, GPU worker (on CPU), sweeper and webhook sender run as separate processes on PostgreSQL,
+Redis and the S3 server; everything is observed over HTTP and from the processes' output.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +24,17 @@ from core.db import make_engine, make_session_factory, transaction
 from core.queue import make_celery
 from core.tenants import create_api_key, ensure_tenant
 from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from tests.webhook_receiver import Receiver
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 DB_PASSWORD = "hunter2-db-password"  # PostgreSQL trusts loopback here; it must never be logged
+# Celery prints this straight to stdout from its signal handler, bypassing logging.
+CELERY_SHUTDOWN_NOTICE = re.compile(r"^worker: (Warm|Cold) shutdown \(MainProcess\)$")
+FLOWER_NEEDS = {"task-sent", "task-received", "task-started", "task-succeeded"}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def samples(url: str) -> Samples:
     response = httpx.get(url, timeout=10)
     assert response.status_code == 200
     return {
@@ -34,12 +44,8 @@ def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def value(found: dict, name: str, **labels: str) -> float:
+def value(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
-
-
-# Celery prints this straight to stdout from its signal handler, bypassing logging.
-CELERY_SHUTDOWN_NOTICE = re.compile(r"^worker: (Warm|Cold) shutdown \(MainProcess\)$")
 
 
 def wait_until(check: Any, timeout: float = 60) -> None:
@@ -84,6 +90,36 @@ class EventTap:
         self.thread.join(10)
 
 
+@dataclass
+class Observed:
+    """What the test saw while the stack ran, and the secrets that must not be logged."""
+
+    job_ids: list[str]
+    api_key: str
+    webhook_secret: str
+    ready: dict[str, Any]
+    metrics: dict[str, Samples]
+    processes: dict[str, ServiceProcess]
+    events: list[str] = field(default_factory=list)
+
+
+def observed_settings(service_settings: Settings) -> Settings:
+    url = make_url(service_settings.database_url).set(password=DB_PASSWORD)
+    return service_settings.model_copy(
+        update={
+            "database_url": url.render_as_string(hide_password=False),
+            "auth_enabled": True,
+            "log_json": True,
+            "worker_probe_port": free_port(),
+            "sweeper_probe_port": free_port(),
+            "webhook_probe_port": free_port(),
+            "webhook_allow_private": True,
+            "webhook_allow_http": True,
+            "webhook_poll_interval_s": 0.2,
+        }
+    )
+
+
 def api_key_for(settings: Settings) -> str:
     engine = make_engine(settings.database_url)
     with transaction(make_session_factory(engine)) as session:
@@ -93,92 +129,130 @@ def api_key_for(settings: Settings) -> str:
     return key
 
 
-def test_probes_metrics_and_logs_of_a_running_stack(
+def run_stack(settings: Settings, tmp_path: Path) -> Observed:
+    """Start every process, submit three jobs with webhooks, and collect what is visible."""
+    key, port = api_key_for(settings), free_port()
+    env = service_env(settings)
+    commands = {
+        "api": ["api", "--port", str(port)],
+        "worker": ["worker", "--devices", "cpu"],
+        "sweeper": ["sweeper"],
+        "webhooks": ["webhooks"],
+    }
+    processes = {n: ServiceProcess(c, env, tmp_path / f"{n}.log") for n, c in commands.items()}
+    probe = {
+        "worker": settings.worker_probe_port,
+        "sweeper": settings.sweeper_probe_port,
+        "webhooks": settings.webhook_probe_port,
+    }
+    base = f"http://127.0.0.1:{port}"
+    with Receiver() as receiver, EventTap(settings) as tap:
+        for process in processes.values():
+            process.start()
+        try:
+            wait_http(f"{base}/readyz", process=processes["api"])
+            for name, probe_port in probe.items():
+                wait_http(
+                    f"http://127.0.0.1:{probe_port}/readyz", timeout=180, process=processes[name]
+                )
+            wait_until(lambda: {"worker-heartbeat", "worker-online"} & set(tap.types))
+            with httpx.Client(base_url=base, timeout=30) as client:
+                client.headers["Authorization"] = f"Bearer {key}"
+                ids = submit_three(client, receiver.url())
+                secret = client.get("/v1/webhooks/secret").json()["secret"]
+            receiver.wait_for(3, timeout=60)
+            wait_until(lambda: FLOWER_NEEDS <= set(tap.types))
+            wait_until(lambda: webhook_attempts(probe["webhooks"]) == 3)
+            ready = httpx.get(f"http://127.0.0.1:{probe['worker']}/readyz").json()
+            scraped = {n: samples(f"http://127.0.0.1:{p}/metrics") for n, p in probe.items()}
+            scraped["api"] = samples(f"{base}/metrics")
+        finally:
+            for process in processes.values():
+                process.stop()
+    return Observed(ids, key, secret, ready, scraped, processes, list(tap.types))
+
+
+def submit_three(client: httpx.Client, hook_url: str) -> list[str]:
+    image = base64.b64encode((EXAMPLES / "cat.jpg").read_bytes()).decode()
+    body = {
+        "task": "caption",
+        "images": [{"data": image}],
+        "params": {"max_new_tokens": 5},
+        "webhook": {"url": hook_url, "events": ["job.succeeded"]},
+    }
+    ids = [client.post("/v1/jobs", json=body).json()["id"] for _ in range(3)]
+    jobs = [wait_job(client, job_id, timeout=180) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3
+    return ids
+
+
+def webhook_attempts(port: int) -> float:
+    found = samples(f"http://127.0.0.1:{port}/metrics")
+    return value(found, "internvl_jobs_webhook_attempts_total", outcome="succeeded")
+
+
+def test_probes_metrics_events_and_logs_of_a_running_stack(
     service_settings: Settings, tmp_path: Path
 ) -> None:
-    url = make_url(service_settings.database_url).set(password=DB_PASSWORD)
-    settings = service_settings.model_copy(
-        update={
-            "database_url": url.render_as_string(hide_password=False),
-            "auth_enabled": True,
-            "log_json": True,
-            "worker_probe_port": free_port(),
-            "sweeper_probe_port": free_port(),
-        }
-    )
-    key = api_key_for(settings)
-    image = (EXAMPLES / "cat.jpg").read_bytes()
-    port = free_port()
-    env = service_env(settings)
-    api = ServiceProcess(["api", "--port", str(port)], env, tmp_path / "api.log")
-    worker = ServiceProcess(["worker", "--devices", "cpu"], env, tmp_path / "worker.log")
-    sweeper = ServiceProcess(["sweeper"], env, tmp_path / "sweeper.log")
-    base = f"http://127.0.0.1:{port}"
-    probes = f"http://127.0.0.1:{settings.worker_probe_port}"
-    with api, worker, sweeper, EventTap(settings) as events:
-        wait_http(f"{base}/readyz", process=api)
-        wait_http(f"{probes}/readyz", timeout=180, process=worker)
-        wait_until(lambda: "worker-heartbeat" in events.types or "worker-online" in events.types)
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
-            body = {
-                "task": "caption",
-                "images": [{"data": base64.b64encode(image).decode()}],
-                "params": {"max_new_tokens": 5},
-            }
-            ids = [client.post("/v1/jobs", json=body).json()["id"] for _ in range(3)]
-            jobs = [wait_job(client, job_id, timeout=180) for job_id in ids]
-        assert [job["status"] for job in jobs] == ["succeeded"] * 3, worker.log()[-3000:]
-        ready = httpx.get(f"{probes}/readyz").json()
-        worker_metrics = samples(f"{probes}/metrics")
-        api_metrics = samples(f"{base}/metrics")
-        wait_http(f"http://127.0.0.1:{settings.sweeper_probe_port}/healthz", process=sweeper)
-        sweeper_metrics = samples(f"http://127.0.0.1:{settings.sweeper_probe_port}/metrics")
-        flower_sees = {"task-sent", "task-received", "task-started", "task-succeeded"}
-        wait_until(lambda: flower_sees <= set(events.types))
+    seen = run_stack(observed_settings(service_settings), tmp_path)
+    assert seen.ready["model_loaded"] is True and seen.ready["state"] == "ready"
+    assert seen.ready["jobs_done"] == 3 and seen.ready["last_batch_at"] is not None
+    check_worker_metrics(seen.metrics["worker"], seen.ready["worker"])
+    check_deployment_metrics(seen.metrics)
+    check_logs_hold_no_secret(seen)
+    check_job_lines(seen)
 
-    assert ready["model_loaded"] is True and ready["state"] == "ready"
-    assert ready["jobs_done"] == 3 and ready["last_batch_at"] is not None
 
+def check_worker_metrics(worker: Samples, name: str) -> None:
     tiny = {"model": "tiny", "task": "caption"}
-    assert (
-        value(worker_metrics, "internvl_jobs_jobs_finished_total", outcome="succeeded", **tiny) == 3
-    )
-    assert value(worker_metrics, "internvl_jobs_job_queue_wait_seconds_count", model="tiny") == 3
-    assert value(worker_metrics, "internvl_jobs_job_inference_seconds_count", **tiny) == 3
-    assert value(worker_metrics, "internvl_jobs_batch_size_sum", model="tiny") == 3
-    worker_labels = {"model": "tiny", "worker": ready["worker"]}
-    assert value(worker_metrics, "internvl_jobs_generated_tokens_total", **worker_labels) > 0
-    assert value(worker_metrics, "internvl_jobs_image_tiles_total", **worker_labels) >= 3
-    assert (
-        value(
-            worker_metrics, "internvl_jobs_worker_last_heartbeat_timestamp_seconds", **worker_labels
-        )
-        > 0
-    )
+    assert value(worker, "internvl_jobs_jobs_finished_total", outcome="succeeded", **tiny) == 3
+    assert value(worker, "internvl_jobs_job_queue_wait_seconds_count", model="tiny") == 3
+    assert value(worker, "internvl_jobs_job_inference_seconds_count", **tiny) == 3
+    assert value(worker, "internvl_jobs_batch_size_sum", model="tiny") == 3
+    labels = {"model": "tiny", "worker": name}
+    assert value(worker, "internvl_jobs_generated_tokens_total", **labels) > 0
+    assert value(worker, "internvl_jobs_image_tiles_total", **labels) >= 3
+    beat = "internvl_jobs_worker_last_heartbeat_timestamp_seconds"
+    assert value(worker, beat, **labels) > 0
 
-    assert value(api_metrics, "internvl_jobs_jobs_submitted_total", **tiny) == 3
-    assert value(api_metrics, "internvl_jobs_queue_depth", model="tiny", queue="internvl.tiny") == 0
-    assert value(api_metrics, "internvl_jobs_workers", model="tiny", state="ready") == 1
-    assert value(sweeper_metrics, "internvl_jobs_sweeper_last_sweep_timestamp_seconds") > 0
 
-    logs = api.log() + worker.log() + sweeper.log()
+def check_deployment_metrics(metrics: dict[str, Samples]) -> None:
+    api = metrics["api"]
+    tiny = {"model": "tiny", "task": "caption"}
+    assert value(api, "internvl_jobs_jobs_submitted_total", **tiny) == 3
+    assert value(api, "internvl_jobs_queue_depth", model="tiny", queue="internvl.tiny") == 0
+    assert value(api, "internvl_jobs_workers", model="tiny", state="ready") == 1
+    sweep = "internvl_jobs_sweeper_last_sweep_timestamp_seconds"
+    assert value(metrics["sweeper"], sweep) > 0
+    attempts = "internvl_jobs_webhook_attempts_total"
+    assert value(metrics["webhooks"], attempts, outcome="succeeded") == 3
+
+
+def check_logs_hold_no_secret(seen: Observed) -> None:
+    logs = "".join(process.log() for process in seen.processes.values())
+    image = base64.b64encode((EXAMPLES / "cat.jpg").read_bytes()).decode()
     assert DB_PASSWORD not in logs
-    assert key not in logs and key.rsplit("_", 1)[1] not in logs
-    assert base64.b64encode(image).decode()[100:160] not in logs
+    assert seen.api_key.rsplit("_", 1)[1] not in logs
+    assert seen.webhook_secret.removeprefix("whsec_") not in logs
+    assert image[100:160] not in logs
 
-    worker_job_lines = [entry for entry in json_lines(worker) if entry.get("job_id")]
-    assert {entry["job_id"] for entry in worker_job_lines} == set(ids)
-    for entry in worker_job_lines:
-        assert entry["tenant"] and entry["worker"] == ready["worker"], entry
-    succeeded = [e for e in worker_job_lines if e.get("event") == "job.succeeded"]
-    assert {entry["job_id"] for entry in succeeded} == set(ids)
+
+def check_job_lines(seen: Observed) -> None:
+    worker_lines = [e for e in json_lines(seen.processes["worker"]) if e.get("job_id")]
+    assert {entry["job_id"] for entry in worker_lines} == set(seen.job_ids)
+    for entry in worker_lines:
+        assert entry["tenant"] and entry["worker"] == seen.ready["worker"], entry
+    succeeded = [e for e in worker_lines if e.get("event") == "job.succeeded"]
+    assert {entry["job_id"] for entry in succeeded} == set(seen.job_ids)
     assert all(entry["completion_tokens"] > 0 for entry in succeeded)
-
     access = [
-        e for e in json_lines(api) if e.get("logger") == "api.access" and e["method"] == "POST"
+        e
+        for e in json_lines(seen.processes["api"])
+        if e.get("logger") == "api.access" and e["method"] == "POST"
     ]
-    assert {entry["job_id"] for entry in access} == set(ids)
-    assert all(
-        entry["tenant"] and entry["request_id"] and entry["status"] == 202 for entry in access
-    )
+    assert {entry["job_id"] for entry in access} == set(seen.job_ids)
+    assert all(e["tenant"] and e["request_id"] and e["status"] == 202 for e in access)
+    sent = [e for e in json_lines(seen.processes["webhooks"]) if e.get("delivery_id")]
+    assert {entry["job_id"] for entry in sent} == set(seen.job_ids)
+    assert all(entry["tenant"] for entry in sent)
+    json_lines(seen.processes["sweeper"])  # every line parses
