@@ -123,6 +123,16 @@ def cmd_bench_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    """Write docs/configuration.md from the settings class."""
+    from pathlib import Path
+
+    from core.config_docs import write
+
+    print(write(Path(args.output)))  # noqa: T201 - the command's output
+    return 0
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -166,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny_model)
 
     _add_bench_parsers(sub.add_parser("bench", help="benchmarks that print figures"))
+
+    p = sub.add_parser("config-docs", help=cmd_config_docs.__doc__)
+    p.add_argument("--output", default="docs/configuration.md")
+    p.set_defaults(func=cmd_config_docs)
 
     p = sub.add_parser("dev", help=cmd_dev.__doc__)
     p.add_argument("--host", default="127.0.0.1")

@@ -26,21 +26,33 @@ class ModelSpec(BaseModel):
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    alias: str
+    alias: str = Field(description="Name clients give in jobs (lowercase, digits, . _ -).")
     checkpoint: str = Field(description="Hugging Face hub id or local checkpoint directory.")
-    revision: str | None = None
-    default: bool = False
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    default: bool = Field(False, description="Used when a job names no model.")
     queue: str = Field("", description="Celery queue; defaults to 'internvl.<alias>'.")
     tile_size: int = Field(448, ge=16, le=2048, description="Pixel size of one image tile.")
     max_tiles: int = Field(12, ge=1, le=40, description="Largest tile grid a job may ask for.")
-    dtype: DType = "auto"
-    attn_implementation: Attention = "auto"
-    quantization: Quantization = "none"
-    compile: bool = False
-    gpus_per_worker: int = Field(1, ge=1, le=64)
-    offload_folder: str | None = None
-    max_batch_size: int = Field(8, ge=1, le=256)
-    max_batch_wait_ms: int = Field(10, ge=0, le=10_000)
+    dtype: DType = Field(
+        "auto", description="auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU."
+    )
+    attn_implementation: Attention = Field(
+        "auto", description="auto: flash_attention_2 when installed, else sdpa."
+    )
+    quantization: Quantization = Field(
+        "none", description="8bit/4bit weights with bitsandbytes (vision tower kept full)."
+    )
+    compile: bool = Field(False, description="torch.compile the model's forward.")
+    gpus_per_worker: int = Field(
+        1, ge=1, le=64, description="GPUs one worker process spreads the model over."
+    )
+    offload_folder: str | None = Field(
+        None, description="Offload weights to this folder when GPU memory is short."
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Jobs per generate() call.")
+    max_batch_wait_ms: int = Field(
+        10, ge=0, le=10_000, description="How long a batch waits to fill before it runs."
+    )
     max_batch_tiles: int = Field(256, ge=1, description="Tile budget of one batch.")
 
     @field_validator("alias")
@@ -91,7 +103,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (MinIO, ...); credentials via AWS_* variables."
     )
-    s3_region: str | None = None
+    s3_region: str | None = Field(None, description="Region of the bucket (AWS S3).")
     models: list[ModelSpec] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         description="Model registry as JSON: [{alias, checkpoint, default, ...}].",
@@ -100,12 +112,20 @@ class Settings(BaseSettings):
     # API
     auth_enabled: bool = Field(True, description="Require API keys; false only in development.")
     public_base_url: str = Field("", description="Base URL used in links; empty: relative.")
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_images_per_job: int = Field(16, ge=1, le=256)
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(40_000_000, ge=1024)
-    max_new_tokens_cap: int = Field(4096, ge=1)
-    max_text_chars: int = Field(32_000, ge=1)
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body the API reads."
+    )
+    max_images_per_job: int = Field(16, ge=1, le=256, description="Images one job may carry.")
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest encoded image accepted."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1024, description="Largest decoded image (decompression bombs refused)."
+    )
+    max_new_tokens_cap: int = Field(4096, ge=1, description="Largest max_new_tokens a job may ask.")
+    max_text_chars: int = Field(
+        32_000, ge=1, description="Longest prompt, question or chat text, in characters."
+    )
     max_wait_s: int = Field(60, ge=0, le=600, description="Cap of GET /v1/jobs/{id}?wait=.")
 
     # Job lifecycle
@@ -123,7 +143,9 @@ class Settings(BaseSettings):
     worker_threads: int = Field(
         0, ge=0, description="Celery threads per worker; 0: twice the model's max_batch_size."
     )
-    heartbeat_s: float = Field(5.0, gt=0)
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a worker renews its leases and reports its state."
+    )
 
     # Webhooks
     webhook_allow_private: bool = Field(
@@ -165,7 +187,7 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="One JSON object per log line; false: plain text.")
     probe_host: str = Field(
         "0.0.0.0",  # noqa: S104 - Prometheus and the orchestrator scrape from other hosts
-        description="Address the probe and metrics servers of workers and the sweeper bind.",
+        description="Address the probe and metrics servers of workers, sweeper and webhooks bind.",
     )
     worker_probe_port: int = Field(
         9310,
