@@ -38,6 +38,8 @@ def dev_settings(base: Settings, *, auth: bool) -> Settings:
         "webhook_allow_private": True,  # receivers on this machine, for trying webhooks out
         "webhook_allow_http": True,
     }
+    if "probe_host" not in base.model_fields_set:
+        update["probe_host"] = "127.0.0.1"  # a laptop's metrics stay on the laptop
     if "log_json" not in base.model_fields_set:
         update["log_json"] = False
     if "models" not in base.model_fields_set:
