@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from core import cli_keys
 from core.config import Settings, get_settings
 from core.logs import setup_logging
 
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="cpu")
     p.add_argument("--auth", action="store_true", help="require API keys even in dev")
     p.set_defaults(func=cmd_dev)
+
+    cli_keys.register(sub)
     return parser
 
 

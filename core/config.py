@@ -127,6 +127,27 @@ class Settings(BaseSettings):
         32_000, ge=1, description="Longest prompt, question or chat text, in characters."
     )
     max_wait_s: int = Field(60, ge=0, le=600, description="Cap of GET /v1/jobs/{id}?wait=.")
+    max_jobs_per_batch: int = Field(10_000, ge=1, description="Jobs one batch may hold.")
+    max_queued_jobs_per_tenant: int = Field(
+        10_000, ge=0, description="Queued jobs one tenant may have; over it: 429. 0: no cap."
+    )
+    max_queued_jobs: int = Field(
+        200_000, ge=0, description="Queued jobs across all tenants; over it: 429. 0: no cap."
+    )
+    queue_full_retry_after_s: int = Field(
+        10, ge=1, description="Retry-After sent with 429 queue_full answers."
+    )
+    key_rate_per_s: float = Field(
+        50.0, ge=0, description="Requests per second one API key may make; 0: unlimited."
+    )
+    key_rate_burst: int = Field(100, ge=1, description="Requests a key may make at once.")
+    image_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Total time allowed to fetch one image URL."
+    )
+    api_url: str = Field(
+        "http://127.0.0.1:8000", description="Service URL used by `internvl-jobs submit`."
+    )
+    api_key: str = Field("", description="API key used by `internvl-jobs submit`.")
 
     # Job lifecycle
     max_attempts: int = Field(3, ge=1, le=100, description="Deliveries of a job before it fails.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +26,11 @@ CONTENT_TYPES = {
 }
 # Truncated files are errors, not images with a grey bottom.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow only warns between its pixel limit and twice that: a bomb must be an error.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+EXIF_ORIENTATION = 0x0112
+ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transposed or turned a quarter
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,16 @@ class ImageInfo:
         return CONTENT_TYPES[self.format]
 
 
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow itself refuse images over max_pixels (its bomb check, raised as an error)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def inspect_image(data: bytes, *, limits: ImageLimits, index: int = 0) -> ImageInfo:
-    """Check an upload completely (format, size, pixels, full decode) and describe it."""
+    """Check an upload completely (format, size, pixels, full decode) and describe it.
+
+    Width and height are as displayed, after EXIF orientation, since that is what the model sees.
+    """
     where = f"image {index}"
     if not data:
         raise InvalidImage(f"{where} is empty", code="empty_image")
@@ -62,62 +76,67 @@ def inspect_image(data: bytes, *, limits: ImageLimits, index: int = 0) -> ImageI
             code="image_too_large",
             status=413,
         )
-    image = _open(data, where)
+    image = _open(data, where, limits.max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImage(f"{where} has no pixels", code="invalid_image")
     if width * height > limits.max_pixels:
-        raise InvalidImage(
-            f"{where} is {width}x{height} pixels; the limit is {limits.max_pixels} pixels",
-            code="image_too_many_pixels",
-            status=413,
-        )
+        raise _too_many_pixels(where, f"{width}x{height} pixels", limits.max_pixels)
     _decode_fully(image, where)
     fmt = "JPEG" if image.format == "MPO" else str(image.format)
+    if fmt == "PNG":
+        _check_png_ends(data, where)
+    if image.getexif().get(EXIF_ORIENTATION) in ROTATED_ORIENTATIONS:
+        width, height = height, width
     return ImageInfo(sha256_hex(data), fmt, width, height, len(data))
 
 
-def _open(data: bytes, where: str) -> Image.Image:
+def _too_many_pixels(where: str, size: str, max_pixels: int) -> InvalidImage:
+    return InvalidImage(
+        f"{where} is {size}; the limit is {max_pixels} pixels",
+        code="image_too_many_pixels",
+        status=413,
+    )
+
+
+def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels(where, "a decompression bomb", max_pixels) from exc
+    except UnidentifiedImageError:
         pass
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"{where} is corrupt: {exc}", code="invalid_image") from exc
-    if _opens_as_other_format(data):
-        raise InvalidImage(
-            f"{where} is in a format the service does not accept; "
-            "send JPEG, PNG, WEBP, GIF, BMP or TIFF",
-            code="unsupported_image_format",
-            status=415,
-        )
     raise InvalidImage(
-        f"{where} is not a readable image (JPEG, PNG, WEBP, GIF, BMP or TIFF)",
+        f"{where} is not an image in an accepted format; "
+        "send JPEG, PNG, WEBP, GIF, BMP or TIFF",
         code="unsupported_image_format",
         status=415,
     )
 
 
-def _opens_as_other_format(data: bytes) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.open(io.BytesIO(data))
-    except Exception:  # noqa: BLE001 - any failure means "not another known format"
-        return False
-    return True
-
-
 def _decode_fully(image: Image.Image, where: str) -> None:
-    # Decompression bombs and truncated files only show when the pixels are decoded.
+    # Truncated files and compressed-chunk bombs only show when the pixels are decoded.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
+        image.load()
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"{where} is truncated or corrupt: {exc}", code="invalid_image") from exc
+
+
+def _check_png_ends(data: bytes, where: str) -> None:
+    # Bytes after IEND are how PNG polyglots (PNG + ZIP, PNG + script) carry their payload.
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        position += 12 + length
+        if kind == b"IEND":
+            break
+    if position != len(data):
+        raise InvalidImage(
+            f"{where} has {len(data) - position} bytes after the end of the PNG image",
+            code="invalid_image",
+        )
 
 
 def load_rgb(data: bytes) -> Image.Image:

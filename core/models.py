@@ -182,6 +182,8 @@ class Job(Base):
 
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        # Listing by status and counting a tenant's queued jobs (backpressure).
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_status_finished", "status", "finished_at"),

@@ -7,11 +7,11 @@ import hmac
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
-from core.errors import Unauthorized
+from core.errors import NotFound, Unauthorized
 from core.ids import new_id
 from core.models import ApiKey, Tenant
 
@@ -28,6 +28,14 @@ def ensure_tenant(session: Session, name: str, *, tenant_id: str | None = None) 
         tenant = Tenant(id=tenant_id or new_id("ten"), name=name)
         session.add(tenant)
         session.flush()
+    return tenant
+
+
+def find_tenant(session: Session, name: str) -> Tenant:
+    """The tenant with this name; NotFound if there is none."""
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise NotFound(f"no tenant named {name!r}")
     return tenant
 
 
@@ -56,8 +64,8 @@ def create_api_key(session: Session, tenant_id: str, *, name: str = "") -> tuple
     return key, plaintext
 
 
-def authenticate(session: Session, authorization: str | None) -> str:
-    """The tenant id an `Authorization: Bearer <key>` header belongs to; Unauthorized if none."""
+def authenticate_key(session: Session, authorization: str | None) -> ApiKey:
+    """The live API key an `Authorization: Bearer <key>` header presents; Unauthorized if none."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -75,4 +83,32 @@ def authenticate(session: Session, authorization: str | None) -> str:
     now = utcnow()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         key.last_used_at = now  # written at most once a minute: a write per request is wasteful
-    return key.tenant_id
+    return key
+
+
+def authenticate(session: Session, authorization: str | None) -> str:
+    """The tenant id an `Authorization: Bearer <key>` header belongs to; Unauthorized if none."""
+    return authenticate_key(session, authorization).tenant_id
+
+
+def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    """The tenant's keys, oldest first, revoked ones included."""
+    return list(
+        session.scalars(
+            select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)
+        )
+    )
+
+
+def revoke_api_key(session: Session, tenant_id: str, key_ref: str) -> ApiKey:
+    """Revoke a key of the tenant, named by its id or its prefix; NotFound otherwise."""
+    key = session.scalar(
+        select(ApiKey).where(
+            ApiKey.tenant_id == tenant_id, or_(ApiKey.id == key_ref, ApiKey.prefix == key_ref)
+        )
+    )
+    if key is None:
+        raise NotFound(f"tenant has no API key {key_ref}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
