@@ -10,13 +10,16 @@ from fastapi import FastAPI
 
 from api.body_limit import BodyLimitMiddleware
 from api.deps import Runtime
+from api.longpoll import JobWaiters
 from api.problems import install_problem_handlers
 from api.routes import jobs, metrics, service, webhooks
 from api.telemetry import RequestTelemetryMiddleware
 from core.config import Settings, get_settings
 from core.db import transaction
+from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.metrics import BUILD_INFO
+from core.notify import install_publisher
 from core.specs import JobCreate
 from core.tenants import ensure_default_tenant
 
@@ -36,9 +39,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if not settings.auth_enabled:
             with transaction(app.state.runtime.sessions) as session:
                 ensure_default_tenant(session)
+        set_pixel_limit(settings.max_image_pixels)
+        install_publisher(app.state.runtime.feed)
+        app.state.waiters = JobWaiters(app.state.runtime.feed)
+        app.state.waiters.start()
         try:
             yield
         finally:
+            app.state.waiters.stop()
             if runtime is None:
                 app.state.runtime.close()
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from celery import Celery
@@ -11,12 +12,17 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.backpressure import QueueDepth
+from api.longpoll import JobWaiters
 from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
+from core.errors import TooManyRequests
 from core.logs import bind_log_context
+from core.notify import JobFeed, job_feed
 from core.queue import make_celery
+from core.ratelimit import RateLimiter, rate_limiter
 from core.storage import ObjectStorage, open_storage
-from core.tenants import DEFAULT_TENANT_ID, authenticate
+from core.tenants import DEFAULT_TENANT_ID, authenticate_key
 
 
 @dataclass
@@ -28,6 +34,9 @@ class Runtime:
     sessions: sessionmaker[Session]
     storage: ObjectStorage
     celery: Celery
+    feed: JobFeed | None = None
+    limiter: RateLimiter | None = None
+    queue_depth: QueueDepth = field(default_factory=QueueDepth)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -43,6 +52,8 @@ class Runtime:
                 region=settings.s3_region,
             ),
             celery=make_celery(settings),
+            feed=job_feed(settings),
+            limiter=rate_limiter(settings),
         )
 
     def close(self) -> None:
@@ -75,9 +86,26 @@ def get_tenant_id(
         tenant_id = DEFAULT_TENANT_ID  # created at start-up
     else:
         with transaction(runtime.sessions) as session:
-            tenant_id = authenticate(session, authorization)
+            key = authenticate_key(session, authorization)
+            key_id, tenant_id = key.id, key.tenant_id
+        if runtime.limiter is not None:
+            wait_s = runtime.limiter.acquire(key_id)
+            if wait_s > 0:
+                raise TooManyRequests(
+                    f"this API key is over its rate limit; retry in {wait_s:.2f}s",
+                    code="rate_limited",
+                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+                )
     bind_log_context(tenant=tenant_id)
     return tenant_id
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]
+
+
+def get_waiters(request: Request) -> JobWaiters:
+    waiters: JobWaiters = request.app.state.waiters
+    return waiters
+
+
+WaitersDep = Annotated[JobWaiters, Depends(get_waiters)]

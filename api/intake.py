@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from api.backpressure import check_queue_room
 from api.deps import Runtime
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
@@ -225,7 +226,14 @@ def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: l
     )
     if request.webhook is not None:
         check_webhook_url(request.webhook.url, settings)
-    with runtime.sessions() as session:  # reads only: image_id look-ups
+    with runtime.sessions() as session:  # reads only: queue room, image_id look-ups
+        check_queue_room(
+            session,
+            settings=settings,
+            depth=runtime.queue_depth,
+            tenant_id=tenant_id,
+            adding=1,
+        )
         images, messages = collect_images(
             request, files, session=session, tenant_id=tenant_id, settings=settings
         )

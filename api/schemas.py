@@ -44,6 +44,13 @@ class JobPublic(BaseModel):
     error: JobError | None = None
 
 
+class JobsPublic(BaseModel):
+    """One page of jobs, newest first."""
+
+    data: list[JobPublic]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last.")
+
+
 class ModelPublic(BaseModel):
     """A model alias clients can name in jobs."""
 

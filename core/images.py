@@ -109,8 +109,7 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"{where} is corrupt: {exc}", code="invalid_image") from exc
     raise InvalidImage(
-        f"{where} is not an image in an accepted format; "
-        "send JPEG, PNG, WEBP, GIF, BMP or TIFF",
+        f"{where} is not an image in an accepted format; send JPEG, PNG, WEBP, GIF, BMP or TIFF",
         code="unsupported_image_format",
         status=415,
     )

@@ -8,9 +8,11 @@ from typing import Any
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
+from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.logs import set_process_fields, setup_logging
 from core.metrics import BUILD_INFO
+from core.notify import install_publisher, job_feed
 from core.probe_server import ProbeServer, start_probe_server
 from core.queue import make_celery
 from core.storage import open_storage
@@ -33,6 +35,8 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         raise SystemExit(f"model '{model_alias}' is not in the registry")
     name = worker_name(model_alias, device)
     health, probes = _start_health(settings, name, model_alias, device)
+    set_pixel_limit(settings.max_image_pixels)
+    install_publisher(job_feed(settings))  # wakes long-polls when this worker finishes a job
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
     storage = open_storage(
         settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import RuntimeDep, SessionDep, TenantDep
+from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
 from api.intake import submit_job
-from api.schemas import JobPublic
+from api.schemas import JobPublic, JobsPublic
+from core import listing
 from core.errors import InvalidRequest, NotFound, ServiceError
 from core.jobs import job_public
+from core.listing import JobFilter
 from core.logs import bind_log_context
-from core.models import Job
+from core.models import Job, JobStatus
 from core.specs import JobCreate
+from core.tasks import Task
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -110,10 +115,62 @@ async def create_job(
     return job_public(job)
 
 
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    status: Annotated[list[JobStatus] | None, Query(description="Keep these statuses.")] = None,
+    task: Annotated[Task | None, Query()] = None,
+    model: Annotated[str | None, Query(max_length=64)] = None,
+    batch_id: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    where = JobFilter(
+        statuses=[s.value for s in status] if status else None,
+        task=task.value if task else None,
+        model=model,
+        batch_id=batch_id,
+    )
+    page, next_cursor = listing.list_jobs(
+        session, tenant_id, where=where, limit=limit, cursor=cursor
+    )
+    return {"data": [job_public(job) for job in page], "next_cursor": next_cursor}
+
+
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
-    """A job with its status, and its result once finished."""
-    job = session.get(Job, job_id)
-    if job is None or job.tenant_id != tenant_id:
-        raise NotFound(f"no job {job_id}")
-    return job_public(job)
+async def get_job(
+    job_id: str,
+    runtime: RuntimeDep,
+    tenant_id: TenantDep,
+    waiters: WaitersDep,
+    wait: Annotated[
+        int, Query(ge=0, le=600, description="Hold up to this many seconds until terminal.")
+    ] = 0,
+) -> dict[str, Any]:
+    """A job with its status, and its result once finished; `wait` long-polls for the end."""
+    if wait > runtime.settings.max_wait_s:
+        raise InvalidRequest(
+            f"wait={wait} exceeds the limit of {runtime.settings.max_wait_s} seconds",
+            code="invalid_params",
+        )
+    if not wait:
+        return await run_in_threadpool(read_job, runtime, tenant_id, job_id)
+    # Watch before reading, so an end between the read and the wait is not missed.
+    with waiters.watch(job_id) as finished:
+        job = await run_in_threadpool(read_job, runtime, tenant_id, job_id)
+        if JobStatus(job["status"]).is_terminal():
+            return job
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(finished.wait(), timeout=wait)
+    return await run_in_threadpool(read_job, runtime, tenant_id, job_id)
+
+
+def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
+    """The public view of one of the tenant's jobs; NotFound for anyone else's."""
+    with runtime.sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.tenant_id != tenant_id:
+            raise NotFound(f"no job {job_id}")
+        return job_public(job)

@@ -14,8 +14,11 @@ from sqlalchemy import func, select
 from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
+from core.db import transaction
+from core.jobs import claim_job, complete_job
 from core.models import Image as ImageRow
 from core.models import Job
+from core.tenants import create_api_key, ensure_tenant
 
 
 @pytest.fixture
@@ -57,3 +60,41 @@ def stored_state(runtime: Runtime) -> tuple[int, int, int]:
         images = session.scalar(select(func.count()).select_from(ImageRow)) or 0
     objects = len(list(runtime.storage.list_keys("")))
     return jobs, images, objects
+
+
+@pytest.fixture
+def auth_runtime(service_settings: Settings) -> Iterator[Runtime]:
+    """A runtime that requires API keys, as production does."""
+    runtime = Runtime.from_settings(service_settings.model_copy(update={"auth_enabled": True}))
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def auth_client(auth_runtime: Runtime) -> Iterator[TestClient]:
+    with TestClient(create_app(runtime=auth_runtime)) as test_client:
+        yield test_client
+
+
+def make_key(runtime: Runtime, tenant: str) -> dict[str, str]:
+    """Authorization headers with a new key of the named tenant (created if new)."""
+    with transaction(runtime.sessions) as session:
+        tenant_row = ensure_tenant(session, tenant)
+        _, plaintext = create_api_key(session, tenant_row.id)
+    return {"Authorization": f"Bearer {plaintext}"}
+
+
+def caption_body(data: bytes | None = None, **extra: object) -> dict:
+    return {"task": "caption", "images": [{"data": b64(data or png_bytes())}], **extra}
+
+
+def finish_job(runtime: Runtime, job_id: str, text: str = "a red square") -> None:
+    """Do what a worker does: claim the job, then store its result."""
+    with transaction(runtime.sessions) as session:
+        job = claim_job(session, job_id, worker_id="test-worker", lease_s=60)
+        assert job is not None
+        attempt = job.attempts
+    with transaction(runtime.sessions) as session:
+        complete_job(
+            session, job_id, attempt=attempt, result={"text": text}, usage={"image_tiles": [1]}
+        )
