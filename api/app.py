@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from api.body_limit import BodyLimitMiddleware
 from api.deps import Runtime
 from api.longpoll import JobWaiters
+from api.openapi import publish_schemas
 from api.problems import install_problem_handlers
-from api.routes import jobs, metrics, service, webhooks
+from api.routes import images, jobs, metrics, service, webhooks
+from api.schemas import Problem
 from api.telemetry import RequestTelemetryMiddleware
 from core.config import Settings, get_settings
 from core.db import transaction
@@ -65,23 +66,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(service.router)
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
-    _register_request_schemas(app)
+    app.include_router(images.router)
+    publish_schemas(app, {"JobCreate": JobCreate, "Problem": Problem})
     return app
-
-
-def _register_request_schemas(app: FastAPI) -> None:
-    # Routes that read JSON or multipart by hand still publish the JobCreate schema.
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        definition = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(definition.pop("$defs", {}))
-        components["JobCreate"] = definition
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -131,3 +131,27 @@ class WebhookReplay(BaseModel):
     model_config = {"extra": "forbid"}
 
     delivery_id: str | None = None
+
+
+class ImagePublic(BaseModel):
+    """An uploaded image: reference it in jobs as {"image_id": ...}."""
+
+    image_id: str = Field(examples=["sha256:" + "ab" * 32])
+    object: str = "image"
+    format: str = Field(examples=["JPEG"])
+    width: int = Field(examples=[640], description="As displayed (EXIF orientation applied).")
+    height: int = Field(examples=[480])
+    bytes: int
+    model: str = Field(description="The model the tile count is quoted for.")
+    tiles: int = Field(examples=[13], description="Tiles the model will see for this image.")
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457); `code` is stable and machine-readable."""
+
+    type: str = Field(examples=["urn:internvl-jobs:problem:not_found"])
+    title: str = Field(examples=["Not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["no job job_01jd5k3m8q9v2x7c4n6b0t1r5w"])
+    code: str = Field(examples=["not_found"])
+    instance: str | None = None
