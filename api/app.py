@@ -12,16 +12,16 @@ from api.deps import Runtime
 from api.longpoll import JobWaiters
 from api.openapi import publish_schemas
 from api.problems import install_problem_handlers
-from api.routes import images, jobs, metrics, service, webhooks
+from api.routes import batches, images, jobs, metrics, service, webhooks
 from api.schemas import Problem
 from api.telemetry import RequestTelemetryMiddleware
 from core.config import Settings, get_settings
 from core.db import transaction
+from core.hooks import install_job_hooks
 from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.metrics import BUILD_INFO
-from core.notify import install_publisher
-from core.specs import JobCreate
+from core.specs import BatchCreate, JobCreate
 from core.tenants import ensure_default_tenant
 
 DESCRIPTION = """Asynchronous InternVL inference: submit images and a task, poll the job or
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             with transaction(app.state.runtime.sessions) as session:
                 ensure_default_tenant(session)
         set_pixel_limit(settings.max_image_pixels)
-        install_publisher(app.state.runtime.feed)
+        install_job_hooks(app.state.runtime.feed)
         app.state.waiters = JobWaiters(app.state.runtime.feed)
         app.state.waiters.start()
         try:
@@ -67,5 +67,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
     app.include_router(images.router)
-    publish_schemas(app, {"JobCreate": JobCreate, "Problem": Problem})
+    app.include_router(batches.router)
+    publish_schemas(app, {"JobCreate": JobCreate, "BatchCreate": BatchCreate, "Problem": Problem})
     return app

@@ -155,3 +155,35 @@ class Problem(BaseModel):
     detail: str = Field(examples=["no job job_01jd5k3m8q9v2x7c4n6b0t1r5w"])
     code: str = Field(examples=["not_found"])
     instance: str | None = None
+
+
+class BatchCounts(BaseModel):
+    """How many of a batch's jobs are in each status."""
+
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    canceled: int
+
+
+class BatchWebhook(BaseModel):
+    url: str
+    events: list[str]
+
+
+class BatchPublic(BaseModel):
+    """A batch: its jobs are listed by GET /v1/jobs?batch_id=..., its results as JSONL."""
+
+    id: str = Field(examples=["batch_01jd5k3m8q9v2x7c4n6b0t1r5w"])
+    object: str = "batch"
+    status: str = Field(
+        examples=["in_progress"], description="in_progress, canceling, completed or canceled"
+    )
+    total: int
+    counts: BatchCounts
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook: BatchWebhook | None = None
+    created_at: str
+    cancel_requested_at: str | None = None
+    finished_at: str | None = None

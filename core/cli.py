@@ -67,7 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sweeper(args: argparse.Namespace) -> int:
     """Run the recovery sweeper until stopped."""
     from core.db import make_engine, make_session_factory
-    from core.notify import install_publisher, job_feed
+    from core.hooks import install_job_hooks
+    from core.notify import job_feed
     from core.queue import make_celery
     from core.sweeper import run_forever
 
@@ -75,7 +76,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     from core.probe_server import serve_process_probes
 
     serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
-    install_publisher(job_feed(settings))
+    install_job_hooks(job_feed(settings))
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
     run_forever(sessions=sessions, celery=make_celery(settings), settings=settings)
     return 0

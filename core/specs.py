@@ -110,6 +110,33 @@ class JobCreate(Strict):
     custom_id: str | None = Field(None, max_length=200)
 
 
+BatchEventType = Literal["batch.completed"]
+
+
+def _batch_events() -> list[BatchEventType]:
+    return ["batch.completed"]
+
+
+class BatchWebhookSpec(Strict):
+    """Where to send the batch's signed notification once every job of it is terminal."""
+
+    url: str = Field(max_length=2048)
+    events: list[BatchEventType] = Field(default_factory=_batch_events, min_length=1)
+
+
+class BatchOptions(Strict):
+    """A batch's own settings (the JSONL upload sends them beside the file, as `spec`)."""
+
+    webhook: BatchWebhookSpec | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchCreate(BatchOptions):
+    """The JSON body of POST /v1/batches: job requests, each with an optional custom_id."""
+
+    jobs: list[JobCreate] = Field(min_length=1)
+
+
 class RequestLimits(BaseModel):
     """The service-side caps a job request must fit (from Settings)."""
 

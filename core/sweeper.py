@@ -16,6 +16,7 @@ from celery import Celery
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.batches import settle_forgotten
 from core.config import Settings
 from core.db import transaction, utcnow
 from core.jobs import fail_job, transition
@@ -49,6 +50,8 @@ def sweep_once(
     with transaction(sessions) as session:
         report.requeued, report.exhausted = _expire_leases(session, now)
     report.republished = _republish_stale(sessions, celery, settings, now)
+    with transaction(sessions) as session:
+        settle_forgotten(session)
     return report
 
 

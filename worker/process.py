@@ -8,11 +8,12 @@ from typing import Any
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
+from core.hooks import install_job_hooks
 from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.logs import set_process_fields, setup_logging
 from core.metrics import BUILD_INFO
-from core.notify import install_publisher, job_feed
+from core.notify import job_feed
 from core.probe_server import ProbeServer, start_probe_server
 from core.queue import make_celery
 from core.storage import open_storage
@@ -36,7 +37,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     name = worker_name(model_alias, device)
     health, probes = _start_health(settings, name, model_alias, device)
     set_pixel_limit(settings.max_image_pixels)
-    install_publisher(job_feed(settings))  # wakes long-polls when this worker finishes a job
+    install_job_hooks(job_feed(settings))  # long-poll wake-ups, batch settling
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
     storage = open_storage(
         settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region

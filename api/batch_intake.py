@@ -1,0 +1,165 @@
+"""Batch submission: every job is checked before anything is stored; then one transaction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.backpressure import check_queue_room
+from api.deps import Runtime
+from api.intake import (
+    ImageSet,
+    collect_images,
+    forget_objects,
+    job_spec,
+    publish_or_defer,
+    put_new_objects,
+    request_limits,
+    resolve_model,
+    upsert_image_rows,
+)
+from core.batches import create_batch
+from core.config import ModelSpec
+from core.db import transaction
+from core.errors import InvalidRequest, ServiceError
+from core.jobs import create_job
+from core.models import Batch, Job
+from core.specs import BatchCreate, BatchOptions, JobCreate, validate_job_request
+
+
+@dataclass
+class PreparedJob:
+    """A checked job of a batch, ready to store."""
+
+    request: JobCreate
+    custom_id: str
+    model: ModelSpec
+    images: ImageSet
+    spec: dict[str, Any]
+
+
+def parse_jsonl(text: bytes, options: BatchOptions) -> BatchCreate:
+    """A batch from JSONL: one job request per non-empty line, each with its custom_id."""
+    jobs: list[JobCreate] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            job = JobCreate.model_validate_json(line)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InvalidRequest(
+                f"line {number}: {where + ': ' if where else ''}{first['msg']}",
+                code="invalid_params",
+                extra={"line": number},
+            ) from exc
+        if job.custom_id is None:
+            raise InvalidRequest(
+                f"line {number}: every line of a JSONL batch needs a custom_id",
+                code="missing_custom_id",
+                extra={"line": number},
+            )
+        jobs.append(job)
+    if not jobs:
+        raise InvalidRequest("the JSONL upload holds no job", code="invalid_params")
+    return BatchCreate(jobs=jobs, webhook=options.webhook, metadata=options.metadata)
+
+
+def _in_job(index: int, custom_id: str, exc: ServiceError) -> ServiceError:
+    exc.detail = f"jobs[{index}] (custom_id {custom_id!r}): {exc.detail}"
+    exc.extra = {**exc.extra, "job_index": index, "custom_id": custom_id}
+    return exc
+
+
+def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> list[PreparedJob]:
+    """Check every job (limits, images, queue room); raise naming the first job refused."""
+    settings = runtime.settings
+    if len(batch.jobs) > settings.max_jobs_per_batch:
+        raise InvalidRequest(
+            f"{len(batch.jobs)} jobs in one batch; the limit is {settings.max_jobs_per_batch}",
+            code="too_many_jobs",
+        )
+    custom_ids = [job.custom_id or str(index) for index, job in enumerate(batch.jobs)]
+    if len(set(custom_ids)) != len(custom_ids):
+        raise InvalidRequest("custom_id values must be unique", code="duplicate_custom_id")
+    prepared: list[PreparedJob] = []
+    with runtime.sessions() as session:
+        check_queue_room(
+            session,
+            settings=settings,
+            depth=runtime.queue_depth,
+            tenant_id=tenant_id,
+            adding=len(batch.jobs),
+        )
+        for index, (request, custom_id) in enumerate(zip(batch.jobs, custom_ids, strict=True)):
+            try:
+                model = resolve_model(settings, request.model)
+                validate_job_request(
+                    request, limits=request_limits(settings), max_tiles=model.max_tiles
+                )
+                images, messages = collect_images(
+                    request, [], session=session, tenant_id=tenant_id, settings=settings
+                )
+            except ServiceError as exc:
+                raise _in_job(index, custom_id, exc) from exc
+            spec = job_spec(request, images, messages)
+            prepared.append(PreparedJob(request, custom_id, model, images, spec))
+    return prepared
+
+
+def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Batch:
+    """Validate, store and queue a whole batch; nothing is stored when any job is refused."""
+    prepared = prepare_jobs(runtime, tenant_id=tenant_id, batch=batch)
+    all_images = ImageSet()
+    for ready in prepared:
+        all_images.new.update(ready.images.new)
+        all_images.shas.extend(ready.images.shas)
+    stored = put_new_objects(runtime, all_images)
+    try:
+        with transaction(runtime.sessions) as session:
+            row = create_batch(
+                session,
+                tenant_id=tenant_id,
+                total=len(prepared),
+                webhook=batch.webhook.model_dump() if batch.webhook else None,
+                metadata=batch.metadata,
+            )
+            upsert_image_rows(session, tenant_id, all_images)
+            jobs = [_create(session, runtime, tenant_id, row.id, ready) for ready in prepared]
+    except BaseException:
+        forget_objects(runtime, stored)
+        raise
+    for job, ready in zip(jobs, prepared, strict=True):
+        publish_or_defer(runtime, job, ready.model)
+    return row
+
+
+def _create(session: Any, runtime: Runtime, tenant_id: str, batch_id: str, job: PreparedJob) -> Job:
+    return create_job(
+        session=session,
+        tenant_id=tenant_id,
+        model=job.model,
+        spec=job.spec,
+        image_shas=job.images.shas,
+        max_attempts=runtime.settings.max_attempts,
+        priority=job.request.priority,
+        metadata=job.request.metadata,
+        webhook=job.request.webhook.model_dump() if job.request.webhook else None,
+        batch_id=batch_id,
+        custom_id=job.custom_id,
+    )
+
+
+def parse_options(raw: str | None) -> BatchOptions:
+    """The batch settings sent beside a JSONL file (a JSON object), or the defaults."""
+    if raw is None:
+        return BatchOptions()
+    try:
+        json.loads(raw)
+        return BatchOptions.model_validate_json(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"'spec' is not valid batch settings: {exc}") from exc

@@ -1,0 +1,148 @@
+"""Batch routes: submit many jobs at once (JSON or JSONL), follow their counts, read results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from api.batch_intake import parse_jsonl, parse_options, submit_batch
+from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
+from api.openapi import problem_responses
+from api.routes.jobs import invalid_from
+from api.schemas import BatchPublic
+from core.batches import batch_counts, batch_public, cancel_batch, result_lines
+from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from core.models import Batch
+from core.specs import BatchCreate
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
+_JSONL_SCHEMA = {"type": "string", "description": "One JobCreate per line, each with custom_id"}
+_SUBMIT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/BatchCreate"}},
+            "application/jsonl": {"schema": _JSONL_SCHEMA},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "spec": {"type": "string", "description": "BatchOptions as JSON"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def read_batch(request: Request) -> BatchCreate:
+    """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=2)
+        upload, spec = form.get("file"), form.get("spec")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
+        return parse_jsonl(
+            await upload.read(), parse_options(spec if isinstance(spec, str) else None)
+        )
+    body = await request.body()
+    if content_type.startswith(JSONL_TYPES):
+        return parse_jsonl(body, parse_options(None))
+    if content_type and not content_type.startswith("application/json"):
+        raise ServiceError(
+            f"unsupported content type {content_type!r}; send application/json, "
+            "application/jsonl or multipart/form-data",
+            code="unsupported_media_type",
+            status=415,
+        )
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
+    try:
+        return BatchCreate.model_validate_json(body)
+    except ValueError as exc:
+        raise invalid_from(exc) from exc  # type: ignore[arg-type]
+
+
+def find_batch(session: Any, tenant_id: str, batch_id: str) -> Batch:
+    """One of the tenant's batches; NotFound for anyone else's."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.tenant_id != tenant_id:
+        raise NotFound(f"no batch {batch_id}")
+    return batch
+
+
+def read_batch_public(runtime: Runtime, tenant_id: str, batch_id: str) -> dict[str, Any]:
+    """The batch with its counts, read in one short session."""
+    with runtime.sessions() as session:
+        batch = find_batch(session, tenant_id, batch_id)
+        return batch_public(batch, batch_counts(session, batch.id))
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchPublic,
+    openapi_extra=_SUBMIT_BODY,
+    responses=problem_responses(400, 401, 413, 415, 422, 429),
+)
+async def create_batch(
+    request: Request, response: Response, runtime: RuntimeDep, tenant_id: TenantDep
+) -> dict[str, Any]:
+    """Submit many jobs at once; all are checked first, and none is stored if one is refused."""
+    batch = await read_batch(request)
+    row = await run_in_threadpool(submit_batch, runtime, tenant_id=tenant_id, batch=batch)
+    response.headers["Location"] = f"/v1/batches/{row.id}"
+    return await run_in_threadpool(read_batch_public, runtime, tenant_id, row.id)
+
+
+@router.get("/{batch_id}", response_model=BatchPublic, responses=problem_responses(401, 404))
+def get_batch(batch_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+    """A batch with its status and how many of its jobs are in each status."""
+    batch = find_batch(session, tenant_id, batch_id)
+    return batch_public(batch, batch_counts(session, batch.id))
+
+
+@router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/jsonl": {"schema": _JSONL_SCHEMA}}},
+        **problem_responses(401, 404),
+    },
+)
+def get_batch_results(batch_id: str, runtime: RuntimeDep, tenant_id: TenantDep) -> Response:
+    """The batch's jobs as JSONL, one line each with its custom_id, status and result."""
+    with runtime.sessions() as session:
+        find_batch(session, tenant_id, batch_id)
+
+    def lines() -> Iterator[bytes]:
+        with runtime.sessions() as session:
+            for record in result_lines(session, batch_id):
+                yield json.dumps(record, ensure_ascii=False).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/jsonl")
+
+
+@router.post(
+    "/{batch_id}/cancel", response_model=BatchPublic, responses=problem_responses(401, 404, 409)
+)
+def cancel(batch_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+    """Cancel the batch: queued jobs never run, running ones stop as soon as their worker can."""
+    batch = find_batch(session, tenant_id, batch_id)
+    if batch.finished_at is not None:
+        raise Conflict(f"batch {batch_id} is already finished", code="batch_finished")
+    cancel_batch(session, batch)
+    return batch_public(batch, batch_counts(session, batch.id))
