@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import PROBLEM_TYPE_PREFIX, ServiceError
+from core.retry import is_transient
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("api.problems")
@@ -89,6 +91,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_transient(exc) or isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        # A dependency is down for a while: the client may retry; no details leak.
+        log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+        return problem_response(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "a dependency of the service is unreachable; retry shortly",
+            headers={"Retry-After": "5"},
+        )
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
         500, "internal_error", "Internal server error", "the server failed; it has been logged"
