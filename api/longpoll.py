@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from core.notify import JobFeed
 
@@ -18,15 +20,13 @@ class JobWaiters:
 
     def __init__(self, feed: JobFeed | None) -> None:
         self.feed = feed
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._waiting: dict[str, set[Waiter]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        """Start listening (call from the event loop that serves requests)."""
-        self._loop = asyncio.get_running_loop()
+        """Start listening for job events in a thread."""
         if self.feed is None:
             log.warning("no job event feed for this broker: long-polls wait their full time")
             return
@@ -48,35 +48,45 @@ class JobWaiters:
     @contextmanager
     def watch(self, job_id: str) -> Iterator[asyncio.Event]:
         """An event set when job_id may have finished; register before reading the job."""
-        finished = asyncio.Event()
+        waiter = Waiter(asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
-            self._waiting.setdefault(job_id, set()).add(finished)
+            self._waiting.setdefault(job_id, set()).add(waiter)
         try:
-            yield finished
+            yield waiter.event
         finally:
             with self._lock:
-                events = self._waiting.get(job_id)
-                if events is not None:
-                    events.discard(finished)
-                    if not events:
+                waiters = self._waiting.get(job_id)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
                         del self._waiting[job_id]
 
     def waiting(self) -> int:
         """How many requests are holding now."""
         with self._lock:
-            return sum(len(events) for events in self._waiting.values())
+            return sum(len(waiters) for waiters in self._waiting.values())
 
     def _wake(self, job_id: str) -> None:
         with self._lock:
-            events = list(self._waiting.get(job_id, ()))
-        self._set(events)
+            waiters = list(self._waiting.get(job_id, ()))
+        for waiter in waiters:
+            waiter.wake()
 
     def _wake_all(self) -> None:
         with self._lock:
-            events = [event for group in self._waiting.values() for event in group]
-        self._set(events)
+            waiters = [waiter for group in self._waiting.values() for waiter in group]
+        for waiter in waiters:
+            waiter.wake()
 
-    def _set(self, events: list[asyncio.Event]) -> None:
-        if events and self._loop is not None and not self._loop.is_closed():
-            for event in events:
-                self._loop.call_soon_threadsafe(event.set)
+
+@dataclass(frozen=True, eq=False)
+class Waiter:
+    """One held request: its event, set from the listener thread on the request's own loop."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+
+    def wake(self) -> None:
+        """Set the event thread-safely (the loop may already be gone)."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.event.set)

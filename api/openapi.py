@@ -10,6 +10,48 @@ from pydantic import BaseModel
 from api.problems import PROBLEM_JSON
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# An 8x8 red PNG: request examples that the service really accepts.
+EXAMPLE_PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGM8ISfHgA0w"
+    "YRUdtBIA0MoBFD5jqJkAAAAASUVORK5CYII="
+)
+JOB_EXAMPLES: dict[str, Any] = {
+    "caption": {
+        "summary": "Caption one inline image",
+        "value": {
+            "task": "caption",
+            "images": [{"data": EXAMPLE_PNG_BASE64}],
+            "params": {"max_new_tokens": 64},
+            "metadata": {"order": 1234},
+        },
+    },
+    "vqa": {
+        "summary": "Ask about an image",
+        "value": {
+            "task": "vqa",
+            "question": "What colour is the square?",
+            "images": [{"data": EXAMPLE_PNG_BASE64}],
+        },
+    },
+    "chat": {
+        "summary": "A multi-turn chat about one image",
+        "value": {
+            "task": "chat",
+            "images": [{"data": EXAMPLE_PNG_BASE64}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": 0},
+                        {"type": "text", "text": "What is this?"},
+                    ],
+                },
+                {"role": "assistant", "content": "A red square."},
+                {"role": "user", "content": "Is it bright?"},
+            ],
+        },
+    },
+}
 _DESCRIPTIONS = {
     400: "Malformed request",
     401: "Missing or invalid API key",
@@ -48,6 +90,7 @@ def publish_schemas(app: FastAPI, models: dict[str, type[BaseModel]]) -> None:
             components.update(definition.pop("$defs", {}))
             components[name] = definition
         _drop_default_validation_errors(schema)
+        _document_problems(schema)
         app.openapi_schema = schema
         return schema
 
@@ -64,3 +107,18 @@ def _drop_default_validation_errors(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
+
+
+def _document_problems(schema: dict[str, Any]) -> None:
+    # Errors any operation can answer: auth, validation, limits, outages; plus 404 on paths
+    # with ids and body errors on writes. Statuses a route documents itself are kept.
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            statuses = [401, 422, 429, 503]
+            if "{" in path:
+                statuses.append(404)
+            if method in ("post", "put", "patch"):
+                statuses += [400, 413, 415]
+            responses = operation.setdefault("responses", {})
+            for status, response in problem_responses(*statuses).items():
+                responses.setdefault(str(status), response)

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from api.batch_intake import parse_jsonl, parse_options, submit_batch
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
-from api.openapi import problem_responses
+from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
 from core.batches import batch_counts, batch_public, cancel_batch, result_lines
@@ -28,7 +28,16 @@ _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/BatchCreate"}},
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/BatchCreate"},
+                "example": {
+                    "jobs": [
+                        {**JOB_EXAMPLES["caption"]["value"], "custom_id": "photo-1"},
+                        {**JOB_EXAMPLES["vqa"]["value"], "custom_id": "photo-2"},
+                    ],
+                    "metadata": {"run": "nightly"},
+                },
+            },
             "application/jsonl": {"schema": _JSONL_SCHEMA},
             "multipart/form-data": {
                 "schema": {

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
 from api.intake import submit_job
+from api.openapi import JOB_EXAMPLES
 from api.schemas import JobPublic, JobsPublic
 from core import listing
 from core.errors import InvalidRequest, NotFound, ServiceError
@@ -30,7 +31,10 @@ _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/JobCreate"},
+                "examples": JOB_EXAMPLES,
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
