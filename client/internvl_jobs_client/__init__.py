@@ -1,0 +1,46 @@
+"""Python client of the internvl-jobs HTTP API (depends on httpx only)."""
+
+from internvl_jobs_client._requests import RetryPolicy
+from internvl_jobs_client.aio import AsyncClient
+from internvl_jobs_client.client import DEFAULT_URL, Client
+from internvl_jobs_client.errors import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    ConflictError,
+    InternVLJobsError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    WebhookVerificationError,
+)
+from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, JobError, Page, Usage
+from internvl_jobs_client.webhooks import verify_webhook
+
+__all__ = [
+    "DEFAULT_URL",
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Batch",
+    "BatchResult",
+    "Client",
+    "ConflictError",
+    "ImageInfo",
+    "InternVLJobsError",
+    "InvalidRequestError",
+    "Job",
+    "JobError",
+    "NotFoundError",
+    "Page",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RetryPolicy",
+    "ServerError",
+    "Usage",
+    "WebhookVerificationError",
+    "verify_webhook",
+]

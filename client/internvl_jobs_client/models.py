@@ -1,0 +1,191 @@
+"""Typed views of the service's JSON: jobs, pages, images, batches and batch results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a job cost: tokens, tiles per image, and time queued and running."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    image_tiles: list[int] = field(default_factory=list)
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
+        """Usage from the job's JSON (None while the job has none)."""
+        if not data:
+            return None
+        return cls(
+            prompt_tokens=int(data.get("prompt_tokens", 0)),
+            completion_tokens=int(data.get("completion_tokens", 0)),
+            image_tiles=list(data.get("image_tiles", [])),
+            queue_s=float(data.get("queue_s", 0.0)),
+            inference_s=float(data.get("inference_s", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the service reports it; `raw` keeps every field, including newer ones."""
+
+    id: str
+    status: str
+    task: str
+    model: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    metadata: dict[str, Any]
+    result: dict[str, Any] | None
+    usage: Usage | None
+    error: JobError | None
+    batch_id: str | None
+    custom_id: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        """A Job from the service's JSON."""
+        error = data.get("error")
+        return cls(
+            id=data["id"],
+            status=data["status"],
+            task=data.get("task", ""),
+            model=data.get("model", ""),
+            created_at=data.get("created_at", ""),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            attempts=int(data.get("attempts", 0)),
+            metadata=data.get("metadata") or {},
+            result=data.get("result"),
+            usage=Usage.from_dict(data.get("usage")),
+            error=JobError(error["code"], error.get("message", "")) if error else None,
+            batch_id=data.get("batch_id"),
+            custom_id=data.get("custom_id"),
+            raw=data,
+        )
+
+    @property
+    def done(self) -> bool:
+        """True once the job can no longer change."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def text(self) -> str | None:
+        """The generated text of a succeeded job."""
+        return (self.result or {}).get("text")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a listing; pass next_cursor back for the next one."""
+
+    data: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """An uploaded image and the tiles it costs on a model."""
+
+    image_id: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+    tiles: int
+    model: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageInfo:
+        """An ImageInfo from the service's JSON."""
+        return cls(
+            image_id=data["image_id"],
+            format=data["format"],
+            width=int(data["width"]),
+            height=int(data["height"]),
+            bytes=int(data["bytes"]),
+            tiles=int(data["tiles"]),
+            model=data.get("model", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch: its status and how many of its jobs are in each status."""
+
+    id: str
+    status: str
+    total: int
+    counts: dict[str, int]
+    metadata: dict[str, Any]
+    created_at: str
+    finished_at: str | None
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Batch:
+        """A Batch from the service's JSON."""
+        return cls(
+            id=data["id"],
+            status=data["status"],
+            total=int(data["total"]),
+            counts=dict(data.get("counts", {})),
+            metadata=data.get("metadata") or {},
+            created_at=data.get("created_at", ""),
+            finished_at=data.get("finished_at"),
+            raw=data,
+        )
+
+    @property
+    def done(self) -> bool:
+        """True once every job of the batch is terminal."""
+        return self.status in ("completed", "canceled")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One line of a batch's results."""
+
+    custom_id: str | None
+    job_id: str
+    status: str
+    result: dict[str, Any] | None
+    error: JobError | None
+    usage: Usage | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchResult:
+        """A BatchResult from one JSONL line."""
+        error = data.get("error")
+        return cls(
+            custom_id=data.get("custom_id"),
+            job_id=data["job_id"],
+            status=data["status"],
+            result=data.get("result"),
+            error=JobError(error["code"], error.get("message", "")) if error else None,
+            usage=Usage.from_dict(data.get("usage")),
+        )
+
+    @property
+    def text(self) -> str | None:
+        """The generated text of a succeeded job."""
+        return (self.result or {}).get("text")
