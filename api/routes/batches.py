@@ -17,6 +17,7 @@ from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
 from core.batches import batch_counts, batch_public, cancel_batch, result_lines
+from core.db import transaction
 from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from core.models import Batch
 from core.specs import BatchCreate
@@ -148,10 +149,12 @@ def get_batch_results(batch_id: str, runtime: RuntimeDep, tenant_id: TenantDep) 
 @router.post(
     "/{batch_id}/cancel", response_model=BatchPublic, responses=problem_responses(401, 404, 409)
 )
-def cancel(batch_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
+def cancel(batch_id: str, runtime: RuntimeDep, tenant_id: TenantDep) -> dict[str, Any]:
     """Cancel the batch: queued jobs never run, running ones stop as soon as their worker can."""
-    batch = find_batch(session, tenant_id, batch_id)
-    if batch.finished_at is not None:
-        raise Conflict(f"batch {batch_id} is already finished", code="batch_finished")
-    cancel_batch(session, batch)
-    return batch_public(batch, batch_counts(session, batch.id))
+    with transaction(runtime.sessions) as session:
+        batch = find_batch(session, tenant_id, batch_id)
+        if batch.finished_at is not None:
+            raise Conflict(f"batch {batch_id} is already finished", code="batch_finished")
+        cancel_batch(session, batch)
+    # Read after the commit: settling (all jobs ended) runs as the transaction commits.
+    return read_batch_public(runtime, tenant_id, batch_id)
