@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from api.backpressure import check_queue_room
 from api.deps import Runtime
+from api.fetch import fetch_images, image_urls
 from api.intake import (
     ImageSet,
     collect_images,
@@ -28,6 +29,7 @@ from core.errors import InvalidRequest, ServiceError
 from core.jobs import create_job
 from core.models import Batch, Job
 from core.specs import BatchCreate, BatchOptions, JobCreate, validate_job_request
+from core.webhooks import check_webhook_url
 
 
 @dataclass
@@ -86,6 +88,13 @@ def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> lis
     custom_ids = [job.custom_id or str(index) for index, job in enumerate(batch.jobs)]
     if len(set(custom_ids)) != len(custom_ids):
         raise InvalidRequest("custom_id values must be unique", code="duplicate_custom_id")
+    for request in batch.jobs:
+        if request.webhook is not None:
+            check_webhook_url(request.webhook.url, settings)
+    if batch.webhook is not None:
+        check_webhook_url(batch.webhook.url, settings)
+    urls = [ref for request in batch.jobs for ref in image_urls(request)]
+    fetched = fetch_images(urls, settings)  # before a connection is held
     prepared: list[PreparedJob] = []
     with runtime.sessions() as session:
         check_queue_room(
@@ -102,7 +111,12 @@ def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> lis
                     request, limits=request_limits(settings), max_tiles=model.max_tiles
                 )
                 images, messages = collect_images(
-                    request, [], session=session, tenant_id=tenant_id, settings=settings
+                    request,
+                    [],
+                    session=session,
+                    tenant_id=tenant_id,
+                    settings=settings,
+                    fetched=fetched,
                 )
             except ServiceError as exc:
                 raise _in_job(index, custom_id, exc) from exc

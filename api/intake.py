@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.backpressure import check_queue_room
 from api.deps import Runtime
+from api.fetch import fetch_images, image_urls
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
 from core.errors import InvalidImage, InvalidRequest
@@ -84,9 +85,16 @@ def _data_url_bytes(url: str, *, index: int) -> bytes:
 
 
 def collect_images(
-    request: JobCreate, files: list[bytes], *, session: Session, tenant_id: str, settings: Settings
+    request: JobCreate,
+    files: list[bytes],
+    *,
+    session: Session,
+    tenant_id: str,
+    settings: Settings,
+    fetched: dict[str, bytes] | None = None,
 ) -> tuple[ImageSet, list[dict[str, Any]] | None]:
-    """Decode and check every image of a request; rewrite chat image_url parts to indexes."""
+    """Decode and check every image of a request (URLs already fetched into `fetched`);
+    rewrite chat image_url parts to indexes."""
     images = ImageSet()
     limits = image_limits(settings)
 
@@ -100,12 +108,10 @@ def collect_images(
             add_bytes(decode_base64(ref.data, index=len(images.shas)))
         elif ref.image_id is not None:
             images.shas.append(_known_image(session, tenant_id, ref.image_id))
+        elif ref.url is not None and fetched is not None and ref.url in fetched:
+            add_bytes(fetched[ref.url])
         else:
-            raise InvalidRequest(
-                f"image {len(images.shas)}: this server does not fetch image URLs; "
-                "send the bytes as 'data' or upload them to /v1/images",
-                code="unsupported_image_source",
-            )
+            raise InvalidRequest(f"image {len(images.shas)}: the URL was not fetched")
     for data in files:
         add_bytes(data)
     messages = _normalized_messages(request, images, add_bytes)
@@ -226,6 +232,7 @@ def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: l
     )
     if request.webhook is not None:
         check_webhook_url(request.webhook.url, settings)
+    fetched = fetch_images(image_urls(request), settings)  # before a connection is held
     with runtime.sessions() as session:  # reads only: queue room, image_id look-ups
         check_queue_room(
             session,
@@ -235,7 +242,12 @@ def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: l
             adding=1,
         )
         images, messages = collect_images(
-            request, files, session=session, tenant_id=tenant_id, settings=settings
+            request,
+            files,
+            session=session,
+            tenant_id=tenant_id,
+            settings=settings,
+            fetched=fetched,
         )
     stored = put_new_objects(runtime, images)
     try:

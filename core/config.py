@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     image_fetch_timeout_s: float = Field(
         10.0, gt=0, description="Total time allowed to fetch one image URL."
     )
+    image_fetch_allow_private: bool = Field(
+        False,
+        description="Allow image URLs on loopback and private networks (development, tests); "
+        "refused in production.",
+    )
     api_url: str = Field(
         "http://127.0.0.1:8000", description="Service URL used by `internvl-jobs submit`."
     )
@@ -281,6 +286,8 @@ class Settings(BaseSettings):
             self.webhook_allow_private or self.webhook_allow_http
         ):
             raise ValueError("private or plain-http webhook targets are refused in production")
+        if self.environment == "production" and self.image_fetch_allow_private:
+            raise ValueError("image URLs on private networks are refused in production")
         if self.webhook_send_lease_s <= self.webhook_timeout_s:
             raise ValueError("webhook_send_lease_s must be longer than webhook_timeout_s")
         return self
