@@ -12,7 +12,7 @@ from api.deps import Runtime
 from core.batches import settle_forgotten
 from core.db import transaction
 from core.jobs import claim_job, complete_job
-from core.models import Batch
+from core.models import Batch, WebhookDelivery
 from tests.api.conftest import b64, caption_body, finish_job, make_key, png_bytes, stored_state
 
 JSONL = {"content-type": "application/jsonl"}
@@ -197,3 +197,28 @@ def test_jobs_of_a_batch_share_an_image_stored_once(client: TestClient, runtime:
     data = png_bytes()
     client.post("/v1/batches", json={"jobs": [caption_body(data) for _ in range(3)]})
     assert stored_state(runtime) == (3, 1, 1)
+
+
+def test_a_finished_batch_queues_its_webhook(client: TestClient, runtime: Runtime) -> None:
+    body = {"jobs": [caption_body(), caption_body()], "webhook": {"url": "https://example.com/b"}}
+    batch = client.post("/v1/batches", json=body).json()
+    for job_id in batch_ids(client, batch["id"]):
+        finish_job(runtime, job_id)
+    with runtime.sessions() as session:
+        deliveries = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.batch_id == batch["id"])
+        ).all()
+    assert [(d.event_type, d.url) for d in deliveries] == [
+        ("batch.completed", "https://example.com/b")
+    ]
+    payload = json.loads(deliveries[0].payload)
+    assert payload["data"]["status"] == "completed"
+    assert payload["data"]["counts"]["succeeded"] == 2
+
+
+def test_a_private_batch_webhook_is_refused(client: TestClient, runtime: Runtime) -> None:
+    body = {"jobs": [caption_body()], "webhook": {"url": "https://127.0.0.1/hook"}}
+    response = client.post("/v1/batches", json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_webhook_url"
+    assert batch_count(runtime) == 0
