@@ -31,6 +31,15 @@ warnings.simplefilter("error", Image.DecompressionBombWarning)
 EXIF_ORIENTATION = 0x0112
 ROTATED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transposed or turned a quarter
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ACCEPTED_SIGNATURES = (
+    PNG_SIGNATURE,
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,10 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_many_pixels(where, "a decompression bomb", max_pixels) from exc
     except UnidentifiedImageError:
-        pass
+        if _claims_accepted_format(data):
+            raise InvalidImage(
+                f"{where} starts like an accepted format but is corrupt", code="invalid_image"
+            ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"{where} is corrupt: {exc}", code="invalid_image") from exc
     raise InvalidImage(
@@ -113,6 +125,13 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
         code="unsupported_image_format",
         status=415,
     )
+
+
+def _claims_accepted_format(data: bytes) -> bool:
+    # A broken file of an accepted format is corrupt (422), not of another format (415).
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    return data.startswith(ACCEPTED_SIGNATURES)
 
 
 def _decode_fully(image: Image.Image, where: str) -> None:
