@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from core import cli_keys
+from core import cli_keys, cli_submit
 from core.config import Settings, get_settings
 from core.logs import setup_logging
 
@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dev)
 
     cli_keys.register(sub)
+    cli_submit.register(sub)
     return parser
 
 
