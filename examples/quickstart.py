@@ -1,19 +1,17 @@
 """Submit an image to a running internvl-jobs service and print the finished job.
 
 Usage: python examples/quickstart.py [IMAGE] [--url http://127.0.0.1:8000] [--task caption]
-Needs only httpx; a backend service integrating the API does the same three steps.
+Needs only the client library (pip install ./client), as a backend service would.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from internvl_jobs_client import APIError, Client
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,28 +25,19 @@ def main() -> int:
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
 
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    body: dict[str, object] = {
-        "task": args.task,
-        "images": [{"data": base64.b64encode(Path(args.image).read_bytes()).decode()}],
-        "params": {"max_new_tokens": 64},
-    }
-    if args.question:
-        body["question"] = args.question
-    with httpx.Client(base_url=args.url, headers=headers, timeout=30) as client:
-        # 1. submit: 202 Accepted with the queued job
-        submitted = client.post("/v1/jobs", json=body)
-        if submitted.status_code != 202:
-            print(submitted.text, file=sys.stderr)  # noqa: T201
+    with Client(args.url, api_key=args.api_key) as client:
+        try:
+            # 1. submit: the job comes back queued; 2. wait: long-polls until it is terminal
+            job = client.submit(
+                args.task, [args.image], question=args.question, params={"max_new_tokens": 64}
+            )
+            job = client.wait(job.id, timeout_s=300)
+        except APIError as exc:  # a problem+json answer: stable code, human detail
+            print(f"{exc.status} {exc.code}: {exc.detail}", file=sys.stderr)  # noqa: T201
             return 1
-        job = submitted.json()
-        # 2. poll until the job is terminal
-        while job["status"] in ("queued", "running"):
-            time.sleep(0.5)
-            job = client.get(f"/v1/jobs/{job['id']}").json()
     # 3. read the result
-    print(json.dumps(job, indent=2, ensure_ascii=False))  # noqa: T201
-    return 0 if job["status"] == "succeeded" else 1
+    print(json.dumps(job.raw, indent=2, ensure_ascii=False))  # noqa: T201
+    return 0 if job.status == "succeeded" else 1
 
 
 if __name__ == "__main__":
