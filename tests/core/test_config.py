@@ -85,3 +85,9 @@ def test_settings_round_trip_through_child_environment(monkeypatch: pytest.Monke
         monkeypatch.setenv(key, value)
     copy = make()
     assert copy == original
+
+
+def test_private_image_urls_are_refused_in_production() -> None:
+    with pytest.raises(ValidationError):
+        make(environment="production", image_fetch_allow_private=True)
+    assert make(environment="development", image_fetch_allow_private=True).image_fetch_allow_private
