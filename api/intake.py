@@ -8,8 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.backpressure import check_queue_room
@@ -17,13 +18,15 @@ from api.deps import Runtime
 from api.fetch import fetch_images, image_urls
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
+from core.dispatch import publish_or_defer
 from core.errors import InvalidImage, InvalidRequest
+from core.idempotency import IdempotentRequest, find_original, remember
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.jobs import create_job
 from core.models import Image, Job
-from core.queue import publish_job
+from core.retention import delete_if_unreferenced, hold_image_objects
 from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
-from core.storage import image_key, store_once
+from core.storage import ObjectStorage, image_key, store_once
 from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
@@ -177,6 +180,17 @@ def put_new_objects(runtime: Runtime, images: ImageSet) -> list[str]:
     return stored
 
 
+def ensure_stored(storage: ObjectStorage, images: ImageSet) -> None:
+    """Under the object locks: put back bytes deleted since put_new_objects; 422 if unknown."""
+    for sha in dict.fromkeys(images.shas):
+        if storage.exists(image_key(sha)):
+            continue
+        if sha not in images.new:
+            raise InvalidRequest(f"image sha256:{sha} is no longer stored", code="image_not_found")
+        info, data = images.new[sha]
+        storage.put(image_key(sha), data, content_type=info.content_type)
+
+
 def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
     """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
 
@@ -207,24 +221,43 @@ def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> Non
         )
     referenced = [sha for sha in dict.fromkeys(images.shas) if sha not in images.new]
     if referenced:
-        session.execute(
+        touched = session.execute(
             update(Image)
             .where(Image.tenant_id == tenant_id, Image.sha256.in_(referenced))
             .values(last_used_at=now)
             .execution_options(synchronize_session=False)
-        )
+        ).rowcount  # type: ignore[attr-defined]
+        if touched != len(referenced):  # retention deleted one since the request was read
+            raise InvalidRequest(
+                "an image_id of this job is no longer stored for this tenant",
+                code="image_not_found",
+            )
 
 
 def forget_objects(runtime: Runtime, shas: list[str]) -> None:
-    """Delete objects stored for a submission that failed, unless some image row uses them."""
-    with transaction(runtime.sessions) as session:
-        for sha in shas:
-            if session.scalar(select(Image.sha256).where(Image.sha256 == sha).limit(1)) is None:
-                runtime.storage.delete(image_key(sha))
+    """Delete objects stored for a submission that failed, unless something refers to them."""
+    for sha in shas:
+        delete_if_unreferenced(runtime.sessions, runtime.storage, sha)
 
 
-def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: list[bytes]) -> Job:
-    """Validate, store and queue one job; nothing is stored when anything is refused."""
+def original_job(runtime: Runtime, tenant_id: str, idempotency: IdempotentRequest) -> Job | None:
+    """The job an earlier request with the same Idempotency-Key created, if any."""
+    with runtime.sessions() as session:
+        job_id = find_original(session, tenant_id, idempotency)
+        return session.get(Job, job_id) if job_id else None
+
+
+def submit_job(
+    runtime: Runtime,
+    *,
+    tenant_id: str,
+    request: JobCreate,
+    files: list[bytes],
+    idempotency: IdempotentRequest | None = None,
+) -> tuple[Job, bool]:
+    """Validate, store and queue one job; (job, replayed). Nothing is stored when refused."""
+    if idempotency is not None and (earlier := original_job(runtime, tenant_id, idempotency)):
+        return earlier, True
     settings = runtime.settings
     model = resolve_model(settings, request.model)
     validate_job_request(
@@ -251,32 +284,54 @@ def submit_job(runtime: Runtime, *, tenant_id: str, request: JobCreate, files: l
         )
     stored = put_new_objects(runtime, images)
     try:
-        with transaction(runtime.sessions) as session:
-            upsert_image_rows(session, tenant_id, images)
-            job = create_job(
-                session=session,
-                tenant_id=tenant_id,
-                model=model,
-                spec=job_spec(request, images, messages),
-                image_shas=images.shas,
-                max_attempts=settings.max_attempts,
-                priority=request.priority,
-                metadata=request.metadata,
-                webhook=request.webhook.model_dump() if request.webhook else None,
-                custom_id=request.custom_id,
-            )
+        spec = job_spec(request, images, messages)
+        job = commit_job(runtime, tenant_id, model, images, spec, request, idempotency)
+    except IntegrityError:
+        forget_objects(runtime, stored)
+        # Another request with the same Idempotency-Key committed first: answer with its job.
+        earlier = original_job(runtime, tenant_id, idempotency) if idempotency else None
+        if earlier is None:
+            raise
+        return earlier, True
     except BaseException:
         forget_objects(runtime, stored)
         raise
-    publish_or_defer(runtime, job, model)
+    publish_or_defer(
+        sessions=runtime.sessions,
+        celery=runtime.celery,
+        model=model,
+        job_id=job.id,
+        priority=job.priority,
+    )
+    return job, False
+
+
+def commit_job(
+    runtime: Runtime,
+    tenant_id: str,
+    model: ModelSpec,
+    images: ImageSet,
+    spec: dict[str, Any],
+    request: JobCreate,
+    idempotency: IdempotentRequest | None,
+) -> Job:
+    """In one transaction: image rows, the queued job, its Idempotency-Key."""
+    with transaction(runtime.sessions) as session:
+        hold_image_objects(session, images.shas)
+        ensure_stored(runtime.storage, images)
+        upsert_image_rows(session, tenant_id, images)
+        job = create_job(
+            session=session,
+            tenant_id=tenant_id,
+            model=model,
+            spec=spec,
+            image_shas=images.shas,
+            max_attempts=runtime.settings.max_attempts,
+            priority=request.priority,
+            metadata=request.metadata,
+            webhook=request.webhook.model_dump() if request.webhook else None,
+            custom_id=request.custom_id,
+        )
+        if idempotency is not None:
+            remember(session, tenant_id, idempotency, job.id)
     return job
-
-
-def publish_or_defer(runtime: Runtime, job: Job, model: ModelSpec) -> None:
-    """Publish a committed job; if the broker is down, leave it to the sweeper."""
-    try:
-        publish_job(runtime.celery, model, job.id, priority=job.priority)
-    except Exception:  # noqa: BLE001 - the job is safe in the database either way
-        log.exception("publishing job %s failed; the sweeper will publish it", job.id)
-        with transaction(runtime.sessions) as session:
-            session.execute(update(Job).where(Job.id == job.id).values(published_at=None))

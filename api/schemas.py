@@ -26,7 +26,10 @@ class JobPublic(BaseModel):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
-    attempts: int = 0
+    cancel_requested_at: str | None = Field(
+        None, description="Set when a cancel was asked for while the job was running."
+    )
+    attempts: int = Field(0, description="Times a worker claimed the job (retries show here).")
     metadata: dict[str, Any] = Field(default_factory=dict)
     result: dict[str, Any] | None = Field(None, examples=[{"text": "A cat lying on a rug."}])
     usage: dict[str, Any] | None = Field(

@@ -65,11 +65,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sweeper(args: argparse.Namespace) -> int:
-    """Run the recovery sweeper until stopped."""
+    """Run the recovery sweeper (and the retention pass) until stopped; safe to run twice."""
+    import signal
+    import threading
+
     from core.db import make_engine, make_session_factory
     from core.hooks import install_job_hooks
     from core.notify import job_feed
     from core.queue import make_celery
+    from core.storage import open_storage
     from core.sweeper import run_forever
 
     settings = get_settings()
@@ -78,7 +82,19 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
     install_job_hooks(job_feed(settings))
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
-    run_forever(sessions=sessions, celery=make_celery(settings), settings=settings)
+    storage = open_storage(
+        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    run_forever(
+        sessions=sessions,
+        celery=make_celery(settings),
+        settings=settings,
+        storage=storage,
+        stop=stop,
+    )
     return 0
 
 

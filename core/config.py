@@ -155,14 +155,57 @@ class Settings(BaseSettings):
     api_key: str = Field("", description="API key used by `internvl-jobs submit`.")
 
     # Job lifecycle
-    max_attempts: int = Field(3, ge=1, le=100, description="Deliveries of a job before it fails.")
-    lease_s: float = Field(60.0, gt=0, description="How long a claim lasts without renewal.")
-    sweep_interval_s: float = Field(10.0, gt=0, description="Period of the recovery sweeper.")
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Claims of a job (first run, lease expiries, releases) before it fails.",
+    )
+    lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a claim lasts without renewal; a killed worker's job is running "
+        "again after about lease_s + sweep_interval_s.",
+    )
+    sweep_interval_s: float = Field(5.0, gt=0, description="Period of the recovery sweeper.")
     stale_queued_s: float = Field(
         300.0, gt=0, description="A queued job unclaimed this long is published again."
     )
+    retry_backoff_s: float = Field(
+        2.0,
+        ge=0,
+        description="Wait before a job given back after an error runs again; doubles per attempt.",
+    )
+    retry_backoff_max_s: float = Field(300.0, ge=0, description="Cap of retry_backoff_s growth.")
     visibility_timeout_s: int = Field(
         7200, ge=60, description="Redis redelivery of unacknowledged messages; > longest job."
+    )
+    cancel_poll_s: float = Field(
+        1.0, gt=0, description="How often a busy worker looks for cancel requests of its jobs."
+    )
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, how long running batches may go on before their jobs are "
+        "handed back to the queue.",
+    )
+    idempotency_ttl_s: float = Field(
+        86400.0, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    job_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Finished jobs (and their events) are deleted this long after they "
+        "finished; 0 keeps them forever.",
+    )
+    image_retention_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="Images no job has used for this long are deleted, bytes included, once "
+        "no live job refers to them; 0 keeps them forever.",
+    )
+    retention_interval_s: float = Field(
+        300.0, gt=0, description="How often the sweeper runs the retention pass."
     )
 
     # Workers

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, or_, update
 from sqlalchemy.orm import Session
 
 from core.config import ModelSpec
@@ -121,46 +121,27 @@ def _record(
 def claim_job(
     session: Session, job_id: str, *, worker_id: str, lease_s: float, now: datetime | None = None
 ) -> Job | None:
-    """Take a queued job for one attempt; None when it is not queued (duplicate delivery)."""
+    """Take a queued job for one attempt; None when it is not claimable (duplicate delivery)."""
     now = now or utcnow()
     return transition(
         session,
         job_id,
         to=JobStatus.RUNNING,
         expect=[JobStatus.QUEUED],
-        where=[Job.attempts < Job.max_attempts, Job.cancel_requested_at.is_(None)],
+        where=[
+            Job.attempts < Job.max_attempts,
+            Job.cancel_requested_at.is_(None),
+            # A job waiting out its retry backoff is published again by the sweeper when due.
+            or_(Job.available_at.is_(None), Job.available_at <= now),
+        ],
         values={
             "attempts": Job.attempts + 1,
             "worker_id": worker_id,
             "lease_expires_at": now + timedelta(seconds=lease_s),
             "started_at": now,
+            "available_at": None,
         },
     )
-
-
-def renew_leases(
-    session: Session, held: dict[str, int], *, worker_id: str, lease_s: float
-) -> set[str]:
-    """Extend the leases this worker holds; return the ids whose cancel was requested."""
-    if not held:
-        return set()
-    expires = utcnow() + timedelta(seconds=lease_s)
-    for job_id, attempt in held.items():
-        session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.attempts == attempt,
-                Job.status == JobStatus.RUNNING.value,
-                Job.worker_id == worker_id,
-            )
-            .values(lease_expires_at=expires)
-            .execution_options(synchronize_session=False)
-        )
-    rows = session.execute(
-        select(Job.id).where(Job.id.in_(list(held)), Job.cancel_requested_at.is_not(None))
-    )
-    return set(rows.scalars())
 
 
 def complete_job(
@@ -193,6 +174,7 @@ def fail_job(
     attempt: int | None = None,
     expect: Iterable[JobStatus] = (JobStatus.RUNNING,),
     usage: dict[str, Any] | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
 ) -> Job | None:
     """Mark a job failed with a reason (by its attempt holder, or by the sweeper)."""
     values: dict[str, Any] = {
@@ -209,25 +191,50 @@ def fail_job(
         to=JobStatus.FAILED,
         expect=expect,
         attempt=attempt,
+        where=where,
         values=values,
         event_data={"code": code},
     )
 
 
-def release_job(session: Session, job_id: str, *, attempt: int, reason: str) -> Job | None:
-    """Give a running job back to the queue (worker shutting down, transient failure)."""
+def release_job(
+    session: Session,
+    job_id: str,
+    *,
+    attempt: int,
+    reason: str,
+    available_at: datetime | None = None,
+    published: bool = False,
+) -> Job | None:
+    """Give a running job back to the queue (worker shutting down, error worth retrying).
+
+    `available_at` delays the next run (backoff); `published` says the caller publishes the
+    job itself right after commit, else the sweeper does once it is available. A job whose
+    cancel was requested ends canceled instead.
+    """
+    canceled = cancel_job(session, job_id, attempt=attempt, requested_only=True)
+    if canceled is not None:
+        return canceled
+    now = utcnow()
     return transition(
         session,
         job_id,
         to=JobStatus.QUEUED,
         expect=[JobStatus.RUNNING],
         attempt=attempt,
-        values={"worker_id": None, "lease_expires_at": None, "published_at": utcnow()},
+        values={
+            "worker_id": None,
+            "lease_expires_at": None,
+            "available_at": available_at,
+            "published_at": now if published else None,
+        },
         event_data={"reason": reason},
     )
 
 
-def cancel_job(session: Session, job_id: str, *, attempt: int) -> Job | None:
+def cancel_job(
+    session: Session, job_id: str, *, attempt: int, requested_only: bool = False
+) -> Job | None:
     """End a running job as canceled (its worker stopped generating)."""
     return transition(
         session,
@@ -235,6 +242,7 @@ def cancel_job(session: Session, job_id: str, *, attempt: int) -> Job | None:
         to=JobStatus.CANCELED,
         expect=[JobStatus.RUNNING],
         attempt=attempt,
+        where=[Job.cancel_requested_at.is_not(None)] if requested_only else (),
         values={"finished_at": utcnow(), "lease_expires_at": None},
     )
 
@@ -256,6 +264,7 @@ def job_public(job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
+        "cancel_requested_at": _iso(job.cancel_requested_at),
         "attempts": job.attempts,
         "metadata": job.meta or {},
         "result": job.result,

@@ -96,7 +96,7 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 SWEEPS = Counter(
     "internvl_jobs_sweeper_actions",
-    "What the recovery sweeper did: republished, requeued or exhausted jobs.",
+    "What the recovery sweeper did: republished, requeued, exhausted or canceled jobs.",
     ["action"],
     registry=REGISTRY,
 )
@@ -115,7 +115,7 @@ BUILD_INFO = Gauge(
 
 def record_sweep(report: Any) -> None:
     """Count what one sweep did (a core.sweeper.SweepReport) and when it finished."""
-    for action in ("republished", "requeued", "exhausted"):
+    for action in ("republished", "requeued", "exhausted", "canceled"):
         SWEEPS.labels(action).inc(getattr(report, action, 0))
     LAST_SWEEP.set_to_current_time()
 

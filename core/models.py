@@ -125,7 +125,10 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_images_sha256", "sha256"),)
+    __table_args__ = (
+        Index("ix_images_sha256", "sha256"),
+        Index("ix_images_last_used_at", "last_used_at"),
+    )
 
 
 class Batch(Base):
@@ -174,6 +177,8 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
+    # A job given back after an error waits until then (the sweeper publishes it).
+    available_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]

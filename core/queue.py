@@ -1,4 +1,9 @@
-"""The Celery application: messages carry job ids only; the jobs table holds everything else."""
+"""The Celery application: messages carry job ids only; the jobs table holds everything else.
+
+Priorities: jobs carry 0..9, 9 most urgent. Kombu's Redis transport keeps one list per
+priority step and serves step 0 first, so a job's priority p travels as 9 - p, with all ten
+steps enabled. The filesystem broker of dev mode has no priorities.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,21 @@ from core.config import ModelSpec, Settings
 RUN_JOB_TASK = "internvl_jobs.run_job"
 WEBHOOK_QUEUE = "internvl.webhooks"
 DELIVER_WEBHOOK_TASK = "internvl_jobs.deliver_webhook"
+MAX_PRIORITY = 9
+# Redis keys of a model queue's priority lists: "<queue>:<step>" (step 0 is the bare name).
+PRIORITY_SEPARATOR = ":"
+
+
+def broker_priority(priority: int) -> int:
+    """The kombu priority of a job priority (0..9, 9 most urgent): kombu serves 0 first."""
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"priority must be 0..{MAX_PRIORITY}, not {priority}")
+    return MAX_PRIORITY - priority
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, most urgent first."""
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in range(1, MAX_PRIORITY + 1)]
 
 
 def broker_options(broker_url: str) -> tuple[str, dict[str, Any]]:
@@ -42,6 +62,8 @@ def make_celery(settings: Settings) -> Celery:
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=25,
+            priority_steps=list(range(MAX_PRIORITY + 1)),
+            sep=PRIORITY_SEPARATOR,
         )
     app = Celery("internvl_jobs", broker=url, set_as_current=False)
     app.conf.update(
@@ -71,7 +93,7 @@ def publish_job(app: Celery, model: ModelSpec, job_id: str, *, priority: int = 0
         RUN_JOB_TASK,
         args=[job_id],
         queue=model.queue,
-        priority=priority,
+        priority=broker_priority(priority),
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )

@@ -1,4 +1,8 @@
-"""The worker's pulse: renews the leases of held jobs, picks up cancels, reports its state."""
+"""The worker's pulse: renews the leases of held jobs, picks up cancels, reports its state.
+
+Leases are renewed every min(heartbeat_s, lease_s / 3), so a few missed beats never cost a
+job; cancel requests are looked up more often (cancel_poll_s) while the worker holds jobs.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import transaction, utcnow
-from core.jobs import renew_leases
+from core.leases import LeaseCheck, cancel_requests, renew_leases
 from core.models import Worker
 
 log = logging.getLogger("worker.heartbeat")
@@ -33,8 +37,9 @@ class Heartbeat:
         lease_s: float,
         interval_s: float,
         held: Callable[[], dict[str, int]],
-        on_canceled: Callable[[set[str]], None],
+        on_check: Callable[[LeaseCheck], None],
         stats: Callable[[], dict[str, Any]],
+        cancel_poll_s: float = 1.0,
     ) -> None:
         self.sessions = sessions
         self.worker_id = worker_id
@@ -44,8 +49,9 @@ class Heartbeat:
         self.lease_s = lease_s
         # Renew well before the lease runs out, even if the heartbeat interval is long.
         self.interval_s = min(interval_s, lease_s / 3)
+        self.poll_s = min(cancel_poll_s, self.interval_s)
         self.held = held
-        self.on_canceled = on_canceled
+        self.on_check = on_check
         self.stats = stats
         self.state = "starting"
         self.last_beat_at: float | None = None  # unix time of the last recorded beat
@@ -68,22 +74,37 @@ class Heartbeat:
             log.warning("could not record the final worker state", exc_info=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        next_beat = time.monotonic() + self.interval_s
+        while not self._stop.wait(self.poll_s):
             try:
-                self.beat()
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.interval_s
+                    self.beat()
+                else:
+                    self.poll_cancels()
             except Exception:  # noqa: BLE001 - a missed beat is retried on the next tick
                 log.warning("heartbeat failed", exc_info=True)
 
     def beat(self) -> None:
         """Renew leases, collect cancel requests and upsert the workers row, in one transaction."""
         with transaction(self.sessions) as session:
-            canceled = renew_leases(
+            check = renew_leases(
                 session, self.held(), worker_id=self.worker_id, lease_s=self.lease_s
             )
             self._upsert(session)
         self.last_beat_at = time.time()
+        if check.canceled or check.lost:
+            self.on_check(check)
+
+    def poll_cancels(self) -> None:
+        """Look up cancel requests of the jobs held now (a cheap read, skipped when idle)."""
+        held = self.held()
+        if not held:
+            return
+        with transaction(self.sessions) as session:
+            canceled = cancel_requests(session, held)
         if canceled:
-            self.on_canceled(canceled)
+            self.on_check(LeaseCheck(canceled=canceled))
 
     def _upsert(self, session: Session) -> None:
         now = utcnow()

@@ -1,4 +1,10 @@
-"""One worker process: loads its model once, then consumes its model's queue with Celery threads."""
+"""One worker process: loads its model once, then consumes its model's queue with Celery threads.
+
+SIGTERM starts Celery's warm shutdown: the consumer stops taking messages (those prefetched
+and not started go back to Redis), jobs waiting for a batch are handed back to the queue at
+once, and running batches get shutdown_grace_s to finish before their jobs are handed back
+too. The process then exits; nothing it held is left for the lease sweeper.
+"""
 
 from __future__ import annotations
 
@@ -62,8 +68,9 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         lease_s=settings.lease_s,
         interval_s=settings.heartbeat_s,
         held=held,
-        on_canceled=lambda ids: state["runtime"] and state["runtime"].flag_canceled(ids),
+        on_check=lambda check: state["runtime"] and state["runtime"].apply_lease_check(check),
         stats=stats,
+        cancel_poll_s=settings.cancel_poll_s,
     )
     health.heartbeat = heartbeat
     heartbeat.start()
@@ -138,10 +145,19 @@ def _load_runtime(
 
 
 def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None:
+    from celery.signals import worker_shutting_down
+
     from worker.tasks import register_tasks
 
     app = make_celery(settings)
+    runtime.celery = app
     register_tasks(app, runtime)
+
+    def on_shutting_down(how: str = "Warm", **_: Any) -> None:
+        # Runs in the signal handler: begin_shutdown only flags jobs and starts a timer.
+        runtime.begin_shutdown(settings.shutdown_grace_s if how == "Warm" else 0.0)
+
+    worker_shutting_down.connect(on_shutting_down, weak=False)
     threads = settings.worker_threads or 2 * runtime.spec.max_batch_size
     worker = app.Worker(
         hostname=name,

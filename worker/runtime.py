@@ -1,21 +1,35 @@
-"""A worker process's state: the engine and batcher, the jobs it holds, and how it runs one."""
+"""A worker process's state: the engine and batcher, the jobs it holds, and how it runs one.
+
+Every outcome is a fenced write (conditional on the attempt this worker holds), retried
+while the database is unreachable; the Celery task returns, and so acknowledges its message,
+only after that write. Errors are sorted: a permanent one fails the job with its code, any
+other gives the job back with a backoff (attempts are capped), and a stop for shutdown gives
+it back at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from celery import Celery
+from celery.exceptions import Reject
 from PIL import Image
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
-from core.errors import PermanentJobError
+from core.dispatch import publish_or_defer
+from core.errors import PermanentJobError, ServiceError
 from core.images import load_rgb
 from core.jobs import cancel_job, claim_job, complete_job, fail_job, release_job
+from core.leases import LeaseCheck
 from core.models import Job
 from core.prompts import build_conversation
 from core.retry import is_transient, retry_transient
@@ -30,12 +44,33 @@ log = logging.getLogger("worker.runtime")
 RESULT_WRITE_DEADLINE_S = 600.0
 
 
+class WorkerDraining(Exception):
+    """The worker is shutting down and starts no new generation."""
+
+
+# Why a generation was stopped, strongest first: a lost lease means nothing may be written,
+# a client's cancel ends the job, a shutdown only hands it back.
+STOP_REASONS = ("lost", "canceled", "shutdown")
+
+
 @dataclass
 class Held:
-    """A job this worker has claimed: the attempt it holds and the job's cancel flag."""
+    """A job this worker has claimed: its attempt, and why its generation was stopped."""
 
     attempt: int
-    cancel: threading.Event
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: Future[Generation] | None = None
+    stop_reason: str | None = None  # "lost" | "canceled" | "shutdown"
+
+    def stop(self, reason: str) -> None:
+        """Stop this job's generation at the next step (or before it starts)."""
+        if self.stop_reason is None or STOP_REASONS.index(reason) < STOP_REASONS.index(
+            self.stop_reason
+        ):
+            self.stop_reason = reason
+        self.cancel.set()
+        if self.future is not None:
+            self.future.cancel()  # only succeeds while the job waits for its batch
 
 
 class WorkerRuntime:
@@ -50,6 +85,7 @@ class WorkerRuntime:
         storage: ObjectStorage,
         engine: InternVLEngine,
         worker_id: str,
+        celery: Celery | None = None,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -57,6 +93,7 @@ class WorkerRuntime:
         self.storage = storage
         self.engine = engine
         self.worker_id = worker_id
+        self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
         self.batcher = Batcher(
             engine.generate,
             max_batch_size=spec.max_batch_size,
@@ -65,24 +102,29 @@ class WorkerRuntime:
         )
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
+        self.draining = False
         self.jobs_done = 0
 
     # -- one job ---------------------------------------------------------------------------
 
     def run_job(self, job_id: str) -> str:
         """Claim and run one job; returns the outcome ('duplicate' when not claimable)."""
+        if self.draining:  # unclaimed: the broker redelivers the message to another worker
+            raise Reject("the worker is shutting down", requeue=True)
         job = retry_transient(lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60)
         if job is None:
-            log.info("job %s is not queued; duplicate delivery ignored", job_id)
+            log.info("job %s is not claimable; duplicate or late delivery ignored", job_id)
             return "duplicate"
-        held = Held(attempt=job.attempts, cancel=threading.Event())
+        held = Held(attempt=job.attempts)
         with self._held_lock:
             self.held[job_id] = held
         try:
-            return self._run_claimed(job, held)
+            outcome = self._run_claimed(job, held)
         finally:
             with self._held_lock:
                 self.held.pop(job_id, None)
+        log.info("job %s %s (attempt %d)", job_id, outcome, held.attempt)
+        return outcome
 
     def _claim(self, job_id: str) -> Job | None:
         with transaction(self.sessions) as session:
@@ -94,19 +136,12 @@ class WorkerRuntime:
         started = time.monotonic()
         try:
             generation, prepared_tiles, prompt_tokens = self._generate(job, held)
-        except PermanentJobError as exc:
-            code, message = exc.code, exc.detail
-            self._write(
-                lambda s: fail_job(s, job.id, code=code, message=message, attempt=held.attempt)
-            )
-            return "failed"
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("job %s hit a transient error (%s); back to the queue", job.id, reason)
-            self._write(lambda s: release_job(s, job.id, attempt=held.attempt, reason=reason))
-            return "released"
+        except (CancelledError, WorkerDraining):
+            return self._after_stop(job, held)
+        except Exception as exc:  # noqa: BLE001 - every error ends in a recorded outcome
+            return self._after_error(job, held, exc)
+        if generation.finish_reason == "canceled" and held.stop_reason is not None:
+            return self._after_stop(job, held)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": generation.completion_tokens,
@@ -114,15 +149,72 @@ class WorkerRuntime:
             "queue_s": round(((job.started_at or utcnow()) - job.created_at).total_seconds(), 3),
             "inference_s": round(time.monotonic() - started, 3),
         }
-        if generation.finish_reason == "canceled":
-            self._write(lambda s: cancel_job(s, job.id, attempt=held.attempt))
-            return "canceled"
         result = {"text": generation.text, "finish_reason": generation.finish_reason}
         stored = self._write(
             lambda s: complete_job(s, job.id, attempt=held.attempt, result=result, usage=usage)
         )
+        if not stored:
+            return "superseded"
         self.jobs_done += 1
-        return "succeeded" if stored else "superseded"
+        return "succeeded"
+
+    def _after_stop(self, job: Job, held: Held) -> str:
+        if held.stop_reason == "lost":  # another attempt owns the job now; writes are fenced
+            return "superseded"
+        if held.stop_reason == "canceled":
+            ended = self._write(lambda s: cancel_job(s, job.id, attempt=held.attempt))
+            return "canceled" if ended else "superseded"
+        released = self._write(
+            lambda s: release_job(
+                s, job.id, attempt=held.attempt, reason="worker_shutdown", published=True
+            )
+        )
+        if released is None or released.status != "queued":
+            return "superseded" if released is None else released.status
+        if self.celery is not None:
+            publish_or_defer(
+                sessions=self.sessions,
+                celery=self.celery,
+                model=self.spec,
+                job_id=job.id,
+                priority=job.priority,
+            )
+        return "released"
+
+    def _after_error(self, job: Job, held: Held, exc: Exception) -> str:
+        permanent = _permanent_code(exc)
+        if permanent is not None:
+            code, message = permanent
+            self._write(
+                lambda s: fail_job(s, job.id, code=code, message=message, attempt=held.attempt)
+            )
+            return "failed"
+        reason = f"{type(exc).__name__}: {exc}"
+        if not is_transient(exc):
+            log.error("job %s raised an unexpected error", job.id, exc_info=exc)
+        if held.attempt >= job.max_attempts:
+            message = f"the job failed {held.attempt} times; last error: {reason}"
+            self._write(
+                lambda s: fail_job(
+                    s, job.id, code="attempts_exhausted", message=message, attempt=held.attempt
+                )
+            )
+            return "failed"
+        delay = min(
+            self.settings.retry_backoff_max_s,
+            self.settings.retry_backoff_s * 2 ** (held.attempt - 1),
+        )
+        log.warning("job %s: %s; it runs again in %.1fs", job.id, reason, delay)
+        self._write(
+            lambda s: release_job(
+                s,
+                job.id,
+                attempt=held.attempt,
+                reason=reason[:500],
+                available_at=utcnow() + timedelta(seconds=delay),
+            )
+        )
+        return "released"
 
     def _generate(self, job: Job, held: Held) -> tuple[Generation, list[int], int]:
         spec = job.spec
@@ -131,7 +223,11 @@ class WorkerRuntime:
         conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
         prepared = self.engine.prepare(job.id, conversation, images, params)
         prepared.cancel = held.cancel
-        generation = self.batcher.submit(prepared).result()
+        with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
+            if self.draining or held.stop_reason is not None:
+                raise WorkerDraining(job.id)
+            held.future = self.batcher.submit(prepared)
+        generation = held.future.result()
         return generation, prepared.image_tiles, prepared.prompt_tokens
 
     def _load_image(self, sha: str) -> Image.Image:
@@ -161,16 +257,48 @@ class WorkerRuntime:
             attempt, what="writing a job result", deadline_s=RESULT_WRITE_DEADLINE_S
         )
 
-    # -- leases ----------------------------------------------------------------------------
+    # -- leases, cancels and shutdown ------------------------------------------------------
 
     def held_attempts(self) -> dict[str, int]:
         """The jobs this worker holds now, with their attempts."""
         with self._held_lock:
             return {job_id: held.attempt for job_id, held in self.held.items()}
 
-    def flag_canceled(self, job_ids: set[str]) -> None:
-        """Tell the generation loop to stop these jobs at the next step."""
+    def apply_lease_check(self, check: LeaseCheck) -> None:
+        """Stop jobs whose lease was lost or whose cancel was requested."""
         with self._held_lock:
-            for job_id in job_ids:
-                if job_id in self.held:
-                    self.held[job_id].cancel.set()
+            for reason, job_ids in (("lost", check.lost), ("canceled", check.canceled)):
+                for job_id in job_ids:
+                    if job_id in self.held:
+                        log.info("job %s: stopping (%s)", job_id, reason)
+                        self.held[job_id].stop(reason)
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """Hand back jobs not yet generating now, and the others if still running after grace_s."""
+        with self._held_lock:
+            if self.draining:
+                return
+            self.draining = True
+            waiting = [h for h in self.held.values() if h.future is not None]
+            for held in waiting:
+                if held.future is not None and held.future.cancel():
+                    held.stop("shutdown")
+        log.info("shutting down: running batches have %.0fs to finish", grace_s)
+        timer = threading.Timer(grace_s, self._preempt_all)
+        timer.daemon = True
+        timer.start()
+
+    def _preempt_all(self) -> None:
+        with self._held_lock:
+            for job_id, held in self.held.items():
+                log.info("job %s: still running after the shutdown grace; handing it back", job_id)
+                held.stop("shutdown")
+
+
+def _permanent_code(exc: Exception) -> tuple[str, str] | None:
+    """(code, message) for errors that fail however often the job is retried."""
+    if isinstance(exc, ServiceError) and 400 <= exc.status < 500:
+        return exc.code, exc.detail
+    if isinstance(exc, ValidationError):
+        return "invalid_params", str(exc)
+    return None

@@ -1,23 +1,27 @@
-"""Job routes: submit (JSON or multipart) and poll."""
+"""Job routes: submit (JSON or multipart, with an optional Idempotency-Key), list, poll, cancel."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
 from api.intake import submit_job
-from api.openapi import JOB_EXAMPLES
+from api.openapi import JOB_EXAMPLES, problem_responses
 from api.schemas import JobPublic, JobsPublic
 from core import listing
+from core.cancellation import request_cancel
+from core.db import transaction
 from core.errors import InvalidRequest, NotFound, ServiceError
+from core.idempotency import IdempotentRequest, check_key, request_fingerprint
 from core.jobs import job_public
 from core.listing import JobFilter
 from core.logs import bind_log_context
@@ -72,7 +76,16 @@ def invalid_from(exc: ValidationError) -> ServiceError:
     return InvalidRequest(detail, code="invalid_params", extra={"errors": errors})
 
 
-async def read_submission(request: Request) -> tuple[JobCreate, list[bytes]]:
+@dataclass
+class Submission:
+    """A job request as received: the spec, uploaded files, and the JSON the spec came from."""
+
+    request: JobCreate
+    files: list[bytes]
+    raw_spec: Any
+
+
+async def read_submission(request: Request) -> Submission:
     """The job spec and any uploaded files, from a JSON or a multipart body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -83,7 +96,8 @@ async def read_submission(request: Request) -> tuple[JobCreate, list[bytes]]:
         files = [
             await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
         ]
-        return parse_job_create(spec), files
+        job_request = parse_job_create(spec)
+        return Submission(job_request, files, json.loads(spec))
     if content_type and not content_type.startswith("application/json"):
         raise ServiceError(
             f"unsupported content type {content_type!r}; send application/json or "
@@ -93,10 +107,20 @@ async def read_submission(request: Request) -> tuple[JobCreate, list[bytes]]:
         )
     body = await request.body()
     try:
-        json.loads(body)
+        raw = json.loads(body)
     except ValueError as exc:
         raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
-    return parse_job_create(body), []
+    return Submission(parse_job_create(body), [], raw)
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe submission: the same key and body return the original job "
+        "instead of running it again; the same key with another body is a 409.",
+    ),
+]
 
 
 @router.post(
@@ -107,15 +131,35 @@ async def read_submission(request: Request) -> tuple[JobCreate, list[bytes]]:
     responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}},
 )
 async def create_job(
-    request: Request, response: Response, runtime: RuntimeDep, tenant_id: TenantDep
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    tenant_id: TenantDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> dict[str, Any]:
     """Submit a job; it is queued and runs on a worker of its model."""
-    job_request, files = await read_submission(request)
-    job = await run_in_threadpool(
-        submit_job, runtime, tenant_id=tenant_id, request=job_request, files=files
+    if idempotency_key is not None:
+        check_key(idempotency_key)
+    submission = await read_submission(request)
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = IdempotentRequest(
+            key=idempotency_key,
+            request_hash=request_fingerprint(submission.raw_spec, submission.files),
+            ttl_s=runtime.settings.idempotency_ttl_s,
+        )
+    job, replayed = await run_in_threadpool(
+        submit_job,
+        runtime,
+        tenant_id=tenant_id,
+        request=submission.request,
+        files=submission.files,
+        idempotency=idempotency,
     )
     bind_log_context(job_id=job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return job_public(job)
 
 
@@ -178,3 +222,22 @@ def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
         if job is None or job.tenant_id != tenant_id:
             raise NotFound(f"no job {job_id}")
         return job_public(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={
+        200: {"description": "The job was queued and is now canceled."},
+        202: {"description": "The job is running; its worker stops it at the next step."},
+        **problem_responses(401, 404, 409),
+    },
+)
+def cancel_job(
+    job_id: str, response: Response, runtime: RuntimeDep, tenant_id: TenantDep
+) -> dict[str, Any]:
+    """Cancel a job: a queued one never runs, a running one stops at its next step."""
+    with transaction(runtime.sessions) as session:
+        job = request_cancel(session, job_id, tenant_id=tenant_id)
+    response.status_code = 200 if job.status == JobStatus.CANCELED else 202
+    return job_public(job)

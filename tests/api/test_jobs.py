@@ -9,6 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
+from core.queue import queue_keys
 from core.storage import image_key, sha256_hex
 from tests.api.conftest import b64, noise_png, png_bytes, stored_state
 
@@ -19,7 +20,7 @@ def caption_request(data: bytes | None = None, **extra: object) -> dict:
 
 def queued_messages(runtime: Runtime) -> int:
     client = redis.Redis.from_url(runtime.settings.broker_url)
-    return int(client.llen(runtime.settings.default_model.queue))
+    return sum(int(client.llen(key)) for key in queue_keys(runtime.settings.default_model.queue))
 
 
 def test_submit_caption_returns_202_with_location(client: TestClient, runtime: Runtime) -> None:

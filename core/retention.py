@@ -1,0 +1,162 @@
+"""Retention: finished jobs, unused images and old idempotency keys are deleted after a while.
+
+An image's bytes are deleted only when no image row (of any tenant) and no job refers to its
+content address any more. Submissions and this pass take the same per-object lock while they
+check and change references (a PostgreSQL advisory lock; SQLite serialises writers anyway),
+so a job committed at the same moment either sees its object deleted and stores it again, or
+keeps it alive: nothing referenced by a live job is ever deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, select, text, tuple_
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.db import transaction, utcnow
+from core.models import (
+    TERMINAL_STATUSES,
+    IdempotencyKey,
+    Image,
+    Job,
+    JobImage,
+    JobStatus,
+    WebhookDelivery,
+)
+from core.storage import ObjectStorage, image_key
+
+log = logging.getLogger("core.retention")
+BATCH_LIMIT = 500
+BATCHES_PER_PASS = 20  # bounds one pass; the next pass goes on where this one stopped
+# First key of the two-key advisory locks on image objects (second: from the SHA-256).
+OBJECT_LOCK_NAMESPACE = 0x1A6E
+LIVE_STATUSES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass deleted."""
+
+    jobs: int = 0
+    images: int = 0
+    objects: int = 0
+    idempotency_keys: int = 0
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+def hold_image_objects(session: Session, shas: list[str]) -> None:
+    """Lock these objects until the transaction ends, against retention deleting them."""
+    connection = session.connection()  # on SQLite this BEGINs IMMEDIATE: the write lock
+    if connection.dialect.name != "postgresql":
+        return
+    for sha in sorted(set(shas)):  # one order everywhere: no deadlocks
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
+            {"namespace": OBJECT_LOCK_NAMESPACE, "key": int(sha[:8], 16) - 2**31},
+        )
+
+
+def purge_expired(
+    *,
+    sessions: sessionmaker[Session],
+    storage: ObjectStorage,
+    settings: Settings,
+    now: datetime | None = None,
+) -> RetentionReport:
+    """Delete what outlived its retention period; a pass does at most a few batches."""
+    now = now or utcnow()
+    report = RetentionReport()
+    orphans: set[str] = set()
+    if settings.job_retention_s > 0:
+        cutoff = now - timedelta(seconds=settings.job_retention_s)
+        report.jobs = _in_batches(lambda: _purge_jobs(sessions, cutoff, orphans))
+    if settings.image_retention_s > 0:
+        cutoff = now - timedelta(seconds=settings.image_retention_s)
+        report.images = _in_batches(lambda: _purge_images(sessions, cutoff, orphans))
+    report.objects = sum(delete_if_unreferenced(sessions, storage, sha) for sha in orphans)
+    with transaction(sessions) as session:
+        cutoff = now - timedelta(seconds=settings.idempotency_ttl_s)
+        report.idempotency_keys = session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)
+        ).rowcount  # type: ignore[attr-defined]
+    return report
+
+
+def _in_batches(purge: Callable[[], int]) -> int:
+    total = 0
+    for _ in range(BATCHES_PER_PASS):
+        deleted = purge()
+        total += deleted
+        if deleted < BATCH_LIMIT:
+            break
+    return total
+
+
+def _purge_jobs(sessions: sessionmaker[Session], cutoff: datetime, orphans: set[str]) -> int:
+    pending_delivery = exists().where(
+        WebhookDelivery.job_id == Job.id, WebhookDelivery.status == "pending"
+    )
+    with transaction(sessions) as session:
+        ids = list(
+            session.scalars(
+                select(Job.id)
+                .where(
+                    Job.status.in_([s.value for s in TERMINAL_STATUSES]),
+                    Job.finished_at < cutoff,
+                    ~pending_delivery,  # a webhook still to send needs its job
+                )
+                .limit(BATCH_LIMIT)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not ids:
+            return 0
+        orphans.update(
+            session.scalars(select(JobImage.sha256).where(JobImage.job_id.in_(ids)).distinct())
+        )
+        # Events, image references and deliveries go with their job (ON DELETE CASCADE).
+        session.execute(delete(Job).where(Job.id.in_(ids)))
+    return len(ids)
+
+
+def _purge_images(sessions: sessionmaker[Session], cutoff: datetime, orphans: set[str]) -> int:
+    used_by_live_job = (
+        exists()
+        .where(JobImage.sha256 == Image.sha256, JobImage.job_id == Job.id)
+        .where(Job.tenant_id == Image.tenant_id, Job.status.in_(LIVE_STATUSES))
+    )
+    with transaction(sessions) as session:
+        rows = session.execute(
+            select(Image.tenant_id, Image.sha256)
+            .where(Image.last_used_at < cutoff, ~used_by_live_job)
+            .limit(BATCH_LIMIT)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not rows:
+            return 0
+        keys = [(tenant_id, sha) for tenant_id, sha in rows]
+        session.execute(delete(Image).where(tuple_(Image.tenant_id, Image.sha256).in_(keys)))
+    orphans.update(sha for _, sha in keys)
+    return len(keys)
+
+
+def delete_if_unreferenced(
+    sessions: sessionmaker[Session], storage: ObjectStorage, sha: str
+) -> bool:
+    """Delete an image's bytes if no image row and no job refers to them; True if deleted."""
+    with transaction(sessions) as session:
+        hold_image_objects(session, [sha])
+        if session.scalar(select(exists().where(Image.sha256 == sha))):
+            return False
+        if session.scalar(select(exists().where(JobImage.sha256 == sha))):
+            return False
+        storage.delete(image_key(sha))
+    log.info("deleted image object sha256:%s", sha)
+    return True

@@ -1,0 +1,211 @@
+"""Retention on PostgreSQL and S3: old finished jobs and unused images go, live ones never."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select, text, update
+
+from core.config import Settings
+from core.db import transaction, utcnow
+from core.jobs import claim_job, complete_job, create_job
+from core.models import IdempotencyKey, Image, Job, JobEvent
+from core.retention import delete_if_unreferenced, hold_image_objects, purge_expired
+from core.storage import ObjectStorage, image_key, open_storage, store_once
+from core.tenants import ensure_tenant
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def storage(service_settings: Settings) -> ObjectStorage:
+    return open_storage(service_settings.storage_url, endpoint_url=service_settings.s3_endpoint_url)
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.new("RGB", (8, 8), (seed, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def add_image(sessions: Any, storage: ObjectStorage, data: bytes, tenant: str = "t1") -> str:
+    """Store bytes and record them for a tenant, as an upload would."""
+    sha, _ = store_once(storage, data, content_type="image/png")
+    with transaction(sessions) as session:
+        tenant_id = ensure_tenant(session, tenant).id
+        if session.get(Image, (tenant_id, sha)) is None:
+            session.add(
+                Image(tenant_id=tenant_id, sha256=sha, format="png", width=8, height=8, byte_size=1)
+            )
+    return sha
+
+
+def add_job(sessions: Any, settings: Settings, sha: str, tenant: str = "t1") -> str:
+    with transaction(sessions) as session:
+        job = create_job(
+            session=session,
+            tenant_id=ensure_tenant(session, tenant).id,
+            model=settings.default_model,
+            spec={"task": "caption", "images": [sha], "params": {}},
+            image_shas=[sha],
+            max_attempts=3,
+        )
+        return job.id
+
+
+def finish(sessions: Any, job_id: str, *, days_ago: float) -> None:
+    with transaction(sessions) as session:
+        assert claim_job(session, job_id, worker_id="w1", lease_s=30)
+        assert complete_job(session, job_id, attempt=1, result={"text": "x"}, usage={})
+        when = utcnow() - days_ago * DAY
+        session.execute(update(Job).where(Job.id == job_id).values(finished_at=when))
+
+
+def age_images(sessions: Any, *, days: float) -> None:
+    with transaction(sessions) as session:
+        session.execute(update(Image).values(last_used_at=utcnow() - days * DAY))
+
+
+def purge(sessions: Any, storage: ObjectStorage, settings: Settings) -> Any:
+    return purge_expired(sessions=sessions, storage=storage, settings=settings)
+
+
+def count(sessions: Any, model: type) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_finished_jobs_past_retention_go_with_their_events(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(1))
+    old, recent, live = (add_job(sessions, service_settings, sha) for _ in range(3))
+    finish(sessions, old, days_ago=8)
+    finish(sessions, recent, days_ago=1)
+    with transaction(sessions) as session:  # a job queued long ago is still live
+        session.execute(update(Job).where(Job.id == live).values(created_at=utcnow() - 30 * DAY))
+    assert purge(sessions, storage, service_settings).jobs == 1
+    with sessions() as session:
+        assert session.get(Job, old) is None
+        assert session.get(Job, recent) is not None and session.get(Job, live) is not None
+        assert session.scalar(select(func.count()).where(JobEvent.job_id == old)) == 0
+
+
+def test_unused_image_goes_with_its_bytes(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(2))
+    age_images(sessions, days=8)
+    report = purge(sessions, storage, service_settings)
+    assert (report.images, report.objects) == (1, 1)
+    assert count(sessions, Image) == 0
+    assert not storage.exists(image_key(sha))
+
+
+def test_image_of_a_live_job_stays_however_old(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(3))
+    add_job(sessions, service_settings, sha)
+    age_images(sessions, days=30)
+    assert not purge(sessions, storage, service_settings)
+    assert count(sessions, Image) == 1
+    assert storage.exists(image_key(sha))
+
+
+def test_bytes_another_tenant_still_uses_stay(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(4), tenant="t1")
+    age_images(sessions, days=8)
+    add_image(sessions, storage, png(4), tenant="t2")
+    report = purge(sessions, storage, service_settings)
+    assert (report.images, report.objects) == (1, 0)
+    assert storage.exists(image_key(sha))
+
+
+def test_bytes_of_a_retained_finished_job_stay_until_the_job_goes(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(5))
+    job_id = add_job(sessions, service_settings, sha)
+    finish(sessions, job_id, days_ago=1)
+    age_images(sessions, days=8)
+    assert purge(sessions, storage, service_settings).objects == 0
+    assert storage.exists(image_key(sha))
+    with transaction(sessions) as session:
+        session.execute(update(Job).values(finished_at=utcnow() - 8 * DAY))
+    report = purge(sessions, storage, service_settings)
+    assert (report.jobs, report.objects) == (1, 1)
+    assert not storage.exists(image_key(sha))
+
+
+def test_zero_retention_keeps_everything(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha = add_image(sessions, storage, png(6))
+    finish(sessions, add_job(sessions, service_settings, sha), days_ago=400)
+    age_images(sessions, days=400)
+    forever = service_settings.model_copy(update={"job_retention_s": 0, "image_retention_s": 0})
+    assert not purge(sessions, storage, forever)
+    assert (count(sessions, Job), count(sessions, Image)) == (1, 1)
+
+
+def test_expired_idempotency_keys_go(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    with transaction(sessions) as session:
+        tenant_id = ensure_tenant(session, "t1").id
+        for key, age in (("old", 2 * DAY), ("new", timedelta(0))):
+            session.add(
+                IdempotencyKey(
+                    tenant_id=tenant_id,
+                    key=key,
+                    request_hash="0" * 64,
+                    resource_id="job_x",
+                    created_at=utcnow() - age,
+                )
+            )
+    assert purge(sessions, storage, service_settings).idempotency_keys == 1
+    with sessions() as session:
+        assert list(session.scalars(select(IdempotencyKey.key))) == ["new"]
+
+
+def waiting_for_advisory_lock(sessions: Any) -> bool:
+    with sessions() as session:
+        query = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return bool(session.scalar(query))
+
+
+def test_a_submission_holding_an_object_keeps_retention_from_deleting_it(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    sha, _ = store_once(storage, png(7), content_type="image/png")  # bytes, no rows yet
+    deleted: list[bool] = []
+    with transaction(sessions) as session:
+        hold_image_objects(session, [sha])  # a submission between its upload and its commit
+        retention = threading.Thread(
+            target=lambda: deleted.append(delete_if_unreferenced(sessions, storage, sha))
+        )
+        retention.start()
+        deadline = time.monotonic() + 30
+        while not waiting_for_advisory_lock(sessions):
+            assert time.monotonic() < deadline, "retention did not wait for the object's lock"
+            assert retention.is_alive(), "retention did not wait for the object's lock"
+            time.sleep(0.05)
+        tenant_id = ensure_tenant(session, "t1").id
+        session.add(
+            Image(tenant_id=tenant_id, sha256=sha, format="png", width=8, height=8, byte_size=1)
+        )
+    retention.join(30)
+    assert deleted == [False]
+    assert storage.exists(image_key(sha))
