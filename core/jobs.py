@@ -233,9 +233,17 @@ def release_job(
 
 
 def cancel_job(
-    session: Session, job_id: str, *, attempt: int, requested_only: bool = False
+    session: Session,
+    job_id: str,
+    *,
+    attempt: int,
+    usage: dict[str, Any] | None = None,
+    requested_only: bool = False,
 ) -> Job | None:
-    """End a running job as canceled (its worker stopped generating)."""
+    """End a running job as canceled (its worker stopped generating); usage: work done so far."""
+    values: dict[str, Any] = {"finished_at": utcnow(), "lease_expires_at": None}
+    if usage is not None:
+        values["usage"] = usage
     return transition(
         session,
         job_id,
@@ -243,7 +251,7 @@ def cancel_job(
         expect=[JobStatus.RUNNING],
         attempt=attempt,
         where=[Job.cancel_requested_at.is_not(None)] if requested_only else (),
-        values={"finished_at": utcnow(), "lease_expires_at": None},
+        values=values,
     )
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass, field
+from concurrent.futures import CancelledError
 from datetime import timedelta
 from typing import Any
 
@@ -36,41 +35,15 @@ from core.retry import is_transient, retry_transient
 from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
 from worker.batcher import Batcher
+from worker.claims import Held, WorkerDraining
 from worker.engine import Generation, InternVLEngine
 
 log = logging.getLogger("worker.runtime")
 
-# How long a finished job's result write is retried while the database is unreachable.
+# How long a finished job's result write is retried while the database is unreachable, and
+# how long an image read is retried before the job is handed back.
 RESULT_WRITE_DEADLINE_S = 600.0
-
-
-class WorkerDraining(Exception):
-    """The worker is shutting down and starts no new generation."""
-
-
-# Why a generation was stopped, strongest first: a lost lease means nothing may be written,
-# a client's cancel ends the job, a shutdown only hands it back.
-STOP_REASONS = ("lost", "canceled", "shutdown")
-
-
-@dataclass
-class Held:
-    """A job this worker has claimed: its attempt, and why its generation was stopped."""
-
-    attempt: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    future: Future[Generation] | None = None
-    stop_reason: str | None = None  # "lost" | "canceled" | "shutdown"
-
-    def stop(self, reason: str) -> None:
-        """Stop this job's generation at the next step (or before it starts)."""
-        if self.stop_reason is None or STOP_REASONS.index(reason) < STOP_REASONS.index(
-            self.stop_reason
-        ):
-            self.stop_reason = reason
-        self.cancel.set()
-        if self.future is not None:
-            self.future.cancel()  # only succeeds while the job waits for its batch
+IMAGE_READ_DEADLINE_S = 30.0
 
 
 class WorkerRuntime:
@@ -104,6 +77,8 @@ class WorkerRuntime:
         self._held_lock = threading.Lock()
         self.draining = False
         self.jobs_done = 0
+        self.write_deadline_s = RESULT_WRITE_DEADLINE_S
+        self.read_deadline_s = IMAGE_READ_DEADLINE_S
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -137,11 +112,9 @@ class WorkerRuntime:
         try:
             generation, prepared_tiles, prompt_tokens = self._generate(job, held)
         except (CancelledError, WorkerDraining):
-            return self._after_stop(job, held)
+            return self._after_stop(job, held, usage=None)
         except Exception as exc:  # noqa: BLE001 - every error ends in a recorded outcome
             return self._after_error(job, held, exc)
-        if generation.finish_reason == "canceled" and held.stop_reason is not None:
-            return self._after_stop(job, held)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": generation.completion_tokens,
@@ -149,6 +122,8 @@ class WorkerRuntime:
             "queue_s": round(((job.started_at or utcnow()) - job.created_at).total_seconds(), 3),
             "inference_s": round(time.monotonic() - started, 3),
         }
+        if generation.finish_reason == "canceled" and held.stop_reason is not None:
+            return self._after_stop(job, held, usage=usage)
         result = {"text": generation.text, "finish_reason": generation.finish_reason}
         stored = self._write(
             lambda s: complete_job(s, job.id, attempt=held.attempt, result=result, usage=usage)
@@ -158,11 +133,11 @@ class WorkerRuntime:
         self.jobs_done += 1
         return "succeeded"
 
-    def _after_stop(self, job: Job, held: Held) -> str:
+    def _after_stop(self, job: Job, held: Held, *, usage: dict[str, Any] | None) -> str:
         if held.stop_reason == "lost":  # another attempt owns the job now; writes are fenced
             return "superseded"
         if held.stop_reason == "canceled":
-            ended = self._write(lambda s: cancel_job(s, job.id, attempt=held.attempt))
+            ended = self._write(lambda s: cancel_job(s, job.id, attempt=held.attempt, usage=usage))
             return "canceled" if ended else "superseded"
         released = self._write(
             lambda s: release_job(
@@ -233,7 +208,9 @@ class WorkerRuntime:
     def _load_image(self, sha: str) -> Image.Image:
         try:
             data = retry_transient(
-                lambda: self.storage.get(image_key(sha)), what=f"reading image {sha}", deadline_s=30
+                lambda: self.storage.get(image_key(sha)),
+                what=f"reading image {sha}",
+                deadline_s=self.read_deadline_s,
             )
         except ObjectNotFound as exc:
             raise PermanentJobError(
@@ -253,9 +230,8 @@ class WorkerRuntime:
             with transaction(self.sessions) as session:
                 return change(session)
 
-        return retry_transient(
-            attempt, what="writing a job result", deadline_s=RESULT_WRITE_DEADLINE_S
-        )
+        deadline_s = self.write_deadline_s
+        return retry_transient(attempt, what="writing a job result", deadline_s=deadline_s)
 
     # -- leases, cancels and shutdown ------------------------------------------------------
 
