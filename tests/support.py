@@ -34,18 +34,32 @@ def service_env(settings: Settings | None = None, **extra: str) -> dict[str, str
 
 
 class ServiceProcess:
-    """A child process of the service with its log in a file (shown when a test fails)."""
+    """A child process of the service with its log in a file (shown when a test fails).
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    It runs `python -m core.cli ARGS` (the `internvl-jobs` command), or another module.
+    """
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, *, module: str = "core.cli"
+    ) -> None:
         self.args = args
         self.env = env
         self.log_path = log_path
+        self.module = module
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
