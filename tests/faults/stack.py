@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -193,3 +194,46 @@ class Stack:
                     process.process.wait(10)  # type: ignore[union-attr]
                 except subprocess.TimeoutExpired:
                     pass
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port: with an append-only file or none."""
+
+    def __init__(self, folder: Path, *, aof: bool) -> None:
+        self.folder = folder
+        self.aof = aof
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.folder), "--save", "", *persistence]
+        with (self.folder / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        wait_until(self._answers, f"redis-server on port {self.port} answers", timeout=30)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, "redis-server exited"
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def crash(self) -> None:
+        """SIGKILL: whatever is not on disk is gone."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
