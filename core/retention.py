@@ -29,6 +29,7 @@ from core.models import (
     WebhookDelivery,
 )
 from core.storage import ObjectStorage, image_key
+from core.webhooks import DeliveryStatus
 
 log = logging.getLogger("core.retention")
 BATCH_LIMIT = 500
@@ -101,7 +102,7 @@ def _in_batches(purge: Callable[[], int]) -> int:
 
 def _purge_jobs(sessions: sessionmaker[Session], cutoff: datetime, orphans: set[str]) -> int:
     pending_delivery = exists().where(
-        WebhookDelivery.job_id == Job.id, WebhookDelivery.status == "pending"
+        WebhookDelivery.job_id == Job.id, WebhookDelivery.status == DeliveryStatus.PENDING.value
     )
     with transaction(sessions) as session:
         ids = list(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from core.config import Settings
 from core.models import Job, JobEvent
 from tests.faults.stack import Ledger, Stack, caption, wait_until
-from tests.support import ServiceProcess, service_env
+from tests.support import ServiceProcess, free_port, service_env
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_cancel_stops_a_running_job_at_its_next_step(stack: Stack, sessions: Any
     stack.wait_ready(sessions, worker, "cpu0")
     with stack.client() as client:
         job_id = Ledger().submit(client, caption(400))
-        wait_until(lambda: client.get(f"/v1/jobs/{job_id}").json()["status"] == "running", "run")
+        wait_until(generating(stack, "cpu0"), "the job generates")
         response = client.post(f"/v1/jobs/{job_id}/cancel")
         assert response.status_code == 202
         job = wait_until(
@@ -73,6 +73,16 @@ def test_cancel_stops_a_running_job_at_its_next_step(stack: Stack, sessions: Any
     assert job["result"] is None and job["finished_at"]
     assert job["usage"]["completion_tokens"] < 400
     assert client_conflict(stack, job_id) == "job_finished"
+
+
+def generating(stack: Stack, device: str, waiting: int = 0) -> Any:
+    """True once the worker's probe shows a generation running and `waiting` jobs pending."""
+
+    def check() -> bool:
+        report = stack.worker_report(device)
+        return report.get("running_batch_s") is not None and report.get("pending") == waiting
+
+    return check
 
 
 def client_conflict(stack: Stack, job_id: str) -> str:
@@ -90,17 +100,16 @@ def test_sigterm_lets_the_running_job_finish_and_hands_back_the_waiting_ones(
     )
     stack.start_api()
     stack.start_sweeper()
-    env = service_env(stack.settings)
+    probe_port = free_port()
+    env = service_env(stack.settings.model_copy(update={"worker_probe_port": probe_port}))
     launcher = ServiceProcess(["worker", "--devices", "cpu"], env, tmp_path / "launcher.log")
     launcher.start()
+    stack.probe_ports["cpu0"] = probe_port
     ledger = Ledger()
     with stack.client() as client:
         for seed in range(3):
             ledger.submit(client, caption(150, seed=seed))
-    wait_until(
-        lambda: sum(j.status == "running" for j in rows(sessions, ledger.accepted).values()) == 3,
-        "the worker holds the three jobs",
-    )
+    wait_until(generating(stack, "cpu0", waiting=2), "one job generates, two wait for it")
     os.killpg(launcher.pid, signal.SIGTERM)
     assert launcher.process is not None
     assert launcher.process.wait(120) == 0, launcher.log()[-3000:]

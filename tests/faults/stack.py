@@ -141,9 +141,12 @@ class Stack:
         self.logs = logs
         self.processes: list[ServiceProcess] = []
         self.base_url = ""
+        self.probe_ports: dict[str, int] = {}
 
     def _start(self, name: str, args: list[str], overrides: dict[str, Any], **kw: Any) -> Any:
-        settings = self.settings.model_copy(update=overrides) if overrides else self.settings
+        # Probe servers on free ports only, so that tests running side by side never collide.
+        defaults = {"sweeper_probe_port": 0, "webhook_probe_port": 0, "worker_probe_port": 0}
+        settings = self.settings.model_copy(update={**defaults, **overrides})
         log_path = self.logs / f"{name}-{len(self.processes)}.log"
         process = ServiceProcess(args, service_env(settings), log_path, **kw).start()
         self.processes.append(process)
@@ -161,7 +164,20 @@ class Stack:
 
     def start_worker(self, device: str = "cpu0", **overrides: Any) -> ServiceProcess:
         args = ["--model", self.settings.default_model.alias, "--device", device]
+        port = self.probe_ports.setdefault(device, free_port())
+        # The worker listens on base + its device index (worker.health.probe_port).
+        overrides = {"worker_probe_port": port - int(device.removeprefix("cpu")), **overrides}
         return self._start(f"worker-{device}", args, overrides, module="worker")
+
+    def worker_report(self, device: str) -> dict[str, Any]:
+        """What the worker's readiness probe reports (running batch, jobs pending, ...)."""
+        try:
+            report: dict[str, Any] = httpx.get(
+                f"http://127.0.0.1:{self.probe_ports[device]}/readyz", timeout=5
+            ).json()
+        except httpx.HTTPError:
+            return {}
+        return report
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=60)

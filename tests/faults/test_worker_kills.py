@@ -104,10 +104,9 @@ class Workers:
         self.processes[device] = self.stack.start_worker(device)
 
     def victim(self, sessions: Any, kills: Counter[str]) -> tuple[str, list] | None:
-        """A device whose live process has held a job for a second, or None for now.
-
-        Every job that process holds dies with it, so none may be at its kill limit.
-        """
+        """A device whose live process has held a job for a second and is generating (its probe
+        says so), or None for now. Every job that process holds dies with it, so none may be at
+        its kill limit."""
         wait_until(lambda: running_jobs(sessions), "a job is running", timeout=120)
         before = running_jobs(sessions)
         now = utcnow()
@@ -122,6 +121,7 @@ class Workers:
                 and process.alive()
                 and all(kills[job_id] < MAX_KILLS_PER_JOB for job_id, _ in held)
                 and any(now - started_at >= timedelta(seconds=1) for _, started_at in held)
+                and (self.stack.worker_report(device).get("running_batch_s") or 0) >= 0.5
             ):
                 return device, before
         time.sleep(0.1)
@@ -143,6 +143,13 @@ def test_worker_killed_with_claimed_but_unstarted_jobs_loses_none(
             ledger.submit(client, caption(LONG_TOKENS, seed=seed))
     # Four task threads claim four jobs; the batcher runs one, three wait their turn.
     wait_until(lambda: len(running_jobs(sessions)) == 4, "the worker holds four jobs")
+    wait_until(
+        lambda: (
+            (report := stack.worker_report("cpu0")).get("pending") == 3
+            and report.get("running_batch_s") is not None
+        ),
+        "one job generates and three wait for the model",
+    )
     before = running_jobs(sessions)
     kill(worker)
     orphans = orphaned_by(sessions, before, stack.worker_id("cpu0"))
