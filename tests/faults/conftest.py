@@ -7,14 +7,14 @@ twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.config import Settings
-from tests.faults.stack import SUITE_TOTALS, Stack
+from tests.faults.stack import SUITE_TOTALS, RedisServer, Stack
 
 
 @pytest.fixture
@@ -31,6 +31,21 @@ def fault_settings(service_settings: Settings) -> Settings:
             "shutdown_grace_s": 10.0,
         }
     )
+
+
+@pytest.fixture
+def redis_servers(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-server instances of the test's own; all are stopped after the test."""
+    servers: list[RedisServer] = []
+
+    def start(*, aof: bool) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(servers)}", aof=aof)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

@@ -251,5 +251,9 @@ class RedisServer:
         self.process.kill()
         self.process.wait(10)
 
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.crash()
+
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)

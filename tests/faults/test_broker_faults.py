@@ -4,7 +4,7 @@ right after the job was committed."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,9 +35,9 @@ def succeeded(sessions: Any) -> int:
 
 @pytest.mark.parametrize("aof", [True, False], ids=["append-only-file", "no-persistence"])
 def test_redis_restart_with_jobs_queued_loses_nothing(
-    stack: Stack, sessions: Any, tmp_path: Path, aof: bool
+    stack: Stack, sessions: Any, redis_servers: Callable[..., RedisServer], aof: bool
 ) -> None:
-    server = RedisServer(tmp_path / "redis", aof=aof).start()
+    server = redis_servers(aof=aof)
     stack.settings = stack.settings.model_copy(
         update={"broker_url": server.url, "worker_threads": 2}
     )
