@@ -24,9 +24,9 @@ from core.idempotency import IdempotentRequest, find_original, remember
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.jobs import create_job
 from core.models import Image, Job
-from core.retention import delete_if_unreferenced, hold_image_objects
+from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
 from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
-from core.storage import ObjectStorage, image_key, store_once
+from core.storage import store_once
 from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
@@ -180,17 +180,6 @@ def put_new_objects(runtime: Runtime, images: ImageSet) -> list[str]:
     return stored
 
 
-def ensure_stored(storage: ObjectStorage, images: ImageSet) -> None:
-    """Under the object locks: put back bytes deleted since put_new_objects; 422 if unknown."""
-    for sha in dict.fromkeys(images.shas):
-        if storage.exists(image_key(sha)):
-            continue
-        if sha not in images.new:
-            raise InvalidRequest(f"image sha256:{sha} is no longer stored", code="image_not_found")
-        info, data = images.new[sha]
-        storage.put(image_key(sha), data, content_type=info.content_type)
-
-
 def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
     """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
 
@@ -318,7 +307,7 @@ def commit_job(
     """In one transaction: image rows, the queued job, its Idempotency-Key."""
     with transaction(runtime.sessions) as session:
         hold_image_objects(session, images.shas)
-        ensure_stored(runtime.storage, images)
+        ensure_stored(runtime.storage, images.shas, images.new)
         upsert_image_rows(session, tenant_id, images)
         job = create_job(
             session=session,

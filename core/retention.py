@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import transaction, utcnow
+from core.errors import InvalidRequest
+from core.images import ImageInfo
 from core.models import (
     TERMINAL_STATUSES,
     IdempotencyKey,
@@ -62,6 +64,20 @@ def hold_image_objects(session: Session, shas: list[str]) -> None:
             text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
             {"namespace": OBJECT_LOCK_NAMESPACE, "key": int(sha[:8], 16) - 2**31},
         )
+
+
+def ensure_stored(
+    storage: ObjectStorage, shas: list[str], new: dict[str, tuple[ImageInfo, bytes]]
+) -> None:
+    """Under hold_image_objects: put back bytes deleted since they were checked (from `new`);
+    bytes of an image referenced by id that are gone are a 422 image_not_found."""
+    for sha in dict.fromkeys(shas):
+        if storage.exists(image_key(sha)):
+            continue
+        if sha not in new:
+            raise InvalidRequest(f"image sha256:{sha} is no longer stored", code="image_not_found")
+        info, data = new[sha]
+        storage.put(image_key(sha), data, content_type=info.content_type)
 
 
 def purge_expired(

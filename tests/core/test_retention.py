@@ -14,9 +14,16 @@ from sqlalchemy import func, select, text, update
 
 from core.config import Settings
 from core.db import transaction, utcnow
+from core.errors import InvalidRequest
+from core.images import ImageLimits, inspect_image
 from core.jobs import claim_job, complete_job, create_job
 from core.models import IdempotencyKey, Image, Job, JobEvent
-from core.retention import delete_if_unreferenced, hold_image_objects, purge_expired
+from core.retention import (
+    delete_if_unreferenced,
+    ensure_stored,
+    hold_image_objects,
+    purge_expired,
+)
 from core.storage import ObjectStorage, image_key, open_storage, store_once
 from core.tenants import ensure_tenant
 
@@ -209,3 +216,20 @@ def test_a_submission_holding_an_object_keeps_retention_from_deleting_it(
     retention.join(30)
     assert deleted == [False]
     assert storage.exists(image_key(sha))
+
+
+def test_a_submission_puts_back_bytes_deleted_since_its_upload(storage: ObjectStorage) -> None:
+    data = png(8)
+    sha, _ = store_once(storage, data, content_type="image/png")
+    storage.delete(image_key(sha))  # retention got there between upload and commit
+    info = inspect_image(data, limits=ImageLimits(max_bytes=10**6, max_pixels=10**6), index=0)
+    ensure_stored(storage, [sha], {sha: (info, data)})
+    assert storage.get(image_key(sha)) == data
+
+
+def test_a_submission_referring_to_deleted_bytes_by_id_is_refused(storage: ObjectStorage) -> None:
+    sha, _ = store_once(storage, png(9), content_type="image/png")
+    storage.delete(image_key(sha))
+    with pytest.raises(InvalidRequest) as refused:
+        ensure_stored(storage, [sha], {})
+    assert refused.value.code == "image_not_found"
