@@ -16,7 +16,6 @@ from api.intake import (
     collect_images,
     forget_objects,
     job_spec,
-    publish_or_defer,
     put_new_objects,
     request_limits,
     resolve_model,
@@ -25,9 +24,11 @@ from api.intake import (
 from core.batches import create_batch
 from core.config import ModelSpec
 from core.db import transaction
+from core.dispatch import publish_or_defer
 from core.errors import InvalidRequest, ServiceError
 from core.jobs import create_job
 from core.models import Batch, Job
+from core.retention import ensure_stored, hold_image_objects
 from core.specs import BatchCreate, BatchOptions, JobCreate, validate_job_request
 from core.webhooks import check_webhook_url
 
@@ -135,6 +136,8 @@ def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Bat
     stored = put_new_objects(runtime, all_images)
     try:
         with transaction(runtime.sessions) as session:
+            hold_image_objects(session, all_images.shas)  # against retention, see core.retention
+            ensure_stored(runtime.storage, all_images.shas, all_images.new)
             row = create_batch(
                 session,
                 tenant_id=tenant_id,
@@ -148,7 +151,13 @@ def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Bat
         forget_objects(runtime, stored)
         raise
     for job, ready in zip(jobs, prepared, strict=True):
-        publish_or_defer(runtime, job, ready.model)
+        publish_or_defer(
+            sessions=runtime.sessions,
+            celery=runtime.celery,
+            model=ready.model,
+            job_id=job.id,
+            priority=job.priority,
+        )
     return row
 
 

@@ -1,7 +1,7 @@
 """retries and retention
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-26 02:17:17.565947
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 import core.models
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
