@@ -128,7 +128,10 @@ IdempotencyKeyHeader = Annotated[
     status_code=202,
     response_model=JobPublic,
     openapi_extra=_SUBMIT_BODY,
-    responses={202: {"headers": {"Location": {"schema": {"type": "string"}}}}},
+    responses={
+        202: {"headers": {"Location": {"schema": {"type": "string"}}}},
+        **problem_responses(409),  # an Idempotency-Key reused with another request
+    },
 )
 async def create_job(
     request: Request,
@@ -230,7 +233,7 @@ def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
     responses={
         200: {"description": "The job was queued and is now canceled."},
         202: {"description": "The job is running; its worker stops it at the next step."},
-        **problem_responses(401, 404, 409),
+        **problem_responses(409),
     },
 )
 def cancel_job(

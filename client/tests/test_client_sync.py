@@ -15,6 +15,7 @@ from api.deps import Runtime
 from internvl_jobs_client import (
     AuthenticationError,
     Client,
+    ConflictError,
     InvalidRequestError,
     NotFoundError,
 )
@@ -110,6 +111,22 @@ def test_cancel_a_batch(api_url: str) -> None:
         batch = client.create_batch([{"task": "caption", "images": [{"image_id": image_id}]}])
         canceled = client.cancel_batch(batch.id)
     assert canceled.status == "canceled" and canceled.counts["canceled"] == 1
+
+
+def test_cancel_a_job_and_a_second_cancel_is_a_conflict(api_url: str) -> None:
+    with Client(api_url) as client:
+        job = client.submit("caption", [png()])
+        assert client.cancel(job.id).status == "canceled"
+        with pytest.raises(ConflictError) as conflict:
+            client.cancel(job.id)
+    assert conflict.value.code == "job_finished"
+
+
+def test_a_retried_submission_with_its_idempotency_key_is_the_same_job(api_url: str) -> None:
+    with Client(api_url) as client:
+        first = client.submit("caption", [png()], idempotency_key="order-42")
+        again = client.submit("caption", [png()], idempotency_key="order-42")
+    assert again.id == first.id
 
 
 def test_errors_are_typed_with_their_code(api_url: str) -> None:
