@@ -25,7 +25,8 @@ from tests.support import free_port
 from tests.worker.conftest import photo, queue_job
 from worker.heartbeat import Heartbeat
 
-LONG = {"max_new_tokens": 300, "min_new_tokens": 300}  # a few seconds on the tiny model
+# Seconds of generation on the tiny model, however quiet the machine: the tests act mid-way.
+LONG = {"max_new_tokens": 4000, "min_new_tokens": 4000}
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
