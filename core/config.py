@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "INTERNVL_JOBS_"
 _ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)?$"
 
 Environment = Literal["development", "test", "production"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
@@ -44,16 +45,43 @@ class ModelSpec(BaseModel):
     )
     compile: bool = Field(False, description="torch.compile the model's forward.")
     gpus_per_worker: int = Field(
-        1, ge=1, le=64, description="GPUs one worker process spreads the model over."
+        1, ge=1, le=64, description="GPUs one worker process spreads the model over (device_map)."
+    )
+    max_memory_per_gpu: str | None = Field(
+        None,
+        pattern=_MEMORY_PATTERN,
+        description="Weights placed on each GPU at most, e.g. '70GiB'; default: what is free.",
+    )
+    cpu_offload_memory: str | None = Field(
+        None,
+        pattern=_MEMORY_PATTERN,
+        description="RAM for weights that do not fit the GPUs, e.g. '64GiB' ('0': none).",
     )
     offload_folder: str | None = Field(
-        None, description="Offload weights to this folder when GPU memory is short."
+        None, description="Disk folder for weights that fit nowhere else: the last resort, slow."
     )
     max_batch_size: int = Field(8, ge=1, le=256, description="Jobs per generate() call.")
     max_batch_wait_ms: int = Field(
-        10, ge=0, le=10_000, description="How long a batch waits to fill before it runs."
+        500,
+        ge=0,
+        le=10_000,
+        description="The longest a batch that is not full waits for more jobs, from the "
+        "arrival of its oldest job.",
+    )
+    batch_gap_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="A batch that is not full starts early once no job has arrived for this "
+        "long and none is still being prepared: a lone job waits this long, a burst fills.",
     )
     max_batch_tiles: int = Field(256, ge=1, description="Tile budget of one batch.")
+    vision_chunk_tiles: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Tiles the vision tower encodes at once; 0: 8 on CPU (cache-sized), 64 on GPU.",
+    )
 
     @field_validator("alias")
     @classmethod
