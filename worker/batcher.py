@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import PermanentJobError
-from worker.engine import Generation, PreparedJob, batch_key
+from worker.engine import Generation, PreparedJob
 
 log = logging.getLogger("worker.batcher")
 
@@ -65,10 +65,35 @@ class _Waiting:
     job: PreparedJob
     future: Future[Generation]
     key: tuple[Any, ...]
+    arrived: float
+
+
+class Announcement:
+    """A job a task thread is still preparing; it is submitted or withdrawn, once."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._open = True
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """The job was submitted, or will not be: batches stop waiting for it."""
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+        self._batcher._arrived_or_gone()
+
+    withdraw = close
 
 
 class Batcher:
-    """Collects prepared jobs and runs compatible ones together on the model's thread."""
+    """Collects prepared jobs and runs compatible ones together on the model's thread.
+
+    A batch starts when it is full (max_batch_size jobs, or max_batch_tiles tiles), when its
+    oldest job has waited max_wait_ms, or as soon as no job has arrived for gap_ms and none
+    that a task thread announced is still being prepared.
+    """
 
     def __init__(
         self,
@@ -77,14 +102,18 @@ class Batcher:
         max_batch_size: int,
         max_wait_ms: int,
         max_batch_tiles: int,
+        gap_ms: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._generate = generate
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self.gap_s = min(max_wait_ms if gap_ms is None else gap_ms, max_wait_ms) / 1000
         self.max_batch_tiles = max_batch_tiles
         self.on_batch = on_batch  # (batch size, seconds) after each batch: metrics
         self._waiting: list[_Waiting] = []
+        self._incoming = 0  # jobs announced by task threads and still being prepared
+        self._last_arrival = 0.0  # when a job was last announced or submitted
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
@@ -94,13 +123,30 @@ class Batcher:
         """Start the model thread."""
         self._thread.start()
 
-    def submit(self, job: PreparedJob) -> Future[Generation]:
+    def announce(self) -> Announcement:
+        """A task thread has a job on its way (claiming, reading, tiling): batches wait for it."""
+        with self._cond:
+            self._incoming += 1
+            self._last_arrival = time.monotonic()
+        return Announcement(self)
+
+    def _arrived_or_gone(self) -> None:
+        with self._cond:
+            self._incoming -= 1
+            self._cond.notify_all()
+
+    def submit(
+        self, job: PreparedJob, *, announcement: Announcement | None = None
+    ) -> Future[Generation]:
         """Queue a job for the next compatible batch; the future gets its Generation."""
         future: Future[Generation] = Future()
+        if announcement is not None:
+            announcement.close()
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batcher is stopping")
-            self._waiting.append(_Waiting(job, future, batch_key(job.params)))
+            self._last_arrival = time.monotonic()
+            self._waiting.append(_Waiting(job, future, job.key, self._last_arrival))
             self._cond.notify_all()
         return future
 
@@ -130,18 +176,29 @@ class Batcher:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = time.monotonic() + self.max_wait_s
-            while not self._stopping:
-                if len(self._compatible()) >= self.max_batch_size:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            while not self._stopping and not self._ready_to_start():
+                self._cond.wait(self._until_ready())
             batch = self._compatible()
             for item in batch:
                 self._waiting.remove(item)
             return batch
+
+    def _ready_to_start(self) -> bool:
+        # Start when the batch is full, when its oldest job has waited max_wait_s, or when no
+        # job is on its way: none arrived for gap_s and none is still being prepared.
+        now = time.monotonic()
+        if len(self._compatible()) >= self.max_batch_size:
+            return True
+        if now - self._waiting[0].arrived >= self.max_wait_s:
+            return True
+        return not self._incoming and now - self._last_arrival >= self.gap_s
+
+    def _until_ready(self) -> float:
+        now = time.monotonic()
+        deadline = self._waiting[0].arrived + self.max_wait_s
+        if not self._incoming:
+            deadline = min(deadline, self._last_arrival + self.gap_s)
+        return max(deadline - now, 0.0005)
 
     def _compatible(self) -> list[_Waiting]:
         # The oldest job decides the key, so no job waits behind newer ones forever.

@@ -34,7 +34,7 @@ from core.prompts import build_conversation
 from core.retry import is_transient, retry_transient
 from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
-from worker.batcher import Batcher
+from worker.batcher import Announcement, Batcher
 from worker.claims import Held, WorkerDraining
 from worker.engine import Generation, InternVLEngine
 
@@ -72,6 +72,7 @@ class WorkerRuntime:
             max_batch_size=spec.max_batch_size,
             max_wait_ms=spec.max_batch_wait_ms,
             max_batch_tiles=spec.max_batch_tiles,
+            gap_ms=spec.batch_gap_ms,
         )
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
@@ -86,11 +87,20 @@ class WorkerRuntime:
         """Claim and run one job; returns the outcome ('duplicate' when not claimable)."""
         if self.draining:  # unclaimed: the broker redelivers the message to another worker
             raise Reject("the worker is shutting down", requeue=True)
+        # Announced before the claim, so a batch about to start waits for this job (bounded);
+        # withdrawn on every path that does not reach the batcher.
+        announcement = self.batcher.announce()
+        try:
+            return self._claim_and_run(job_id, announcement)
+        finally:
+            announcement.withdraw()
+
+    def _claim_and_run(self, job_id: str, announcement: Announcement) -> str:
         job = retry_transient(lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60)
         if job is None:
             log.info("job %s is not claimable; duplicate or late delivery ignored", job_id)
             return "duplicate"
-        held = Held(attempt=job.attempts)
+        held = Held(attempt=job.attempts, announcement=announcement)
         with self._held_lock:
             self.held[job_id] = held
         try:
@@ -124,7 +134,12 @@ class WorkerRuntime:
         }
         if generation.finish_reason == "canceled" and held.stop_reason is not None:
             return self._after_stop(job, held, usage=usage)
-        result = {"text": generation.text, "finish_reason": generation.finish_reason}
+        result: dict[str, Any] = {
+            "text": generation.text,
+            "finish_reason": generation.finish_reason,
+        }
+        if generation.seed is not None:
+            result["seed"] = generation.seed  # sampled: the seed that reproduces this text
         stored = self._write(
             lambda s: complete_job(s, job.id, attempt=held.attempt, result=result, usage=usage)
         )
@@ -201,7 +216,7 @@ class WorkerRuntime:
         with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
             if self.draining or held.stop_reason is not None:
                 raise WorkerDraining(job.id)
-            held.future = self.batcher.submit(prepared)
+            held.future = self.batcher.submit(prepared, announcement=held.announcement)
         generation = held.future.result()
         return generation, prepared.image_tiles, prepared.prompt_tokens
 
