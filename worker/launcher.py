@@ -56,6 +56,8 @@ def parse_devices(devices: str, available: list[str]) -> list[str]:
     devices = devices.strip()
     if devices.startswith("cpu"):
         _, _, count = devices.partition(":")
+        if not (count or "1").isdigit() or int(count or 1) < 1:
+            raise ValueError(f"'{devices}': use cpu or cpu:N with N >= 1 worker processes")
         return [f"cpu{i}" for i in range(int(count or 1))]
     if devices == "all":
         if not available:
@@ -69,7 +71,11 @@ def parse_devices(devices: str, available: list[str]) -> list[str]:
 
 
 def plan_slots(models: list[ModelSpec], devices: list[str]) -> list[Slot]:
-    """Split the devices into one group per worker for each model (gpus_per_worker at a time)."""
+    """Split the devices into one group per worker for each model (gpus_per_worker at a time).
+
+    Every model listed gets workers on all the devices given; to give models GPUs of their
+    own, run one launcher per model with its --devices.
+    """
     slots: list[Slot] = []
     for model in models:
         if devices and devices[0].startswith("cpu"):
@@ -84,6 +90,9 @@ def plan_slots(models: list[ModelSpec], devices: list[str]) -> list[Slot]:
             group = devices[start : start + size]
             label = f"gpu{group[0]}" if size == 1 else f"gpu{group[0]}-{group[-1]}"
             slots.append(Slot(model.alias, label, ",".join(group)))
+        idle = devices[len(devices) - len(devices) % size :]
+        if idle:
+            log.warning("GPUs %s stay idle for '%s': groups of %d", idle, model.alias, size)
     return slots
 
 

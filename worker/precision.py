@@ -52,23 +52,32 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def pick_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+def pick_dtype(
+    spec: ModelSpec, device: torch.device, *, capability: tuple[int, int] | None = None
+) -> torch.dtype:
     """bf16 on Ampere or newer, fp16 on older GPUs, fp32 on CPU, unless the registry says."""
     if spec.dtype != "auto":
         return _DTYPES[spec.dtype]
     if device.type != "cuda":
         return torch.float32
-    major, _ = torch.cuda.get_device_capability(device)
+    major, _ = capability or torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
 
 
-def pick_attention(spec: ModelSpec, device: torch.device) -> str:
+def flash_attention_installed() -> bool:
+    """True when the flash-attn package can be imported."""
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def pick_attention(
+    spec: ModelSpec, device: torch.device, *, flash_installed: bool | None = None
+) -> str:
     """flash_attention_2 when installed on a GPU, else PyTorch's sdpa."""
     if spec.attn_implementation != "auto":
         return spec.attn_implementation
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    if flash_installed is None:
+        flash_installed = flash_attention_installed()
+    return "flash_attention_2" if device.type == "cuda" and flash_installed else "sdpa"
 
 
 def quantization_config(spec: ModelSpec) -> Any:
@@ -91,18 +100,52 @@ def quantization_config(spec: ModelSpec) -> Any:
     )
 
 
-def load_options(spec: ModelSpec, *, device: str = "auto") -> LoadOptions:
-    """Everything needed to load `spec` on this process's device(s)."""
+def offloads(spec: ModelSpec) -> bool:
+    """True when the registry allows weights outside the GPUs (CPU RAM or a disk folder)."""
+    return spec.offload_folder is not None or spec.cpu_offload_memory is not None
+
+
+def max_memory(spec: ModelSpec, available: dict[Any, Any]) -> dict[Any, Any] | None:
+    """Per-device budgets for accelerate, from `available` (its own estimate) and the registry."""
+    if spec.max_memory_per_gpu is None and spec.cpu_offload_memory is None:
+        return None  # accelerate's defaults: what is free on each GPU, then the CPU's RAM
+    budgets = dict(available)
+    if spec.max_memory_per_gpu is not None:
+        budgets.update({k: spec.max_memory_per_gpu for k in available if isinstance(k, int)})
+    if spec.cpu_offload_memory is not None:
+        budgets["cpu"] = spec.cpu_offload_memory
+    return budgets
+
+
+def load_options(
+    spec: ModelSpec,
+    *,
+    device: str = "auto",
+    available: dict[Any, Any] | None = None,
+    capability: tuple[int, int] | None = None,
+) -> LoadOptions:
+    """Everything needed to load `spec` on this process's device(s).
+
+    A model spread over a group of GPUs (gpus_per_worker > 1), capped per GPU or allowed to
+    offload is placed by accelerate's device_map: "balanced" over a group, "auto" otherwise.
+    """
     target = pick_device(device)
     options = LoadOptions(
         device=target,
-        dtype=pick_dtype(spec, target),
+        dtype=pick_dtype(spec, target, capability=capability),
         attn_implementation=pick_attention(spec, target),
         quantization_config=quantization_config(spec),
     )
-    if options.quantization_config is not None and target.type == "cuda":
-        options.device_map = {"": target.index or 0}
-    if spec.gpus_per_worker > 1 and target.type == "cuda":
-        options.device_map = "balanced"
+    grouped = spec.gpus_per_worker > 1 and target.type == "cuda"
+    capped = spec.max_memory_per_gpu is not None and target.type == "cuda"
+    if grouped or capped or offloads(spec):
+        if available is None:
+            from accelerate.utils import get_max_memory
+
+            available = get_max_memory()
+        options.device_map = "balanced" if grouped else "auto"
+        options.max_memory = max_memory(spec, available)
         options.offload_folder = spec.offload_folder
+    elif options.quantization_config is not None and target.type == "cuda":
+        options.device_map = {"": target.index or 0}
     return options
