@@ -70,6 +70,43 @@ class ModelsPublic(BaseModel):
     models: list[ModelPublic]
 
 
+class WorkerPublic(BaseModel):
+    """A worker process as its last heartbeat described it."""
+
+    id: str = Field(examples=["gpu0.internvl3-1b@gpu-host-1"])
+    host: str
+    device: str = Field(examples=["gpu0"])
+    model: str
+    queue: str
+    state: str = Field(
+        description="starting | ready | stopping | stopped | defunct, or lost when its "
+        "heartbeat is overdue."
+    )
+    pid: int
+    started_at: str
+    last_heartbeat_at: str
+    jobs_done: int
+    stats: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Batch statistics: batches, jobs, mean_batch_size, tiles, busy_s, ...",
+    )
+
+
+class WorkersPublic(BaseModel):
+    workers: list[WorkerPublic]
+
+
+class PresetPublic(BaseModel):
+    """A named instruction for task=prompt."""
+
+    name: str
+    instruction: str
+
+
+class PresetsPublic(BaseModel):
+    presets: list[PresetPublic]
+
+
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)

@@ -207,6 +207,8 @@ def _check_task_fields(request: JobCreate, listed_images: int) -> None:
         _check_messages(request, listed_images)
     if request.task == Task.PROMPT and not ((request.prompt or "").strip() or request.preset):
         raise InvalidRequest("task 'prompt' needs a 'prompt' or a 'preset'", code="missing_prompt")
+    if request.prompt is not None and request.preset is not None:
+        raise InvalidRequest("give either 'prompt' or 'preset', not both", code="invalid_params")
     if request.preset is not None and request.preset not in PRESETS:
         raise InvalidRequest(
             f"unknown preset '{request.preset}'; choose one of {sorted(PRESETS)}",

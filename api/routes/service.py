@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -10,10 +10,23 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
-from api.schemas import Health, ModelPublic, ModelsPublic
+from api.schemas import (
+    Health,
+    ModelPublic,
+    ModelsPublic,
+    PresetPublic,
+    PresetsPublic,
+    WorkerPublic,
+    WorkersPublic,
+)
 from core.db import utcnow
 from core.errors import ServiceError
 from core.models import Worker
+from core.tasks import PRESETS
+
+# Workers silent for longer than this are history, not capacity: the listing leaves them out.
+WORKER_HISTORY_S = 24 * 3600
+LIVE_STATES = ("starting", "ready")
 
 router = APIRouter()
 
@@ -43,6 +56,50 @@ def list_models(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) ->
             for m in runtime.settings.models
         ]
     )
+
+
+@router.get("/v1/workers", response_model=WorkersPublic, tags=["service"])
+def list_workers(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -> WorkersPublic:
+    """Worker processes heard from in the last day: device, model, state and batch statistics."""
+    now = utcnow()
+    overdue = now - timedelta(seconds=runtime.settings.heartbeat_s * 3)
+    rows = session.scalars(
+        select(Worker)
+        .where(Worker.last_heartbeat_at >= now - timedelta(seconds=WORKER_HISTORY_S))
+        .order_by(Worker.model, Worker.host, Worker.device, Worker.id)
+    )
+    return WorkersPublic(
+        workers=[
+            WorkerPublic(
+                id=row.id,
+                host=row.host,
+                device=row.device,
+                model=row.model,
+                queue=row.queue,
+                state="lost"
+                if row.state in LIVE_STATES and row.last_heartbeat_at < overdue
+                else row.state,
+                pid=row.pid,
+                started_at=_iso(row.started_at),
+                last_heartbeat_at=_iso(row.last_heartbeat_at),
+                jobs_done=row.jobs_done,
+                stats=row.stats or {},
+            )
+            for row in rows
+        ]
+    )
+
+
+@router.get("/v1/presets", response_model=PresetsPublic, tags=["service"])
+def list_presets(_tenant: TenantDep) -> PresetsPublic:
+    """The named instructions a task=prompt job can pick with `preset`."""
+    return PresetsPublic(
+        presets=[PresetPublic(name=name, instruction=text) for name, text in PRESETS.items()]
+    )
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])
