@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from core import cli_keys, cli_submit
+from core import cli_bench, cli_keys, cli_submit
 from core.config import Settings, get_settings
 from core.logs import setup_logging
 
@@ -225,6 +225,7 @@ def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
     p.add_argument("--json", default="", help="also write the figures to this file")
     p.set_defaults(func=cmd_bench_submit)
+    cli_bench.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

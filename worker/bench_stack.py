@@ -1,0 +1,118 @@
+"""The running stack of the service benchmark: API and worker processes, an S3 server.
+
+Each process is started as operators start it (`internvl-jobs api`, `internvl-jobs worker`),
+and its CPU time can be read from /proc, the figure least disturbed by other work on a
+shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.config import Settings
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Any, what: str, timeout_s: float = 180) -> None:
+    """Poll check() until it is true; fail naming what did not happen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not happen within {timeout_s:.0f}s")
+
+
+@contextmanager
+def moto_server(log_dir: Path) -> Iterator[tuple[str, int]]:
+    """An S3-protocol server (moto) in a child process, for runs without one: (URL, pid)."""
+    port = free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with (log_dir / "s3.log").open("wb") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, "the S3 server start")
+        yield endpoint, child.pid
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
+@dataclass
+class Stack:
+    """Where the started API answers, and the pids of the stack's processes by role."""
+
+    base: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each process has used so far."""
+        return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def service_processes(
+    settings: Settings, port: int, log_dir: Path, extra_env: dict[str, str]
+) -> Iterator[Stack]:
+    """`internvl-jobs api` and `internvl-jobs worker --devices cpu` until the block ends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_JOBS_")}
+    env.update(settings.as_env())
+    env.update(extra_env)
+    commands = {
+        "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
+        "worker": ["worker", "--devices", "cpu"],
+    }
+    children = []
+    for name, args in commands.items():
+        with (log_dir / f"{name}.log").open("wb") as out:
+            children.append(
+                subprocess.Popen(  # noqa: S603 - our own command line
+                    [sys.executable, "-m", "core.cli", *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, "API ready")
+        wait_until(lambda: _ready_workers(base) >= 1, "a ready worker", timeout_s=300)
+        worker = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]
+        yield Stack(base, {"api": children[0].pid, "worker": worker["pid"]})
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(60)
+
+
+def _ready_workers(base: str) -> int:
+    workers = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"]
+    return sum(worker["state"] == "ready" for worker in workers)
