@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
 
@@ -60,3 +61,48 @@ def test_importing_the_api_imports_neither_torch_nor_worker_code() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def beat(runtime, worker_id: str, device: str, *, state: str, jobs: int) -> None:  # type: ignore[no-untyped-def]
+    """Record a worker's heartbeat the way a worker process does."""
+    from worker.heartbeat import Heartbeat
+
+    heartbeat = Heartbeat(
+        sessions=runtime.sessions,
+        worker_id=worker_id,
+        device=device,
+        model="tiny",
+        queue="internvl.tiny",
+        lease_s=30,
+        interval_s=1,
+        held=dict,
+        on_check=lambda check: None,
+        stats=lambda: {"jobs_done": jobs, "batches": 2, "mean_batch_size": jobs / 2},
+    )
+    heartbeat.state = state
+    heartbeat.beat()
+
+
+def test_workers_lists_heartbeats_with_batch_statistics(client: TestClient, runtime) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from core.db import transaction, utcnow
+    from core.models import Worker
+
+    beat(runtime, "cpu0.tiny@host-a", "cpu0", state="ready", jobs=6)
+    beat(runtime, "cpu1.tiny@host-a", "cpu1", state="ready", jobs=4)
+    beat(runtime, "cpu2.tiny@host-b", "cpu2", state="ready", jobs=1)
+    with transaction(runtime.sessions) as session:  # host-b went silent a minute ago
+        session.execute(
+            update(Worker)
+            .where(Worker.id == "cpu2.tiny@host-b")
+            .values(last_heartbeat_at=utcnow() - timedelta(minutes=1))
+        )
+    workers = {w["id"]: w for w in client.get("/v1/workers").json()["workers"]}
+    assert set(workers) == {"cpu0.tiny@host-a", "cpu1.tiny@host-a", "cpu2.tiny@host-b"}
+    first = workers["cpu0.tiny@host-a"]
+    assert (first["device"], first["model"], first["queue"]) == ("cpu0", "tiny", "internvl.tiny")
+    assert (first["state"], first["jobs_done"]) == ("ready", 6)
+    assert first["stats"]["mean_batch_size"] == 3.0
+    assert workers["cpu2.tiny@host-b"]["state"] == "lost"
+    assert client.get("/v1/models").json()["models"][0]["workers"] == 2

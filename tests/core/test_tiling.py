@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
 
 from core.tiling import tile_count, tile_grid
@@ -70,3 +72,33 @@ def test_a_single_tile_has_no_thumbnail() -> None:
 def test_extreme_aspect_ratio_uses_a_strip() -> None:
     assert tile_grid(20000, 100, tile_size=448, max_tiles=12) == (12, 1)
     assert tile_grid(100, 20000, tile_size=448, max_tiles=12) == (1, 12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    width=st.integers(1, 30_000),
+    height=st.integers(1, 30_000),
+    max_tiles=st.integers(1, 40),
+    tile_size=st.sampled_from([64, 224, 448]),
+)
+def test_grid_matches_reference_for_random_sizes(
+    width: int, height: int, max_tiles: int, tile_size: int
+) -> None:
+    expected = reference_grid(width, height, 1, max_tiles, tile_size)
+    assert tile_grid(width, height, tile_size=tile_size, max_tiles=max_tiles) == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    long_side=st.integers(2, 50_000),
+    ratio=st.integers(2, 5_000),
+    portrait=st.booleans(),
+    max_tiles=st.integers(1, 40),
+)
+def test_grid_matches_reference_for_extreme_aspect_ratios(
+    long_side: int, ratio: int, portrait: bool, max_tiles: int
+) -> None:
+    short_side = max(1, long_side // ratio)
+    width, height = (short_side, long_side) if portrait else (long_side, short_side)
+    expected = reference_grid(width, height, 1, max_tiles, 448)
+    assert tile_grid(width, height, tile_size=448, max_tiles=max_tiles) == expected
