@@ -77,6 +77,7 @@ class WorkerRuntime:
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
         self.draining = False
+        self._shutdown_begun = False
         self.jobs_done = 0
         self.write_deadline_s = RESULT_WRITE_DEADLINE_S
         self.read_deadline_s = IMAGE_READ_DEADLINE_S
@@ -266,9 +267,13 @@ class WorkerRuntime:
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Hand back jobs not yet generating now, and the others if still running after grace_s."""
+        # Signal handlers run on the main thread, and a second SIGTERM (the launcher forwards
+        # one when the whole process group got one) can interrupt the first handler while it
+        # holds the lock: only the first call goes on, so the lock is never taken twice.
+        if self._shutdown_begun:
+            return
+        self._shutdown_begun = True
         with self._held_lock:
-            if self.draining:
-                return
             self.draining = True
             waiting = [h for h in self.held.values() if h.future is not None]
             for held in waiting:
