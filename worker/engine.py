@@ -126,9 +126,13 @@ class InternVLEngine:
         configured = self.model.generation_config.eos_token_id
         ids = configured if isinstance(configured, list) else [configured]
         ids = [int(i) for i in ids if i is not None]
+        # Qwen-based checkpoints end a turn with <|im_end|> and pad with <|endoftext|>; either
+        # one ends a row. Counting the padding token as an end token also makes min_new_tokens
+        # suppress it, so a fixed-length generation has exactly its length.
         im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id and im_end not in ids:
-            ids.append(im_end)
+        for token in (im_end, self.pad_token_id):
+            if isinstance(token, int) and token != self.tokenizer.unk_token_id and token not in ids:
+                ids.append(token)
         return ids
 
     def _control_tokens(self) -> list[str]:
@@ -281,7 +285,7 @@ class InternVLEngine:
         tokens = row.tolist()[: job.params.max_new_tokens]
         finish = "length"
         for index, token in enumerate(tokens):
-            if token in self.eos_token_ids or token == self.pad_token_id:
+            if token in self.eos_token_ids:
                 tokens, finish = tokens[:index], "stop"
                 break
         if job.cancel.is_set():

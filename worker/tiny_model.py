@@ -284,8 +284,10 @@ def build_tiny_model(out_dir: str | Path, *, preset: str = "test", seed: int = 0
     with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG
         model = InternVLForConditionalGeneration(model_config(chosen, tokenizer))
     _randomize(model, std=chosen.init_std, seed=seed)
+    # As in Qwen2.5's instruct checkpoints: a turn ends at <|im_end|> or <|endoftext|>.
     model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+        pad_token_id=tokenizer.pad_token_id,
     )
     # transformers types PreTrainedModel.to as the unbound nn.Module.to, hence the ignore.
     model.to(chosen.dtype).save_pretrained(out_path)  # type: ignore[arg-type]

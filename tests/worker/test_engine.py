@@ -225,3 +225,18 @@ def test_beam_sampling_runs_alone_and_reproduces_with_its_seed(engine: InternVLE
     first, second = vqa(engine, 0, params, "first"), vqa(engine, 0, params, "second")
     assert first.key != second.key
     assert engine.generate([first])[0] == engine.generate([second])[0]
+
+
+def test_min_new_tokens_equal_to_max_gives_exactly_that_many_tokens(
+    engine: InternVLEngine,
+) -> None:
+    params = GenerationParams(max_new_tokens=400, min_new_tokens=400)
+    jobs = [vqa(engine, i, params) for i in range(4)]
+    results = engine.generate(jobs)
+    assert [r.completion_tokens for r in results] == [400] * 4
+    assert {r.finish_reason for r in results} == {"length"}
+
+
+def test_the_padding_token_ends_a_generation_like_end_of_turn(engine: InternVLEngine) -> None:
+    assert engine.pad_token_id in engine.eos_token_ids
+    assert engine.tokenizer.convert_tokens_to_ids("<|im_end|>") in engine.eos_token_ids

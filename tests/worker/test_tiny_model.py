@@ -58,9 +58,10 @@ def generate(processor: Any, model: Any, images: list[Image.Image], prompts: lis
     return output[:, inputs["input_ids"].shape[1] :]
 
 
-def up_to_eos(tokens: list[int], eos_id: int) -> list[int]:
-    """Cut a batched row after its eos: generate pads finished rows while others go on."""
-    return tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens
+def up_to_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
+    """Cut a batched row after its first end token: generate pads finished rows meanwhile."""
+    ends = [i for i, token in enumerate(tokens) if token in eos_ids]
+    return tokens[: ends[0] + 1] if ends else tokens
 
 
 def test_checkpoint_has_exactly_the_files_of_a_real_one(checkpoint: Path) -> None:
@@ -96,7 +97,10 @@ def test_special_tokens_round_trip(loaded: tuple[Any, Any]) -> None:
     assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert ids.count(tokenizer.context_image_token_id) == 1
     assert model.config.image_token_id == tokenizer.context_image_token_id
-    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.generation_config.eos_token_id == [
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    ]
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
     assert tokenizer.padding_side == "left"
 
@@ -149,11 +153,11 @@ def test_batched_greedy_equals_single(loaded: tuple[Any, Any]) -> None:
         "这是什么？",
     ]
     prompts = [image_prompt(processor, question) for question in questions]
-    eos_id = model.generation_config.eos_token_id
+    eos_ids = model.generation_config.eos_token_id
     batched = generate(processor, model, images, prompts)
     for row, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
         single = generate(processor, model, [image], [prompt])[0].tolist()
-        assert up_to_eos(batched[row].tolist(), eos_id) == single
+        assert up_to_eos(batched[row].tolist(), eos_ids) == single
 
 
 def test_same_seed_gives_identical_files_and_other_seed_other_weights(tmp_path: Path) -> None:
