@@ -14,7 +14,8 @@ from core.db import transaction, utcnow
 from core.errors import InvalidImage, NotFound
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.models import Image
-from core.storage import image_key, store_once
+from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
+from core.storage import store_once
 from core.tiling import tile_count
 
 IMAGE_ID_PREFIX = "sha256:"
@@ -61,10 +62,14 @@ def register_upload(
     _, stored = store_once(runtime.storage, data, content_type=info.content_type)
     try:
         with transaction(runtime.sessions) as session:
+            # As a job submission does (core.retention): under the object's lock, put back
+            # bytes that retention deleted since they were stored, then record the row.
+            hold_image_objects(session, [info.sha256])
+            ensure_stored(runtime.storage, [info.sha256], {info.sha256: (info, data)})
             created = record_image(session, tenant_id, info)
     except BaseException:
-        if stored:
-            runtime.storage.delete(image_key(info.sha256))
+        if stored:  # another tenant may have recorded the same bytes meanwhile: keep them then
+            delete_if_unreferenced(runtime.sessions, runtime.storage, info.sha256)
         raise
     return info, created
 

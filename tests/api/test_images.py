@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import api.uploads
 from api.deps import Runtime
-from core.storage import sha256_hex
+from core.db import transaction
+from core.errors import Unavailable
+from core.models import Image as ImageRow
+from core.storage import ObjectStorage, image_key, sha256_hex, store_once
+from core.tenants import ensure_tenant
 from core.tiling import tile_count
 from tests.api.conftest import make_key, png_bytes, stored_state
 
@@ -123,3 +129,51 @@ def test_a_json_body_is_an_unsupported_media_type(client: TestClient) -> None:
     response = client.post("/v1/images", json={"data": "aGVsbG8="})
     assert response.status_code == 415
     assert response.json()["code"] == "unsupported_media_type"
+
+
+def test_an_upload_puts_back_bytes_retention_deleted_before_its_commit(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = png_bytes((90, 60))
+
+    def store_then_lose(storage: ObjectStorage, data: bytes, *, content_type: str) -> Any:
+        sha, stored = store_once(storage, data, content_type=content_type)
+        storage.delete(image_key(sha))  # a retention pass between the upload and its commit
+        return sha, stored
+
+    monkeypatch.setattr(api.uploads, "store_once", store_then_lose)
+    assert upload(client, data).status_code == 201
+    assert runtime.storage.get(image_key(sha256_hex(data))) == data
+
+
+def test_a_failed_upload_keeps_bytes_another_tenant_recorded_meanwhile(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = png_bytes((70, 70))
+    sha = sha256_hex(data)
+
+    def store_while_another_tenant_records(
+        storage: ObjectStorage, data: bytes, *, content_type: str
+    ) -> Any:
+        stored = store_once(storage, data, content_type=content_type)
+        with transaction(runtime.sessions) as session:  # the same bytes, uploaded by globex
+            tenant_id = ensure_tenant(session, "globex").id
+            session.add(
+                ImageRow(
+                    tenant_id=tenant_id,
+                    sha256=sha,
+                    format="PNG",
+                    width=70,
+                    height=70,
+                    byte_size=len(data),
+                )
+            )
+        return stored
+
+    def database_lost(*_: Any) -> bool:
+        raise Unavailable("the database went away", code="database_down")
+
+    monkeypatch.setattr(api.uploads, "store_once", store_while_another_tenant_records)
+    monkeypatch.setattr(api.uploads, "record_image", database_lost)
+    assert upload(client, data).status_code == 503
+    assert runtime.storage.get(image_key(sha)) == data  # globex's image keeps its bytes
