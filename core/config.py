@@ -235,6 +235,13 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         300.0, gt=0, description="How often the sweeper runs the retention pass."
     )
+    orphan_object_grace_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Image bytes in storage that no row refers to (left by a request that "
+        "crashed between storing and committing) are deleted once older than this; 0 keeps "
+        "them.",
+    )
 
     # Workers
     worker_threads: int = Field(

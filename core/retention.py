@@ -5,11 +5,16 @@ content address any more. Submissions and this pass take the same per-object loc
 check and change references (a PostgreSQL advisory lock; SQLite serialises writers anyway),
 so a job committed at the same moment either sees its object deleted and stores it again, or
 keeps it alive: nothing referenced by a live job is ever deleted.
+
+Bytes stored by a request that crashed before its commit have no row at all; the pass finds
+them by listing the bucket, a few of its 256 fan-out folders each time, and deletes those
+older than `orphan_object_grace_s` the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -38,6 +43,11 @@ BATCH_LIMIT = 500
 BATCHES_PER_PASS = 20  # bounds one pass; the next pass goes on where this one stopped
 # First key of the two-key advisory locks on image objects (second: from the SHA-256).
 OBJECT_LOCK_NAMESPACE = 0x1A6E
+# image_key's fan-out folders images/00/ .. images/ff/, listed this many per pass: every
+# folder once in 16 passes (80 minutes at the default retention_interval_s).
+FOLDERS = 256
+FOLDERS_PER_PASS = 16
+IMAGE_KEY = re.compile(r"images/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 LIVE_STATUSES = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
 
 
@@ -48,6 +58,7 @@ class RetentionReport:
     jobs: int = 0
     images: int = 0
     objects: int = 0
+    orphan_objects: int = 0
     idempotency_keys: int = 0
 
     def __bool__(self) -> bool:
@@ -98,6 +109,13 @@ def purge_expired(
         cutoff = now - timedelta(seconds=settings.image_retention_s)
         report.images = _in_batches(lambda: _purge_images(sessions, cutoff, orphans))
     report.objects = sum(delete_if_unreferenced(sessions, storage, sha) for sha in orphans)
+    if settings.orphan_object_grace_s > 0:
+        report.orphan_objects = collect_orphan_objects(
+            sessions,
+            storage,
+            cutoff=now - timedelta(seconds=settings.orphan_object_grace_s),
+            folders=folders_for_pass(now, settings.retention_interval_s),
+        )
     with transaction(sessions) as session:
         cutoff = now - timedelta(seconds=settings.idempotency_ttl_s)
         report.idempotency_keys = session.execute(
@@ -177,3 +195,41 @@ def delete_if_unreferenced(
         storage.delete(image_key(sha))
     log.info("deleted image object sha256:%s", sha)
     return True
+
+
+def folders_for_pass(now: datetime, interval_s: float) -> list[str]:
+    """The fan-out folders this pass lists: the next FOLDERS_PER_PASS after the last pass's,
+    counted from the clock, so a restarted sweeper goes on where the last one stopped."""
+    start = int(now.timestamp() // interval_s) * FOLDERS_PER_PASS
+    return [f"{(start + i) % FOLDERS:02x}" for i in range(FOLDERS_PER_PASS)]
+
+
+def collect_orphan_objects(
+    sessions: sessionmaker[Session], storage: ObjectStorage, *, cutoff: datetime, folders: list[str]
+) -> int:
+    """Delete image bytes stored before cutoff that no row refers to; how many were deleted.
+
+    Such bytes are what a request left when it crashed between storing and committing. A
+    request still on its way is safe whatever the cutoff: it takes the object's lock and puts
+    its bytes back (ensure_stored) if they are gone.
+    """
+    deleted = 0
+    for folder in folders:
+        shas = []
+        for stored in storage.list_objects(f"images/{folder}/"):
+            match = IMAGE_KEY.fullmatch(stored.key)
+            if match and stored.modified < cutoff:  # other keys are not the service's to delete
+                shas.append(match.group(2))
+        for start in range(0, len(shas), BATCH_LIMIT):
+            chunk = shas[start : start + BATCH_LIMIT]
+            with sessions() as session:
+                referenced = set(
+                    session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk)))
+                )
+                referenced.update(
+                    session.scalars(select(JobImage.sha256).where(JobImage.sha256.in_(chunk)))
+                )
+            for sha in chunk:
+                if sha not in referenced and delete_if_unreferenced(sessions, storage, sha):
+                    deleted += 1
+    return deleted

@@ -6,8 +6,9 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote, urlparse
 
 from core.errors import Unavailable
@@ -15,6 +16,13 @@ from core.errors import Unavailable
 
 class ObjectNotFound(KeyError):
     """The key holds no object."""
+
+
+class StoredObject(NamedTuple):
+    """A key and when its object was last written (UTC)."""
+
+    key: str
+    modified: datetime
 
 
 class ObjectStorage(Protocol):
@@ -37,8 +45,8 @@ class ObjectStorage(Protocol):
     def delete(self, key: str) -> None:
         """Remove key; absent keys are fine."""
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
-        """Every key starting with prefix."""
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        """Every object whose key starts with prefix, in key order."""
 
     def check(self) -> None:
         """Raise Unavailable when the store cannot be reached."""
@@ -113,12 +121,14 @@ class LocalStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
-        for path in sorted(self.root.rglob("*")):
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
+        folder = self.root / prefix.rpartition("/")[0]  # only the folder the prefix names
+        for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    yield key
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    yield StoredObject(key, modified)
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -202,11 +212,11 @@ class S3Storage:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
-    def list_keys(self, prefix: str = "") -> Iterator[str]:
+    def list_objects(self, prefix: str = "") -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
             for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix) :]
+                yield StoredObject(item["Key"][len(self.prefix) :], item["LastModified"])
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

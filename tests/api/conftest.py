@@ -58,7 +58,7 @@ def stored_state(runtime: Runtime) -> tuple[int, int, int]:
     with runtime.sessions() as session:
         jobs = session.scalar(select(func.count()).select_from(Job)) or 0
         images = session.scalar(select(func.count()).select_from(ImageRow)) or 0
-    objects = len(list(runtime.storage.list_keys("")))
+    objects = len(list(runtime.storage.list_objects("")))
     return jobs, images, objects
 
 

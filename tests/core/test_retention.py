@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,8 +19,10 @@ from core.images import ImageLimits, inspect_image
 from core.jobs import claim_job, complete_job, create_job
 from core.models import IdempotencyKey, Image, Job, JobEvent
 from core.retention import (
+    collect_orphan_objects,
     delete_if_unreferenced,
     ensure_stored,
+    folders_for_pass,
     hold_image_objects,
     purge_expired,
 )
@@ -233,3 +235,67 @@ def test_a_submission_referring_to_deleted_bytes_by_id_is_refused(storage: Objec
     with pytest.raises(InvalidRequest) as refused:
         ensure_stored(storage, [sha], {})
     assert refused.value.code == "image_not_found"
+
+
+def all_folders_of(*shas: str) -> list[str]:
+    return sorted({sha[:2] for sha in shas})
+
+
+def test_bytes_no_row_refers_to_go_once_older_than_the_grace(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    orphan, _ = store_once(storage, png(10), content_type="image/png")  # a crash before commit
+    recorded = add_image(sessions, storage, png(11))
+    of_a_job, _ = store_once(storage, png(12), content_type="image/png")
+    add_job(sessions, service_settings, of_a_job)  # job_images only, no image row
+    storage.put(f"images/{orphan[:2]}/notes.txt", b"not an image object")
+    folders = all_folders_of(orphan, recorded, of_a_job)
+
+    young = utcnow() - timedelta(hours=1)  # all of them were stored after this
+    assert collect_orphan_objects(sessions, storage, cutoff=young, folders=folders) == 0
+    assert storage.exists(image_key(orphan))
+
+    later = utcnow() + timedelta(minutes=1)  # as if the grace had passed for all of them
+    assert collect_orphan_objects(sessions, storage, cutoff=later, folders=folders) == 1
+    assert not storage.exists(image_key(orphan))
+    assert storage.exists(image_key(recorded)) and storage.exists(image_key(of_a_job))
+    assert storage.exists(f"images/{orphan[:2]}/notes.txt")
+
+
+def test_orphaned_bytes_are_found_only_in_the_folders_listed(
+    sessions: Any, storage: ObjectStorage
+) -> None:
+    orphan, _ = store_once(storage, png(13), content_type="image/png")
+    other = [f"{(int(orphan[:2], 16) + 1) % 256:02x}"]
+    later = utcnow() + timedelta(minutes=1)
+    assert collect_orphan_objects(sessions, storage, cutoff=later, folders=other) == 0
+    assert storage.exists(image_key(orphan))
+
+
+def test_every_folder_is_listed_once_in_sixteen_passes() -> None:
+    start = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    passes = [folders_for_pass(start + timedelta(minutes=5 * n), 300) for n in range(16)]
+    listed = [folder for folders in passes for folder in folders]
+    assert sorted(listed) == [f"{i:02x}" for i in range(256)]
+    assert folders_for_pass(start + timedelta(minutes=80), 300) == passes[0]
+
+
+def test_the_retention_pass_collects_orphaned_bytes(
+    sessions: Any, storage: ObjectStorage, service_settings: Settings
+) -> None:
+    orphan, _ = store_once(storage, png(14), content_type="image/png")
+    # A pass whose folders include the orphan's, an hour and more after it was stored.
+    index, interval = int(orphan[:2], 16), service_settings.retention_interval_s
+    passes_ahead = (utcnow().timestamp() + 7200) // interval // 16 + 1
+    when = datetime.fromtimestamp((passes_ahead * 16 + index // 16) * interval, UTC)
+    assert orphan[:2] in folders_for_pass(when, interval)
+
+    keep = service_settings.model_copy(update={"orphan_object_grace_s": 0})
+    assert (
+        purge_expired(sessions=sessions, storage=storage, settings=keep, now=when).orphan_objects
+        == 0
+    )
+    assert storage.exists(image_key(orphan))
+    report = purge_expired(sessions=sessions, storage=storage, settings=service_settings, now=when)
+    assert report.orphan_objects == 1
+    assert not storage.exists(image_key(orphan))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStorage:
     return open_storage(s3_url, endpoint_url=request.getfixturevalue("s3_endpoint"))
 
 
+def keys(storage: ObjectStorage, prefix: str) -> list[str]:
+    return [stored.key for stored in storage.list_objects(prefix)]
+
+
 def test_put_get_exists_delete_round_trip(storage: ObjectStorage) -> None:
     storage.put("a/b/object", b"hello", content_type="text/plain")
     assert storage.exists("a/b/object")
@@ -46,13 +51,23 @@ def test_same_bytes_are_stored_once_under_their_sha256(storage: ObjectStorage) -
     digest = sha256_hex(b"image bytes")
     assert first == (digest, True)
     assert second == (digest, False)
-    assert list(storage.list_keys("images/")) == [image_key(digest)]
+    assert keys(storage, "images/") == [image_key(digest)]
 
 
-def test_list_keys_filters_by_prefix(storage: ObjectStorage) -> None:
+def test_list_objects_filters_by_prefix(storage: ObjectStorage) -> None:
     storage.put("images/aa/1", b"1")
     storage.put("other/2", b"2")
-    assert list(storage.list_keys("images/")) == ["images/aa/1"]
+    assert keys(storage, "images/") == ["images/aa/1"]
+
+
+def test_listed_objects_carry_when_they_were_written(storage: ObjectStorage) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)  # S3 keeps whole seconds
+    storage.put("images/ab/1", b"1")
+    storage.put("images/cd/2", b"2")
+    listed = list(storage.list_objects("images/ab/"))
+    assert [stored.key for stored in listed] == ["images/ab/1"]
+    assert before <= listed[0].modified <= datetime.now(UTC) + timedelta(seconds=5)
+    assert list(storage.list_objects("images/ef/")) == []  # a folder nothing was stored in
 
 
 def test_check_passes_when_reachable(storage: ObjectStorage) -> None:
@@ -88,4 +103,4 @@ def test_put_if_absent_never_replaces_an_object(storage: ObjectStorage) -> None:
     assert storage.put_if_absent("images/ab/x", b"first") is True
     assert storage.put_if_absent("images/ab/x", b"second") is False
     assert storage.get("images/ab/x") == b"first"
-    assert list(storage.list_keys("images/")) == ["images/ab/x"]
+    assert keys(storage, "images/") == ["images/ab/x"]
