@@ -222,7 +222,7 @@ def collect_orphan_objects(
                 shas.append(match.group(2))
         for start in range(0, len(shas), BATCH_LIMIT):
             chunk = shas[start : start + BATCH_LIMIT]
-            with sessions() as session:
+            with sessions() as session:  # a first look; deletion checks again under the lock
                 referenced = set(
                     session.scalars(select(Image.sha256).where(Image.sha256.in_(chunk)))
                 )

@@ -126,9 +126,13 @@ class LocalStorage:
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.name.startswith(".tmp-"):
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if not key.startswith(prefix):
+                    continue
+                try:
                     modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                    yield StoredObject(key, modified)
+                except FileNotFoundError:  # deleted since the folder was read
+                    continue
+                yield StoredObject(key, modified)
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
