@@ -205,12 +205,15 @@ def release_job(
     reason: str,
     available_at: datetime | None = None,
     published: bool = False,
+    refund_attempt: bool = False,
 ) -> Job | None:
     """Give a running job back to the queue (worker shutting down, error worth retrying).
 
     `available_at` delays the next run (backoff); `published` says the caller publishes the
-    job itself right after commit, else the sweeper does once it is available. A job whose
-    cancel was requested ends canceled instead.
+    job itself right after commit, else the sweeper does once it is available.
+    `refund_attempt` (a worker shutting down: not the job's fault) raises the job's
+    max_attempts by one, so the attempt does not count against it; attempt numbers still
+    only grow, which fencing needs. A job whose cancel was requested ends canceled instead.
     """
     canceled = cancel_job(session, job_id, attempt=attempt, requested_only=True)
     if canceled is not None:
@@ -227,6 +230,7 @@ def release_job(
             "lease_expires_at": None,
             "available_at": available_at,
             "published_at": now if published else None,
+            **({"max_attempts": Job.max_attempts + 1} if refund_attempt else {}),
         },
         event_data={"reason": reason},
     )

@@ -4,7 +4,7 @@ Every outcome is a fenced write (conditional on the attempt this worker holds), 
 while the database is unreachable; the Celery task returns, and so acknowledges its message,
 only after that write. Errors are sorted: a permanent one fails the job with its code, any
 other gives the job back with a backoff (attempts are capped), and a stop for shutdown gives
-it back at once.
+it back at once, without counting the attempt against the job.
 """
 
 from __future__ import annotations
@@ -157,7 +157,12 @@ class WorkerRuntime:
             return "canceled" if ended else "superseded"
         released = self._write(
             lambda s: release_job(
-                s, job.id, attempt=held.attempt, reason="worker_shutdown", published=True
+                s,
+                job.id,
+                attempt=held.attempt,
+                reason="worker_shutdown",
+                published=True,
+                refund_attempt=True,
             )
         )
         if released is None or released.status != "queued":

@@ -209,6 +209,8 @@ def test_shutdown_grace_hands_back_a_batch_that_runs_too_long(
     worker_runtime: Any, sessions: Any, storage: ObjectStorage, service_settings: Settings
 ) -> None:
     job = queue_job(sessions, storage, worker_runtime.spec, [photo()], params=LONG)
+    with transaction(sessions) as session:  # its last attempt
+        session.execute(update(Job).where(Job.id == job.id).values(max_attempts=1))
     task = Background(worker_runtime, job.id)
     wait_until(running(worker_runtime, job.id), "the job generates")
     worker_runtime.begin_shutdown(grace_s=0.2)
@@ -216,4 +218,10 @@ def test_shutdown_grace_hands_back_a_batch_that_runs_too_long(
     assert load(sessions, job.id).status == "queued"
     with pytest.raises(Reject):  # a message arriving now goes back to the broker unclaimed
         worker_runtime.run_job(job.id)
-    assert load(sessions, job.id).attempts == 1
+    handed_back = load(sessions, job.id)
+    # The shutdown was not the job's fault: its attempt is refunded, so it runs again.
+    assert (handed_back.attempts, handed_back.max_attempts) == (1, 2)
+    celery = make_celery(service_settings)
+    assert sweep_once(sessions=sessions, celery=celery, settings=service_settings).exhausted == 0
+    celery.close()
+    assert load(sessions, job.id).status == "queued"
