@@ -11,11 +11,16 @@ import json
 from pathlib import Path
 
 
-def engine_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of the engine benchmark."""
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """Which model both benchmarks run: a tiny preset, built once, or a checkpoint."""
     p.add_argument("--preset", default="bench", help="tiny preset: test | bench | internvl3-1b")
     p.add_argument("--checkpoint", default="", help="a checkpoint directory instead of a preset")
     p.add_argument("--cache-dir", default=".bench/models", help="where presets are built")
+
+
+def engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the engine benchmark."""
+    _model_arguments(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager")
@@ -29,9 +34,7 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def service_arguments(p: argparse.ArgumentParser) -> None:
     """Options of the service benchmark."""
-    p.add_argument("--preset", default="bench", help="tiny preset: test | bench | internvl3-1b")
-    p.add_argument("--checkpoint", default="", help="a checkpoint directory instead of a preset")
-    p.add_argument("--cache-dir", default=".bench/models", help="where presets are built")
+    _model_arguments(p)
     p.add_argument("--database-url", default="", help="a scratch database (migrated by the bench)")
     p.add_argument("--broker-url", default="", help="redis://... (a database of its own)")
     p.add_argument("--s3-endpoint-url", default="", help="S3 server; empty: start a moto server")
