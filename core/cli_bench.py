@@ -41,7 +41,9 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; best of each")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds; the median ratio is reported"
+    )
     p.add_argument("--max-batch-wait-ms", type=int, default=500)
     p.add_argument("--batch-gap-ms", type=int, default=50)
     p.add_argument("--log-dir", default=".bench/service", help="logs of the started processes")
