@@ -2,10 +2,15 @@
 # The submit API image: slim Python, no torch, runs as an unprivileged user.
 # The same image runs the migrations, the sweeper and the webhook sender (all CPU-only).
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t internvl-jobs-api .
+# Where PyPI lacks a pinned release, name a local index or wheel folder (mounted into the build):
+#   --build-arg PIP_EXTRA_INDEX_URL=file:///opt/pypi/simple (scripts/containers does this).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# Empty by default: pip reads only PyPI. Build arguments reach pip as environment variables.
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
