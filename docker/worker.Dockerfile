@@ -5,7 +5,7 @@
 # Build from the repository root:
 #   docker build -f docker/worker.Dockerfile -t internvl-jobs-worker .
 #   docker build -f docker/worker.Dockerfile --build-arg FLASH_ATTN=1 -t internvl-jobs-worker:fa2 .
-# A CPU-only image: any Debian/Ubuntu base with python3 for both stages, torch's CPU wheel:
+# A CPU-only image: plain Debian or Ubuntu bases for both stages and torch's CPU wheel:
 #   docker build -f docker/worker.Dockerfile --build-arg BUILD_IMAGE=debian:bookworm-slim \
 #     --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg TORCH_FLAVOUR=cpu \
 #     -t internvl-jobs-worker:cpu .

@@ -70,7 +70,8 @@ def test_run_arguments_of_the_api(cp: ModuleType, model: dict[str, Any]) -> None
     health = json.loads(args[args.index("--health-cmd") + 1])
     assert health[0] == "python" and "127.0.0.1:8000/readyz" in health[-1]
     postgres = cp.run_args("p", "postgres", model["services"]["postgres"], model["x-directory"])
-    assert postgres[postgres.index("--health-cmd") + 1] == "pg_isready -U internvl -d internvl"
+    shell = postgres[postgres.index("--health-cmd") + 1]
+    assert shell == "pg_isready -h 127.0.0.1 -U internvl -d internvl"
     env = [args[i + 1] for i, a in enumerate(args) if a == "--env"]
     assert "INTERNVL_JOBS_BROKER_URL=redis://redis:6379/0" in env
     assert any(e.startswith("INTERNVL_JOBS_MODELS=") and "tiny" in e for e in env)
