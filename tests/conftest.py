@@ -135,7 +135,7 @@ def s3_url(s3_bucket: str) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny InternVL checkpoint, built once per session."""
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-internvl", preset="test")
 

@@ -36,11 +36,11 @@ def service_env(settings: Settings | None = None, **extra: str) -> dict[str, str
 class ServiceProcess:
     """A child process of the service with its log in a file (shown when a test fails).
 
-    It runs `python -m core.cli ARGS` (the `internvl-jobs` command), or another module.
+    It runs `python -m cli.main ARGS` (the `internvl-jobs` command), or another module.
     """
 
     def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, *, module: str = "core.cli"
+        self, args: list[str], env: dict[str, str], log_path: Path, *, module: str = "cli.main"
     ) -> None:
         self.args = args
         self.env = env

@@ -81,7 +81,7 @@ def test_two_cpu_workers_share_the_queue_and_run_each_job_once(
 def test_each_model_is_served_from_its_own_queue(
     service_settings: Settings, tiny_spec: ModelSpec, tmp_path: Path
 ) -> None:
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     other = build_tiny_model(tmp_path / "tiny-b", preset="test", seed=1)
     second = ModelSpec(alias="tiny-b", checkpoint=str(other), tile_size=64)

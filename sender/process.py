@@ -21,9 +21,9 @@ from core.metrics import WEBHOOK_ATTEMPTS
 from core.probe_server import serve_process_probes
 from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, make_celery
 from core.ssrf import guarded_client
-from worker.webhooks import WebhookSender
+from sender.webhooks import WebhookSender
 
-log = logging.getLogger("worker.webhook_process")
+log = logging.getLogger("sender.process")
 
 
 def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = "INFO") -> None:

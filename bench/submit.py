@@ -185,7 +185,7 @@ def api_process(settings: Settings, port: int, env: dict[str, str]) -> Iterator[
     """`internvl-jobs api` as a child process, as deployed; yields its base URL and pid."""
     child_env = {**os.environ, **env, **settings.as_env()}
     process = subprocess.Popen(  # noqa: S603 - fixed arguments
-        [sys.executable, "-m", "core.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
         env=child_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,7 +1,7 @@
 """`internvl-jobs bench engine|service`: the engine and service benchmarks (figures printed).
 
 Only argparse at import time: the parsers are built for every command, and `python -m
-worker.bench` builds the engine one on machines that have torch but no web stack.
+bench.engine` builds the engine one on machines that have torch but no web stack.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
     """The guide's naive loop versus the batched engine on the same model and images."""
-    from worker.bench import bench_checkpoint, format_report, run_engine_bench
+    from bench.engine import bench_checkpoint, format_report, run_engine_bench
 
     checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
     report = run_engine_bench(
@@ -74,8 +74,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """The same work through HTTP, Redis, PostgreSQL, S3 and a worker, against the bare engine."""
     from core.config import get_settings
-    from worker.bench import bench_checkpoint
-    from worker.bench_service import format_service_report, run_service_bench
+    from bench.engine import bench_checkpoint
+    from bench.service import format_service_report, run_service_bench
 
     settings = get_settings()
     report = run_service_bench(

@@ -24,7 +24,7 @@ from core.webhooks import job_deliveries, replay_deliveries
 from tests.support import free_port
 from tests.webhook_jobs import MODEL, attempts, deliveries, job_status, queued_job, row, run_job
 from tests.webhook_receiver import Receiver, Reply, verify_standard_webhook
-from worker.webhooks import Outcome, WebhookSender
+from sender.webhooks import Outcome, WebhookSender
 
 MakeSender = Callable[..., WebhookSender]
 

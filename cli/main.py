@@ -7,7 +7,9 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from core import cli_bench, cli_keys, cli_submit
+from bench import commands as bench_commands
+from cli import keys as cli_keys
+from cli import submit as cli_submit
 from core.config import Settings, get_settings
 from core.logs import setup_logging
 
@@ -100,7 +102,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """Send webhooks: a CPU worker on the webhook queue, with its due-delivery poller."""
-    from worker.webhook_process import serve_webhooks
+    from sender.process import serve_webhooks
 
     settings = get_settings()
     loglevel = args.loglevel or args.log_level or settings.log_level
@@ -110,7 +112,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """Build the small offline InternVL checkpoint used by tests, the demo and CPU benchmarks."""
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     path = build_tiny_model(args.directory, preset=args.preset, seed=args.seed)
     print(path)  # noqa: T201 - the command's output
@@ -119,14 +121,14 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run API, worker, webhook sender and sweeper on embedded defaults (no servers)."""
-    from core.embedded import run_dev
+    from devtools.embedded import run_dev
 
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
 
 
 def cmd_bench_submit(args: argparse.Namespace) -> int:
     """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
-    from api.submit_bench import format_table, run_submit_bench, write_json
+    from bench.submit import format_table, run_submit_bench, write_json
 
     results = run_submit_bench(
         get_settings(),
@@ -147,7 +149,7 @@ def cmd_config_docs(args: argparse.Namespace) -> int:
     """Write docs/configuration.md from the settings class."""
     from pathlib import Path
 
-    from core.config_docs import write
+    from devtools.config_docs import write
 
     print(write(Path(args.output)))  # noqa: T201 - the command's output
     return 0
@@ -225,7 +227,7 @@ def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
     p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
     p.add_argument("--json", default="", help="also write the figures to this file")
     p.set_defaults(func=cmd_bench_submit)
-    cli_bench.register(sub)
+    bench_commands.register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
 def submit(base: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", "submit", *args, "--url", base, "--timeout", "180"],
+        [sys.executable, "-m", "cli.main", "submit", *args, "--url", base, "--timeout", "180"],
         env=service_env(),
         capture_output=True,
         text=True,

@@ -94,7 +94,7 @@ def service_processes(
         with (log_dir / f"{name}.log").open("wb") as out:
             children.append(
                 subprocess.Popen(  # noqa: S603 - our own command line
-                    [sys.executable, "-m", "core.cli", *args],
+                    [sys.executable, "-m", "cli.main", *args],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

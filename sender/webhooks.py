@@ -28,7 +28,7 @@ from core.ssrf import UnsafeAddress, UnsafeUrl, read_capped, validate_url
 from core.webhook_secrets import signing_secrets
 from core.webhooks import DeliveryStatus
 
-log = logging.getLogger("worker.webhooks")
+log = logging.getLogger("sender.webhooks")
 USER_AGENT = "internvl-jobs-webhooks/1.0"
 RETRY_AFTER_CODES = frozenset({429, 502, 504})
 DISPATCH_LIMIT = 500
