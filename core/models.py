@@ -69,6 +69,15 @@ class JobStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
+class DeliveryStatus(StrEnum):
+    """Where a webhook delivery is: still being tried, or done one way or another."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # every scheduled attempt failed, or the URL is no longer acceptable
+    DISABLED = "disabled"  # the receiver answered 410 Gone: nothing more goes to that URL
+
+
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 

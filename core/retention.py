@@ -27,6 +27,7 @@ from core.db import transaction, utcnow
 from core.errors import InvalidRequest
 from core.images import ImageInfo
 from core.models import (
+    DeliveryStatus,
     TERMINAL_STATUSES,
     IdempotencyKey,
     Image,
@@ -36,7 +37,6 @@ from core.models import (
     WebhookDelivery,
 )
 from core.storage import ObjectStorage, image_key
-from core.webhooks import DeliveryStatus
 
 log = logging.getLogger("core.retention")
 BATCH_LIMIT = 500

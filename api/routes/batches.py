@@ -16,11 +16,12 @@ from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
-from core.batches import batch_counts, batch_public, cancel_batch, result_lines
+from core.batches import batch_counts, cancel_batch, result_lines
 from core.db import transaction
 from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from core.models import Batch
 from core.specs import BatchCreate
+from core.views import batch_public
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")

@@ -22,12 +22,12 @@ from core.cancellation import request_cancel
 from core.db import transaction
 from core.errors import InvalidRequest, NotFound, ServiceError
 from core.idempotency import IdempotentRequest, check_key, request_fingerprint
-from core.jobs import job_public
 from core.listing import JobFilter
 from core.logs import bind_log_context
 from core.models import Job, JobStatus
 from core.specs import JobCreate
 from core.tasks import Task
+from core.views import job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -23,6 +23,7 @@ from core.db import utcnow
 from core.errors import ServiceError
 from core.models import Worker
 from core.tasks import PRESETS
+from core.views import iso
 
 # Workers silent for longer than this are history, not capacity: the listing leaves them out.
 WORKER_HISTORY_S = 24 * 3600
@@ -80,8 +81,8 @@ def list_workers(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -
                 if row.state in LIVE_STATES and row.last_heartbeat_at < overdue
                 else row.state,
                 pid=row.pid,
-                started_at=_iso(row.started_at),
-                last_heartbeat_at=_iso(row.last_heartbeat_at),
+                started_at=iso(row.started_at),
+                last_heartbeat_at=iso(row.last_heartbeat_at),
                 jobs_done=row.jobs_done,
                 stats=row.stats or {},
             )
@@ -97,9 +98,6 @@ def list_presets(_tenant: TenantDep) -> PresetsPublic:
         presets=[PresetPublic(name=name, instruction=text) for name, text in PRESETS.items()]
     )
 
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])
