@@ -251,20 +251,3 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  greedy outputs of the two modes: {same}")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.engine`: the engine benchmark without the service's CLI and its needs."""
-    import argparse
-
-    from bench.commands import cmd_bench_engine, engine_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__)
-    engine_arguments(parser)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return cmd_bench_engine(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

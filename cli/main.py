@@ -7,7 +7,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from bench import commands as bench_commands
 from cli import keys as cli_keys
 from cli import submit as cli_submit
 from core.config import Settings, get_settings
@@ -126,25 +125,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
 
 
-def cmd_bench_submit(args: argparse.Namespace) -> int:
-    """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
-    from bench.submit import format_table, run_submit_bench, write_json
-
-    results = run_submit_bench(
-        get_settings(),
-        levels=[int(level) for level in args.concurrency.split(",")],
-        requests=args.requests,
-        same_image=args.same_image,
-        s3_server=args.s3_server,
-        url=args.url,
-        api_key=args.api_key,
-        api_pid=args.api_pid,
-    )
-    print(format_table(results))  # noqa: T201 - the command's output
-    write_json(results, args.json)
-    return 0
-
-
 def cmd_config_docs(args: argparse.Namespace) -> int:
     """Write docs/configuration.md from the settings class."""
     from pathlib import Path
@@ -197,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
-    _add_bench_parsers(sub.add_parser("bench", help="benchmarks that print figures"))
+    _add_bench_parsers(sub)
 
     p = sub.add_parser("config-docs", help=cmd_config_docs.__doc__)
     p.add_argument("--output", default="docs/configuration.md")
@@ -215,19 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    sub = bench.add_subparsers(dest="bench", required=True)
-    p = sub.add_parser("submit", help=cmd_bench_submit.__doc__)
-    p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
-    p.add_argument("--requests", type=int, default=400, help="requests per level")
-    p.add_argument("--same-image", action="store_true", help="one image for every request")
-    p.add_argument("--s3-server", default="", help="'moto': start a local S3 server (dev)")
-    p.add_argument("--url", default="", help="an API already running (default: start one)")
-    p.add_argument("--api-key", default="", help="its API key, with --url")
-    p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
-    p.add_argument("--json", default="", help="also write the figures to this file")
-    p.set_defaults(func=cmd_bench_submit)
-    bench_commands.register(sub)
+def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
+    """`internvl-jobs bench ...` where the bench package is installed (not in the API image)."""
+    try:
+            except ModuleNotFoundError:
+        return
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_commands.register(bench.add_subparsers(dest="bench", required=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
