@@ -24,8 +24,9 @@ from PIL import Image
 
 from core.config import ModelSpec, Settings
 from core.images import load_rgb
+from devtools.harness import free_port, moto_server
 from bench.engine import batched_engine, bench_images
-from bench.stack import Stack, free_port, moto_server, service_processes
+from bench.stack import Stack, service_processes
 from worker.engine import InternVLEngine
 
 log = logging.getLogger("bench.service")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from core.config import Settings
-from tests.support import ServiceProcess, free_port, service_env, wait_http
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 

@@ -23,7 +23,8 @@ from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
 from core.queue import make_celery
 from core.tenants import create_api_key, ensure_tenant
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
 from tests.webhook_receiver import Receiver
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"

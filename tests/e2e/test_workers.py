@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from core.config import ModelSpec, Settings
 from core.models import Job, JobEvent
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
 
 CAT = (Path(__file__).resolve().parents[2] / "examples" / "images" / "cat.jpg").read_bytes()
 

@@ -21,7 +21,7 @@ from core.queue import make_celery
 from core.storage import ObjectStorage, open_storage
 from core.sweeper import sweep_once
 from tests.core.conftest import event_log, load, published_ids
-from tests.support import free_port
+from devtools.harness import free_port
 from tests.worker.conftest import photo, queue_job
 from worker.heartbeat import Heartbeat
 
