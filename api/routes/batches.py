@@ -75,12 +75,11 @@ async def read_batch(request: Request) -> BatchCreate:
             f"unsupported content type {content_type!r}; send application/json, "
             "application/jsonl or multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     try:
         json.loads(body)
     except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
+        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
     try:
         return BatchCreate.model_validate_json(body)
     except ValueError as exc:

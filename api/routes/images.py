@@ -52,7 +52,6 @@ async def read_image_body(request: Request, max_bytes: int) -> bytes:
             f"unsupported content type {content_type!r}; send the image's bytes "
             "(image/* or application/octet-stream) or multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     return await read_capped(request.stream(), max_bytes=max_bytes)
 

@@ -103,13 +103,12 @@ async def read_submission(request: Request) -> Submission:
             f"unsupported content type {content_type!r}; send application/json or "
             "multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     body = await request.body()
     try:
         raw = json.loads(body)
     except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
+        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
     return Submission(parse_job_create(body), [], raw)
 
 
