@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.db import run_after_commit, utcnow
 from core.ids import new_id
-from core.jobs import transition
+from core.jobs import cancel_queued
 from core.models import TERMINAL_STATUSES, Batch, Job, JobStatus
 from core.views import batch_result_line
 
@@ -125,14 +125,7 @@ def cancel_batch(session: Session, batch: Batch) -> int:
     ).all()
     canceled = 0
     for job_id in queued:
-        done = transition(
-            session,
-            job_id,
-            to=JobStatus.CANCELED,
-            expect=[JobStatus.QUEUED],
-            values={"finished_at": now, "cancel_requested_at": now},
-            event_data={"reason": "batch_canceled"},
-        )
+        done = cancel_queued(session, job_id, now=now, event_data={"reason": "batch_canceled"})
         canceled += done is not None
     session.execute(
         update(Job)

@@ -237,6 +237,20 @@ def release_job(
     )
 
 
+def cancel_queued(
+    session: Session, job_id: str, *, now: datetime, event_data: dict[str, Any]
+) -> Job | None:
+    """Cancel a job that is still queued; None once it is not (claimed, or finished)."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.CANCELED,
+        expect=[JobStatus.QUEUED],
+        values={"cancel_requested_at": now, "finished_at": now},
+        event_data=event_data,
+    )
+
+
 def cancel_job(
     session: Session,
     job_id: str,

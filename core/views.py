@@ -86,7 +86,9 @@ def batch_result_line(job: Job) -> dict[str, Any]:
     }
 
 
-def delivery_public(delivery: WebhookDelivery, attempts: Iterable[WebhookAttempt]) -> dict[str, Any]:
+def delivery_public(
+    delivery: WebhookDelivery, attempts: Iterable[WebhookAttempt]
+) -> dict[str, Any]:
     """A delivery as clients see it, with every attempt's outcome."""
     return {
         "id": delivery.id,

@@ -8,8 +8,6 @@ schedules the next attempt in the row, so no retry lives only in a message queue
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,7 +20,7 @@ from core.ids import new_id
 from core.models import Batch, DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery
 from core.specs import TERMINAL_EVENTS
 from core.ssrf import UnsafeUrl, validate_url
-from core.views import job_public
+from core.views import iso, job_public
 
 BATCH_EVENTS = ("batch.completed",)
 
