@@ -73,9 +73,9 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """The same work through HTTP, Redis, PostgreSQL, S3 and a worker, against the bare engine."""
-    from core.config import get_settings
     from bench.engine import bench_checkpoint
     from bench.service import format_service_report, run_service_bench
+    from core.config import get_settings
 
     settings = get_settings()
     report = run_service_bench(

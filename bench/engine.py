@@ -250,4 +250,3 @@ def format_report(report: dict[str, Any]) -> str:
         same = "identical" if workload["outputs_identical"] else "DIFFERENT"
         lines.append(f"  greedy outputs of the two modes: {same}")
     return "\n".join(lines)
-

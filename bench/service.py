@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from bench.engine import batched_engine, bench_images
+from bench.stack import Stack, service_processes
 from core.config import ModelSpec, Settings
 from core.images import load_rgb
 from devtools.harness import free_port, moto_server
-from bench.engine import batched_engine, bench_images
-from bench.stack import Stack, service_processes
 from worker.engine import InternVLEngine
 
 log = logging.getLogger("bench.service")

@@ -1,1 +1,1 @@
-"""The `internvl-jobs` command: parses arguments and wires each process (api, worker, sweeper, ...)."""
+"""The `internvl-jobs` command: argument parsing and the wiring of each process."""

@@ -198,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     """`internvl-jobs bench ...` where the bench package is installed (not in the API image)."""
     try:
-            except ModuleNotFoundError:
+        from bench import commands as bench_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench":
+            raise
         return
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_commands.register(bench.add_subparsers(dest="bench", required=True))

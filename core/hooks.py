@@ -8,8 +8,8 @@ from core.batches import batch_counts, on_batch_finished, settle_after_commit
 from core.jobs import add_event_listener
 from core.models import Batch
 from core.notify import JobFeed, install_publisher
-from core.webhooks import record_batch_event
 from core.views import batch_public
+from core.webhooks import record_batch_event
 
 
 def install_job_hooks(feed: JobFeed | None) -> None:

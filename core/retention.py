@@ -27,8 +27,8 @@ from core.db import transaction, utcnow
 from core.errors import InvalidRequest
 from core.images import ImageInfo
 from core.models import (
-    DeliveryStatus,
     TERMINAL_STATUSES,
+    DeliveryStatus,
     IdempotencyKey,
     Image,
     Job,
