@@ -1,1 +1,1 @@
-"""Developer tools: the embedded dev mode, the tiny offline InternVL builder, the config reference."""
+"""Developer tools: embedded dev mode, tiny offline InternVL builder, config reference, harness."""

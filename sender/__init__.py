@@ -1,1 +1,1 @@
-"""The webhook sender process (CPU only): a Celery worker on the webhook queue that signs and sends deliveries."""
+"""The webhook sender process (CPU only): signs and sends what core/webhooks.py records."""
