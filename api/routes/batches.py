@@ -60,13 +60,14 @@ async def read_batch(request: Request) -> BatchCreate:
     """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
-        upload, spec = form.get("file"), form.get("spec")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
-        return parse_jsonl(
-            await upload.read(), parse_options(spec if isinstance(spec, str) else None)
-        )
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1, max_fields=2) as form:
+            upload, spec = form.get("file"), form.get("spec")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
+            return parse_jsonl(
+                await upload.read(), parse_options(spec if isinstance(spec, str) else None)
+            )
     body = await request.body()
     if content_type.startswith(JSONL_TYPES):
         return parse_jsonl(body, parse_options(None))

@@ -89,15 +89,16 @@ async def read_submission(request: Request) -> Submission:
     """The job spec and any uploaded files, from a JSON or a multipart body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1000, max_fields=20)
-        spec = form.get("spec")
-        if not isinstance(spec, str):
-            raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
-        files = [
-            await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
-        ]
-        job_request = parse_job_create(spec)
-        return Submission(job_request, files, json.loads(spec))
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1000, max_fields=20) as form:
+            spec = form.get("spec")
+            if not isinstance(spec, str):
+                raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
+            files = [
+                await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
+            ]
+            job_request = parse_job_create(spec)
+            return Submission(job_request, files, json.loads(spec))
     if content_type and not content_type.startswith("application/json"):
         raise ServiceError(
             f"unsupported content type {content_type!r}; send application/json or "
