@@ -17,12 +17,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml constraints.txt README.md ./
+# Only the packages these processes import: no worker/, bench/ or devtools/ code.
 COPY core ./core
 COPY api ./api
-COPY worker ./worker
-# constraints.txt pins every package the tests ran with; the [api] extra pulls no torch.
+COPY sender ./sender
+COPY cli ./cli
+# constraints.txt pins every package the tests ran with; the [api] extra pulls no torch,
+# and the image holds no worker, benchmark or dev-tool code (checked after the install).
 RUN pip install --constraint constraints.txt ".[api]" \
-    && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+    && python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'worker', 'bench', 'devtools')))"
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
