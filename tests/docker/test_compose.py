@@ -202,7 +202,11 @@ def test_api_image_installs_no_torch_and_worker_image_matches_torch_cuda() -> No
     torch_pin = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert torch_pin is not None and torch_pin.group(1) == "2.14.1"
     assert cuda.group(1) == "13.0"  # torch 2.14.1's default PyPI wheel is built for CUDA 13.0
-    assert "FROM nvidia/cuda:${CUDA_VERSION}-runtime-" in worker
+    # CUDA is the default; a CPU image passes other bases and TORCH_FLAVOUR=cpu.
+    assert "ARG BASE_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-" in worker
+    assert "ARG BUILD_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-" in worker
+    assert "FROM ${BASE_IMAGE}\n" in worker and "FROM ${BUILD_IMAGE} AS build" in worker
+    assert "ARG TORCH_FLAVOUR=cu130" in worker
     assert "ARG FLASH_ATTN=0" in worker
 
 
