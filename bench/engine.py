@@ -29,7 +29,7 @@ from core.prompts import build_conversation
 from core.specs import GenerationParams
 from core.tasks import DEFAULT_INSTRUCTIONS, Task
 from worker.batcher import Batcher
-from worker.engine import Generation, InternVLEngine
+from worker.engine import Generation, InternVLEngine, complete_text
 
 log = logging.getLogger("bench.engine")
 PROMPT = DEFAULT_INSTRUCTIONS[Task.CAPTION]
@@ -81,7 +81,8 @@ def naive_loop(engine: InternVLEngine, images: list[Image.Image], new_tokens: in
         )
         prompt_length = inputs["input_ids"].shape[1]
         answers.extend(processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True))
-    return [answer.strip() for answer in answers]
+    # Compared as the service shows text: bytes that form no character dropped.
+    return [complete_text(answer).strip() for answer in answers]
 
 
 def batched_engine(
