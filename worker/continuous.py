@@ -143,12 +143,25 @@ class ContinuousBatcher(Batcher):
             if admitted and admitted[0].key != ROWS:
                 self._execute(admitted)  # beam search: the static path, the batch has drained
                 continue
-            live = [item for item in admitted if self._start(item)]
-            if live:
-                self._prefill = Prefill(self.engine, [item.job for item in live])
-                self._prefill_items = live
-            if self._busy():
-                self._step()
+            try:
+                live = [item for item in admitted if self._start(item)]
+                if live:
+                    self._prefill = Prefill(self.engine, [item.job for item in live])
+                    self._prefill_items = live
+                if self._busy():
+                    self._step()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                self._abandon(admitted, exc)
+
+    def _abandon(self, admitted: list[_Waiting], exc: Exception) -> None:
+        """Hand an unexpected error to every job in flight (their task threads retry them)."""
+        log.exception("continuous batching step failed", exc_info=exc)
+        items = [row.item for row in self._rows] + self._prefill_items + admitted
+        self._rows, self._prefill, self._prefill_items = [], None, []
+        self._batch.keep([])
+        for item in items:
+            if item.future.running():
+                item.future.set_exception(exc)
 
     def _start(self, item: _Waiting) -> bool:
         if item.started:
@@ -199,6 +212,8 @@ class ContinuousBatcher(Batcher):
             row.tokens.append(token)
         self.stats.batches += 1
         self.stats.tiles += sum(item.job.tiles for item in items)
+        if self.on_batch is not None:  # a group joined: its size, and how long it prefilled
+            self.on_batch(len(items), time.monotonic() - prefill.started)
         self._leave()
 
     @torch.inference_mode()

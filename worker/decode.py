@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ class Prefill:
         self.cache = DynamicCache()
         self.cache_arg = cache_argument(engine.model)
         self.done = 0  # columns already through the model
+        self.started = time.monotonic()
 
     @property
     def width(self) -> int:
