@@ -33,7 +33,7 @@ from core.prompts import build_conversation
 from core.specs import GenerationParams
 from worker.batcher import Batcher
 from worker.bench import bench_images
-from worker.continuous import ContinuousBatcher
+from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine, PreparedJob
 
 
@@ -71,21 +71,8 @@ def workload_jobs(engine: InternVLEngine, lengths: list[int]) -> list[PreparedJo
 
 def make(engine: InternVLEngine, scheduler: str, max_batch_size: int) -> Batcher:
     """A batcher of either kind with the engine's registry settings."""
-    spec = engine.spec
-    options = {
-        "max_batch_size": max_batch_size,
-        "max_wait_ms": spec.max_batch_wait_ms,
-        "max_batch_tiles": spec.max_batch_tiles,
-        "gap_ms": spec.batch_gap_ms,
-    }
-    if scheduler == "static":
-        return Batcher(engine.generate, **options)
-    return ContinuousBatcher(
-        engine,
-        **options,
-        prefill_tokens_per_step=spec.prefill_tokens_per_step,
-        kv_cache_fraction=spec.kv_cache_memory_fraction,
-    )
+    spec = engine.spec.model_copy(update={"scheduler": scheduler, "max_batch_size": max_batch_size})
+    return make_batcher(engine, spec)
 
 
 def run_once(
