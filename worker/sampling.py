@@ -217,14 +217,10 @@ class RowChooser:
 
     @property
     def plain(self) -> bool:
-        """Plain greedy: the batch's argmax is this row's token, no per-row work needed."""
+        """Greedy with no penalty and no processors: once the batch-wide min_new_tokens mask
+        is applied (choose_tokens), the batch's argmax is this row's token."""
         params = self.params
-        return (
-            params.repetition_penalty == 1.0
-            and params.min_new_tokens == 0
-            and not params.do_sample
-            and not self.processors
-        )
+        return params.repetition_penalty == 1.0 and not params.do_sample and not self.processors
 
     def choose(self, generated: list[int], logits: torch.Tensor) -> int:
         """The next token of this row, from its logits (vocab,) and the tokens it generated."""
@@ -250,7 +246,16 @@ class RowChooser:
 def choose_tokens(
     choosers: Sequence[RowChooser], generated: Sequence[list[int]], logits: Any
 ) -> Any:
-    """Every row's next token: one argmax for the plain rows, each other row by its chooser."""
+    """Every row's next token: one argmax for the plain rows, each other row by its chooser.
+
+    The end tokens of rows still short of their min_new_tokens are masked for all rows in one
+    operation first (masking twice, in `choose`, changes nothing), so fixed-length greedy rows
+    cost no per-row work.
+    """
+    short = [i for i, c in enumerate(choosers) if len(generated[i]) < c.params.min_new_tokens]
+    if short:
+        rows = torch.tensor(short, device=logits.device)
+        logits[rows[:, None], choosers[0].eos[None, :]] = float("-inf")
     tokens = logits.argmax(-1)
     for index, chooser in enumerate(choosers):
         if not chooser.plain:
