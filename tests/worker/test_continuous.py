@@ -14,7 +14,7 @@ import torch
 
 from core.config import ModelSpec
 from core.specs import GenerationParams
-from tests.worker.test_engine import vqa
+from tests.support.worker import vqa
 from worker.batcher import Batcher, OutOfMemory
 from worker.continuous import ContinuousBatcher, footprint_tokens, make_batcher
 from worker.decode import Prefill, RunningBatch

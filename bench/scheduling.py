@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.engine import bench_images
 from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from worker.batcher import Batcher
-from worker.bench import bench_images
 from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine, PreparedJob
 

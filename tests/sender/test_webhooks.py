@@ -21,10 +21,18 @@ from core.ssrf import guarded_client
 from core.tenants import DEFAULT_TENANT_ID, ensure_default_tenant
 from core.webhook_secrets import current_secret, rotate_secret
 from core.webhooks import job_deliveries, replay_deliveries
-from tests.support import free_port
-from tests.webhook_jobs import MODEL, attempts, deliveries, job_status, queued_job, row, run_job
-from tests.webhook_receiver import Receiver, Reply, verify_standard_webhook
-from worker.webhooks import Outcome, WebhookSender
+from devtools.harness import free_port
+from sender.webhooks import Outcome, WebhookSender
+from tests.support.webhook_jobs import (
+    MODEL,
+    attempts,
+    deliveries,
+    job_status,
+    queued_job,
+    row,
+    run_job,
+)
+from tests.support.webhook_receiver import Receiver, Reply, verify_standard_webhook
 
 MakeSender = Callable[..., WebhookSender]
 
