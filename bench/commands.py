@@ -30,6 +30,19 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=1, help="runs per mode; the best is reported")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--compare",
+        default="naive",
+        choices=["naive", "schedulers"],
+        help="naive: the guide's loop vs the batched engine; schedulers: continuous vs static "
+        "batching on a mixed burst, a mixed stream and a uniform burst of one-tile jobs",
+    )
+    p.add_argument("--jobs", type=int, default=48, help="schedulers: jobs per workload")
+    p.add_argument("--lengths", default="8,32,128", help="schedulers: mixed new-token lengths")
+    p.add_argument("--uniform-length", type=int, default=32, help="schedulers: uniform length")
+    p.add_argument(
+        "--stream-rate", type=float, default=0.0, help="schedulers: jobs/s; 0: 2x static's"
+    )
 
 
 def service_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +68,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     from bench.engine import bench_checkpoint, format_report, run_engine_bench
 
     checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
+    if args.compare == "schedulers":
+        return _bench_schedulers(args, checkpoint)
     report = run_engine_bench(
         checkpoint=checkpoint,
         device=args.device,
@@ -67,6 +82,29 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         repeats=args.repeats,
     )
     print(format_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _bench_schedulers(args: argparse.Namespace, checkpoint: str) -> int:
+    from bench.scheduling import format_comparison, run_scheduling_bench
+
+    report = run_scheduling_bench(
+        checkpoint=checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        jobs=args.jobs,
+        lengths=[int(n) for n in args.lengths.split(",")],
+        uniform_length=args.uniform_length,
+        max_batch_size=args.max_batch_size,
+        stream_rate=args.stream_rate,
+    )
+    print(  # noqa: T201 - the command's output
+        f"model {checkpoint}, {report['device_name']}, {report['dtype']}, "
+        f"attention {report['attention']}, max_batch_size {report['max_batch_size']}"
+    )
+    print(format_comparison(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
     return 0
 

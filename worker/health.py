@@ -225,6 +225,25 @@ class WorkerHealth(Collector):
                 "Batches split after running out of device memory.",
                 stats.oom_splits if stats else 0,
             ),
+            # Continuous batching: rate(row_steps) / rate(steps) is the batch occupancy (rows
+            # per step), rate(prefill_steps) / rate(steps) the share of steps that prefilled.
+            "internvl_jobs_worker_steps": ("Model steps.", stats.steps if stats else 0),
+            "internvl_jobs_worker_prefill_steps": (
+                "Model steps that prefilled new jobs.",
+                stats.prefill_steps if stats else 0,
+            ),
+            "internvl_jobs_worker_row_steps": (
+                "Rows decoded, summed over steps.",
+                stats.row_steps if stats else 0,
+            ),
+            "internvl_jobs_worker_queue_wait_seconds": (
+                "Seconds jobs waited in the batcher before their first step (sum).",
+                stats.wait_s if stats else 0.0,
+            ),
+            "internvl_jobs_worker_queue_waits": (
+                "Jobs that left the batcher's queue for the model.",
+                stats.waits if stats else 0,
+            ),
         }
         for name, (text, value) in counters.items():
             family = CounterMetricFamily(name, text, labels=labels)
