@@ -40,6 +40,7 @@ def create_batch(
     total: int,
     webhook: dict[str, Any] | None,
     metadata: dict[str, Any],
+    expires_at: datetime | None = None,
 ) -> Batch:
     """Insert a batch row; its jobs are created next in the same transaction."""
     batch = Batch(
@@ -49,6 +50,7 @@ def create_batch(
         webhook_url=webhook["url"] if webhook else None,
         webhook_events=list(webhook["events"]) if webhook else None,
         meta=metadata,
+        expires_at=expires_at,
         created_at=utcnow(),
     )
     session.add(batch)
@@ -87,6 +89,7 @@ def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
         else None,
         "created_at": _iso(batch.created_at),
         "cancel_requested_at": _iso(batch.cancel_requested_at),
+        "expires_at": _iso(batch.expires_at),
         "finished_at": _iso(batch.finished_at),
     }
 

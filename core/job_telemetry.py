@@ -22,7 +22,12 @@ from core.models import Job
 
 log = logging.getLogger("internvl_jobs.jobs")
 _PENDING_KEY = "internvl_jobs_job_events"
-TERMINAL_EVENTS = {"job.succeeded": "succeeded", "job.failed": "failed", "job.canceled": "canceled"}
+TERMINAL_EVENTS = {
+    "job.succeeded": "succeeded",
+    "job.failed": "failed",
+    "job.canceled": "canceled",
+    "job.expired": "expired",
+}
 
 
 @dataclass(frozen=True)

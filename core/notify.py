@@ -31,7 +31,7 @@ from core.models import Job
 
 log = logging.getLogger("core.notify")
 CHANNEL = "internvl-jobs:job-events"
-TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled"})
+TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled", "job.expired"})
 OnEvent = Callable[[str], None]
 
 

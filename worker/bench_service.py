@@ -29,7 +29,7 @@ from worker.bench_stack import Stack, free_port, moto_server, service_processes
 from worker.engine import InternVLEngine
 
 log = logging.getLogger("worker.bench_service")
-TERMINAL = ("succeeded", "failed", "canceled")
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
 # A moto server accepts any credentials; these are used only with the one the bench starts.
 MOTO_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "bench",
