@@ -10,6 +10,7 @@ import httpx
 import jsonschema
 
 from core.config import Settings
+from tests.e2e.test_cli_submit import EXAMPLES, submit
 from tests.e2e.test_tasks import CAT, WIDE, b64
 from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
 from tests.worker.test_structured import DOCUMENT_TYPE, TICKET
@@ -44,7 +45,10 @@ def test_schema_jobs_answer_valid_json_beside_free_jobs(
             "params": {"max_new_tokens": 150},
         },
     }
-    lines = [job(CAT, custom_id="j-ticket", response_format=ticket_format()), job(WIDE)]
+    lines = [
+        job(CAT, custom_id="j-ticket", response_format=ticket_format()),
+        job(WIDE, custom_id="j-free"),
+    ]
     with api, worker, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         wait_http(f"http://127.0.0.1:{port}/readyz", process=api)
         ids = {
@@ -53,12 +57,29 @@ def test_schema_jobs_answer_valid_json_beside_free_jobs(
         jsonl = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         batch = client.post(
             "/v1/batches", content=jsonl, headers={"content-type": "application/jsonl"}
-        ).json()
+        )
+        assert batch.status_code == 202, batch.text
+        batch_id = batch.json()["id"]
+        schema_file = tmp_path / "ticket.json"
+        schema_file.write_text(json.dumps(TICKET))
+        cli = submit(
+            f"http://127.0.0.1:{port}",
+            str(EXAMPLES / "cat.jpg"),
+            "--json-schema",
+            str(schema_file),
+            "--expires-after",
+            "600",
+            "--max-new-tokens",
+            "60",
+            "--wait",
+        )
         done = {name: wait_job(client, job_id, timeout=240) for name, job_id in ids.items()}
-        batch_jobs = client.get("/v1/jobs", params={"batch_id": batch["id"]}).json()["data"]
+        batch_jobs = client.get("/v1/jobs", params={"batch_id": batch_id}).json()["data"]
         in_batch = {j["custom_id"]: wait_job(client, j["id"], timeout=240) for j in batch_jobs}
     for name, ended in {**done, **in_batch}.items():
         assert ended["status"] == "succeeded", (name, ended, worker.log()[-3000:])
+    assert cli.returncode == 0, cli.stderr
+    jsonschema.validate(json.loads(cli.stdout), TICKET)  # --wait prints the parsed answer
     jsonschema.validate(done["ticket"]["result"]["json"], TICKET)
     assert json.loads(done["ticket"]["result"]["text"]) == done["ticket"]["result"]["json"]
     assert "json" not in done["free"]["result"]
@@ -68,4 +89,4 @@ def test_schema_jobs_answer_valid_json_beside_free_jobs(
     assert "json" not in done["cut"]["result"]
     jsonschema.validate(done["preset"]["result"]["json"], DOCUMENT_TYPE)
     jsonschema.validate(in_batch["j-ticket"]["result"]["json"], TICKET)
-    assert "json" not in in_batch["1"]["result"]
+    assert "json" not in in_batch["j-free"]["result"]
