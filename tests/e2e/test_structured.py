@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import pytest
 
 from core.config import Settings
 from tests.e2e.test_cli_submit import EXAMPLES, submit
@@ -26,6 +27,7 @@ def job(data: bytes, max_new_tokens: int = 60, **extra: Any) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.timeout(900)  # a worker process, seven jobs and a batch on a shared CPU
 def test_schema_jobs_answer_valid_json_beside_free_jobs(
     service_settings: Settings, tmp_path: Path
 ) -> None:
