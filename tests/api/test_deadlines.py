@@ -12,7 +12,7 @@ from api.deps import Runtime
 from core.db import transaction, utcnow
 from core.jobs import claim_job, release_job
 from core.leases import renew_leases
-from core.models import Job, JobEvent
+from core.models import Job, JobEvent, WebhookDelivery
 from core.sweeper import sweep_once
 from tests.api.conftest import caption_body, stored_state
 
@@ -148,3 +148,14 @@ def test_expired_jobs_are_listed_by_status(client: TestClient, runtime: Runtime)
     sweep(runtime, 2)
     listed = client.get("/v1/jobs", params={"status": "expired"}).json()["data"]
     assert [job["id"] for job in listed] == [job_id]
+
+
+def test_an_expired_job_sends_its_webhook(client: TestClient, runtime: Runtime) -> None:
+    body = caption_body(expires_after_s=1, webhook={"url": "https://example.com/hook"})
+    job_id = client.post("/v1/jobs", json=body).json()["id"]
+    sweep(runtime, 2)
+    with runtime.sessions() as session:
+        sent = session.scalars(
+            select(WebhookDelivery.event_type).where(WebhookDelivery.job_id == job_id)
+        ).all()
+    assert sent == ["job.expired"]
