@@ -14,7 +14,7 @@ from core.jobs import claim_job, release_job
 from core.leases import renew_leases
 from core.models import Job, JobEvent, WebhookDelivery
 from core.sweeper import sweep_once
-from tests.api.conftest import caption_body, stored_state
+from tests.support.api import caption_body, stored_state
 
 
 def sweep(runtime: Runtime, after_s: float) -> object:

@@ -13,7 +13,7 @@ from core.config import Settings
 from core.db import transaction, utcnow
 from core.models import Worker
 from core.queue_info import THROUGHPUT_WINDOW_S
-from tests.api.conftest import caption_body, finish_job
+from tests.support.api import caption_body, finish_job
 
 
 @pytest.fixture

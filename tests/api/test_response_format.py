@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from api.deps import Runtime
 from core.models import Job
 from core.response_format import MAX_SCHEMA_BYTES, MAX_SCHEMA_DEPTH
-from tests.api.conftest import b64, caption_body, png_bytes, stored_state
+from tests.support.api import b64, caption_body, png_bytes, stored_state
 
 INVOICE = {
     "type": "object",

@@ -14,7 +14,7 @@ from core.config import Settings
 from tests.e2e.test_cli_submit import EXAMPLES, submit
 from tests.e2e.test_tasks import CAT, WIDE, b64
 from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
-from tests.worker.test_structured import DOCUMENT_TYPE, TICKET
+from tests.support.structured import DOCUMENT_TYPE, TICKET
 
 
 def ticket_format() -> dict[str, Any]:

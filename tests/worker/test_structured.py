@@ -11,26 +11,13 @@ import pytest
 from core.response_format import format_key
 from core.specs import GenerationParams
 from core.tasks import preset_format
-from tests.worker.test_engine import vqa
+from tests.support.structured import DOCUMENT_TYPE, TICKET, TICKET_FORMAT
+from tests.support.worker import vqa
 from worker.engine import InternVLEngine, PreparedJob
 from worker.structured import SchemaRefused
 
+
 # Enums, integers with bounds and required keys: a random model never writes this unaided.
-TICKET = {
-    "type": "object",
-    "properties": {
-        "kind": {"enum": ["invoice", "receipt", "letter"]},
-        "pages": {"type": "integer", "minimum": 1, "maximum": 9},
-        "paid": {"type": "boolean"},
-        "ref": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"},
-    },
-    "required": ["kind", "pages", "paid", "ref"],
-    "additionalProperties": False,
-}
-TICKET_FORMAT = {"type": "json_schema", "name": "ticket", "schema": TICKET}
-DOCUMENT_TYPE = (preset_format("document_type") or {})["schema"]
-
-
 def constrained(
     engine: InternVLEngine, index: int, fmt: dict[str, Any] | None, **params: Any
 ) -> PreparedJob:
