@@ -23,13 +23,20 @@ from api.intake import (
 )
 from core.batches import create_batch
 from core.config import ModelSpec
-from core.db import transaction
+from core.db import transaction, utcnow
+from core.deadlines import deadline_of, earliest
 from core.dispatch import publish_or_defer
 from core.errors import InvalidRequest, ServiceError
 from core.jobs import create_job
 from core.models import Batch, Job
 from core.retention import ensure_stored, hold_image_objects
-from core.specs import BatchCreate, BatchOptions, JobCreate, validate_job_request
+from core.specs import (
+    BatchCreate,
+    BatchOptions,
+    JobCreate,
+    check_deadline,
+    validate_job_request,
+)
 from core.webhooks import check_webhook_url
 
 
@@ -94,6 +101,7 @@ def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> lis
             check_webhook_url(request.webhook.url, settings)
     if batch.webhook is not None:
         check_webhook_url(batch.webhook.url, settings)
+    check_deadline(batch)
     urls = [ref for request in batch.jobs for ref in image_urls(request)]
     fetched = fetch_images(urls, settings)  # before a connection is held
     prepared: list[PreparedJob] = []
@@ -144,9 +152,10 @@ def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Bat
                 total=len(prepared),
                 webhook=batch.webhook.model_dump() if batch.webhook else None,
                 metadata=batch.metadata,
+                expires_at=deadline_of(batch, now=utcnow()),
             )
             upsert_image_rows(session, tenant_id, all_images)
-            jobs = [_create(session, runtime, tenant_id, row.id, ready) for ready in prepared]
+            jobs = [_create(session, runtime, tenant_id, row, ready) for ready in prepared]
     except BaseException:
         forget_objects(runtime, stored)
         raise
@@ -161,7 +170,7 @@ def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Bat
     return row
 
 
-def _create(session: Any, runtime: Runtime, tenant_id: str, batch_id: str, job: PreparedJob) -> Job:
+def _create(session: Any, runtime: Runtime, tenant_id: str, batch: Batch, job: PreparedJob) -> Job:
     return create_job(
         session=session,
         tenant_id=tenant_id,
@@ -172,8 +181,9 @@ def _create(session: Any, runtime: Runtime, tenant_id: str, batch_id: str, job: 
         priority=job.request.priority,
         metadata=job.request.metadata,
         webhook=job.request.webhook.model_dump() if job.request.webhook else None,
-        batch_id=batch_id,
+        batch_id=batch.id,
         custom_id=job.custom_id,
+        expires_at=earliest(batch.expires_at, deadline_of(job.request, now=utcnow())),
     )
 
 

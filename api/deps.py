@@ -20,6 +20,7 @@ from core.errors import TooManyRequests
 from core.logs import bind_log_context
 from core.notify import JobFeed, job_feed
 from core.queue import make_celery
+from core.queue_info import ModelStatsCache
 from core.ratelimit import RateLimiter, rate_limiter
 from core.storage import ObjectStorage, open_storage
 from core.tenants import DEFAULT_TENANT_ID, authenticate_key
@@ -37,6 +38,7 @@ class Runtime:
     feed: JobFeed | None = None
     limiter: RateLimiter | None = None
     queue_depth: QueueDepth = field(default_factory=QueueDepth)
+    model_stats: ModelStatsCache = field(default_factory=ModelStatsCache)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

@@ -18,15 +18,18 @@ from api.deps import Runtime
 from api.fetch import fetch_images, image_urls
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
+from core.deadlines import deadline_of
 from core.dispatch import publish_or_defer
 from core.errors import InvalidImage, InvalidRequest
 from core.idempotency import IdempotentRequest, find_original, remember
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.jobs import create_job
 from core.models import Image, Job
+from core.response_format import stored_format
 from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
 from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
 from core.storage import store_once
+from core.tasks import preset_format
 from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
@@ -162,6 +165,9 @@ def job_spec(
         "images": images.shas,
         "params": request.params.model_dump(),
     }
+    response_format = stored_format(request.response_format) or preset_format(request.preset)
+    if response_format is not None:
+        spec["response_format"] = response_format
     for name in ("question", "prompt", "preset"):
         if getattr(request, name) is not None:
             spec[name] = getattr(request, name)
@@ -320,6 +326,7 @@ def commit_job(
             metadata=request.metadata,
             webhook=request.webhook.model_dump() if request.webhook else None,
             custom_id=request.custom_id,
+            expires_at=deadline_of(request, now=utcnow()),
         )
         if idempotency is not None:
             remember(session, tenant_id, idempotency, job.id)

@@ -29,6 +29,9 @@ class JobPublic(BaseModel):
     cancel_requested_at: str | None = Field(
         None, description="Set when a cancel was asked for while the job was running."
     )
+    expires_at: str | None = Field(
+        None, description="Not started by then: `expired`; still running then: canceled."
+    )
     attempts: int = Field(0, description="Times a worker claimed the job (retries show here).")
     metadata: dict[str, Any] = Field(default_factory=dict)
     result: dict[str, Any] | None = Field(None, examples=[{"text": "A cat lying on a rug."}])
@@ -45,6 +48,19 @@ class JobPublic(BaseModel):
         ],
     )
     error: JobError | None = None
+    queue_position: int | None = Field(
+        None,
+        description="Queued jobs of its model ahead of it (higher priority, or the same and "
+        "older), counted up to 10000; only on GET /v1/jobs/{id} of a queued job.",
+    )
+    estimated_start_s: float | None = Field(
+        None, description="Seconds until it should start, from the model's recent throughput."
+    )
+    queue_reason: str | None = Field(
+        None,
+        description="Why nothing moves: no_worker (no worker serves the model) or "
+        "workers_starting (its workers are still loading the model); null otherwise.",
+    )
 
 
 class JobsPublic(BaseModel):
@@ -64,6 +80,13 @@ class ModelPublic(BaseModel):
     tile_size: int
     max_tiles: int
     workers: int = Field(description="Workers serving this model with a recent heartbeat.")
+    ready_workers: int = Field(0, description="Of those, workers ready to run jobs.")
+    starting_workers: int = Field(0, description="Of those, workers still loading the model.")
+    queued: int = Field(0, description="Jobs waiting for this model (the queue depth).")
+    running: int = Field(0, description="Jobs a worker of this model holds now.")
+    throughput_per_min: float = Field(
+        0.0, description="Jobs finished (succeeded or failed) per minute over the last 5 min."
+    )
 
 
 class ModelsPublic(BaseModel):
@@ -101,6 +124,9 @@ class PresetPublic(BaseModel):
 
     name: str
     instruction: str
+    response_format: dict[str, Any] | None = Field(
+        None, description="For structured presets: the JSON Schema the answer is held to."
+    )
 
 
 class PresetsPublic(BaseModel):
@@ -205,6 +231,7 @@ class BatchCounts(BaseModel):
     succeeded: int
     failed: int
     canceled: int
+    expired: int = Field(0, description="Jobs whose deadline passed before they started.")
 
 
 class BatchWebhook(BaseModel):
@@ -226,4 +253,5 @@ class BatchPublic(BaseModel):
     webhook: BatchWebhook | None = None
     created_at: str
     cancel_requested_at: str | None = None
+    expires_at: str | None = Field(None, description="The deadline the batch's jobs got.")
     finished_at: str | None = None

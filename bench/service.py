@@ -30,7 +30,7 @@ from devtools.harness import free_port, moto_server
 from worker.engine import InternVLEngine
 
 log = logging.getLogger("bench.service")
-TERMINAL = ("succeeded", "failed", "canceled")
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
 # A moto server accepts any credentials; these are used only with the one the bench starts.
 MOTO_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "bench",

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from core.config import get_settings
@@ -33,14 +35,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except APIError as exc:
         sys.stderr.write(f"internvl-jobs submit: {exc.status} {exc.code}: {exc.detail}\n")
         return 2
-    except (InternVLJobsError, OSError) as exc:
+    except (InternVLJobsError, OSError, ValueError) as exc:  # ValueError: a bad schema file
         sys.stderr.write(f"internvl-jobs submit: {exc}\n")
         return 2
-    if args.json or not args.wait or job.status != "succeeded":
+    if args.json_schema and args.wait and job.status == "succeeded" and not args.json:
+        sys.stdout.write(json.dumps(job.result.json if job.result else None, indent=2) + "\n")
+    elif args.json or not args.wait or job.status != "succeeded":
         sys.stdout.write(json.dumps(job.raw, indent=2, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(f"{job.text}\n")
-    return 1 if job.status in ("failed", "canceled") else 0
+    return 1 if job.status in ("failed", "canceled", "expired") else 0
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,6 +61,8 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         content.append({"type": "text", "text": args.prompt or args.question or ""})
         messages = [{"role": "user", "content": content}]
     return {
+        "response_format": _schema_format(args.json_schema) if args.json_schema else None,
+        "expires_after_s": args.expires_after,
         "question": args.question if args.task == "vqa" else None,
         "prompt": args.prompt if args.task != "chat" else None,
         "preset": args.preset,
@@ -64,6 +70,14 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "params": params or None,
     }
+
+
+def _schema_format(path: str) -> dict[str, Any]:
+    """A json_schema response_format from a JSON Schema file, named after the file."""
+    with open(path, encoding="utf-8") as handle:
+        schema = json.load(handle)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", Path(path).stem)[:64] or "schema"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
 def register(sub: Any) -> None:
@@ -77,6 +91,12 @@ def register(sub: Any) -> None:
     p.add_argument("--model", help="model alias (default: the service's default model)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--max-tiles", type=int)
+    p.add_argument(
+        "--json-schema", metavar="FILE", help="answer JSON matching this JSON Schema file"
+    )
+    p.add_argument(
+        "--expires-after", type=int, metavar="S", help="give up if not started within S seconds"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the result and print its text")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait at most")
     p.add_argument("--json", action="store_true", help="print the whole job as JSON")

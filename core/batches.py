@@ -41,6 +41,7 @@ def create_batch(
     total: int,
     webhook: dict[str, Any] | None,
     metadata: dict[str, Any],
+    expires_at: datetime | None = None,
 ) -> Batch:
     """Insert a batch row; its jobs are created next in the same transaction."""
     batch = Batch(
@@ -50,6 +51,7 @@ def create_batch(
         webhook_url=webhook["url"] if webhook else None,
         webhook_events=list(webhook["events"]) if webhook else None,
         meta=metadata,
+        expires_at=expires_at,
         created_at=utcnow(),
     )
     session.add(batch)

@@ -269,6 +269,12 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         5.0, gt=0, description="How often a worker renews its leases and reports its state."
     )
+    model_stats_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long an API process reuses each model's queue depth, throughput and "
+        "worker counts (GET /v1/models, a queued job's estimate).",
+    )
 
     # Webhooks
     webhook_allow_private: bool = Field(

@@ -25,6 +25,7 @@ EVENT_FOR_STATUS = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
     JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
 }
 
 # Called inside the transaction of every status change (webhooks, metrics hook in here).
@@ -51,6 +52,7 @@ def create_job(
     webhook: dict[str, Any] | None = None,
     batch_id: str | None = None,
     custom_id: str | None = None,
+    expires_at: datetime | None = None,
 ) -> Job:
     """Insert a queued job with its image references and its job.queued event."""
     now = utcnow()
@@ -68,6 +70,7 @@ def create_job(
         webhook_url=webhook["url"] if webhook else None,
         webhook_events=list(webhook["events"]) if webhook else None,
         max_attempts=max_attempts,
+        expires_at=expires_at,
         created_at=now,
         published_at=now,
         updated_at=now,
@@ -122,9 +125,12 @@ def _record(
 def claim_job(
     session: Session, job_id: str, *, worker_id: str, lease_s: float, now: datetime | None = None
 ) -> Job | None:
-    """Take a queued job for one attempt; None when it is not claimable (duplicate delivery)."""
+    """Take a queued job for one attempt; None when it is not claimable (duplicate delivery).
+
+    A job whose deadline has passed is never started: it ends expired here instead.
+    """
     now = now or utcnow()
-    return transition(
+    claimed = transition(
         session,
         job_id,
         to=JobStatus.RUNNING,
@@ -134,6 +140,7 @@ def claim_job(
             Job.cancel_requested_at.is_(None),
             # A job waiting out its retry backoff is published again by the sweeper when due.
             or_(Job.available_at.is_(None), Job.available_at <= now),
+            or_(Job.expires_at.is_(None), Job.expires_at > now),
         ],
         values={
             "attempts": Job.attempts + 1,
@@ -142,6 +149,22 @@ def claim_job(
             "started_at": now,
             "available_at": None,
         },
+    )
+    if claimed is None:
+        expire_job(session, job_id, now=now)
+    return claimed
+
+
+def expire_job(session: Session, job_id: str, *, now: datetime) -> Job | None:
+    """End a queued job whose deadline has passed as expired (nothing ran); else None."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.EXPIRED,
+        expect=[JobStatus.QUEUED],
+        where=[Job.expires_at <= now],
+        values={"finished_at": now, "worker_id": None, "available_at": None},
+        event_data={"reason": "deadline"},
     )
 
 

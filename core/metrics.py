@@ -115,7 +115,7 @@ BUILD_INFO = Gauge(
 
 def record_sweep(report: Any) -> None:
     """Count what one sweep did (a core.sweeper.SweepReport) and when it finished."""
-    for action in ("republished", "requeued", "exhausted", "canceled"):
+    for action in ("republished", "requeued", "exhausted", "canceled", "expired"):
         SWEEPS.labels(action).inc(getattr(report, action, 0))
     LAST_SWEEP.set_to_current_time()
 

@@ -56,13 +56,14 @@ class Base(DeclarativeBase):
 
 
 class JobStatus(StrEnum):
-    """Where a job is in its life; the last three never change again."""
+    """Where a job is in its life; the last four never change again."""
 
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    EXPIRED = "expired"  # its deadline passed before any worker started it
 
     def is_terminal(self) -> bool:
         """True once the job can no longer change."""
@@ -92,7 +93,9 @@ class DeliveryStatus(StrEnum):
     DISABLED = "disabled"  # the receiver answered 410 Gone: nothing more goes to that URL
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.EXPIRED}
+)
 
 
 class Tenant(Base):
@@ -166,6 +169,8 @@ class Batch(Base):
     webhook_events: Mapped[list[Any] | None]
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     cancel_requested_at: Mapped[datetime | None]
+    # The deadline its jobs got (each job row carries it; kept here to show the batch).
+    expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
@@ -202,6 +207,8 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None]
     # A job given back after an error waits until then (the sweeper publishes it).
     available_at: Mapped[datetime | None]
+    # Not started by then: the job ends expired; still running then: it is canceled.
+    expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
@@ -215,6 +222,9 @@ class Job(Base):
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_status_finished", "status", "finished_at"),
+        Index("ix_jobs_status_expires", "status", "expires_at"),
+        # Queue position: the queued jobs of one model ahead of a job (api.md, queue).
+        Index("ix_jobs_model_status_priority", "model", "status", "priority", "created_at"),
     )
 
     @property

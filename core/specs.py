@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import InvalidRequest
+from core.response_format import JsonSchemaFormat, ResponseFormat, TextFormat, check_schema
 from core.tasks import PRESETS, Task
 
-EventType = Literal["job.queued", "job.running", "job.succeeded", "job.failed", "job.canceled"]
-TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled"]
+EventType = Literal[
+    "job.queued", "job.running", "job.succeeded", "job.failed", "job.canceled", "job.expired"
+]
+TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled", "job.expired"]
 
 
 class Strict(BaseModel):
@@ -93,7 +97,34 @@ class WebhookSpec(Strict):
     events: list[EventType] = Field(default_factory=lambda: list(TERMINAL_EVENTS), min_length=1)
 
 
-class JobCreate(Strict):
+# The furthest deadline a job or batch may set.
+MAX_EXPIRES_AFTER_S = 30 * 86400
+
+
+class DeadlineFields(Strict):
+    """When an unstarted job gives up: relative (`expires_after_s`) or absolute (`expires_at`)."""
+
+    expires_after_s: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_EXPIRES_AFTER_S,
+        description="Not started within this many seconds of submission: the job ends "
+        "`expired` (nothing runs); still running then: it is canceled.",
+    )
+    expires_at: datetime | None = Field(
+        None, description="The same deadline as an absolute RFC 3339 time with a time zone."
+    )
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> DeadlineFields:
+        if self.expires_after_s is not None and self.expires_at is not None:
+            raise ValueError("give either expires_after_s or expires_at, not both")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone (e.g. 2026-12-01T12:00:00Z)")
+        return self
+
+
+class JobCreate(DeadlineFields):
     """The body of POST /v1/jobs."""
 
     task: Task
@@ -104,6 +135,11 @@ class JobCreate(Strict):
     preset: str | None = Field(None, description="A named instruction for task=prompt.")
     messages: list[Message] | None = None
     params: GenerationParams = Field(default_factory=GenerationParams)
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="JSON output: json_object (any object) or json_schema (matching a "
+        "schema); the result then carries the parsed value as `json`.",
+    )
     webhook: WebhookSpec | None = None
     priority: int = Field(0, ge=0, le=9, description="0 (default) to 9 (most urgent).")
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -124,7 +160,7 @@ class BatchWebhookSpec(Strict):
     events: list[BatchEventType] = Field(default_factory=_batch_events, min_length=1)
 
 
-class BatchOptions(Strict):
+class BatchOptions(DeadlineFields):
     """A batch's own settings (the JSONL upload sends them beside the file, as `spec`)."""
 
     webhook: BatchWebhookSpec | None = None
@@ -187,10 +223,40 @@ def validate_job_request(
             f"the job's text has more than {limits.max_text_chars} characters",
             code="text_too_long",
         )
+    check_deadline(request)
+    _check_response_format(request)
     if len(json.dumps(request.metadata)) > limits.max_metadata_bytes:
         raise InvalidRequest(
             f"metadata is larger than {limits.max_metadata_bytes} bytes as JSON",
             code="invalid_params",
+        )
+
+
+def _check_response_format(request: JobCreate) -> None:
+    fmt = request.response_format
+    if fmt is None or isinstance(fmt, TextFormat):
+        return
+    if request.params.num_beams > 1:
+        raise InvalidRequest("response_format needs num_beams=1", code="invalid_params")
+    if request.params.min_new_tokens > 0:
+        raise InvalidRequest(
+            "min_new_tokens does not combine with response_format (JSON ends where it ends)",
+            code="invalid_params",
+        )
+    if isinstance(fmt, JsonSchemaFormat):
+        check_schema(fmt.json_schema.json_schema)
+
+
+def check_deadline(fields: DeadlineFields) -> None:
+    """Refuse an expires_at already past or further than MAX_EXPIRES_AFTER_S away."""
+    if fields.expires_at is None:
+        return
+    now = datetime.now(UTC)
+    if fields.expires_at <= now:
+        raise InvalidRequest("expires_at is already past", code="invalid_params")
+    if fields.expires_at > now + timedelta(seconds=MAX_EXPIRES_AFTER_S):
+        raise InvalidRequest(
+            f"expires_at is more than {MAX_EXPIRES_AFTER_S} seconds away", code="invalid_params"
         )
 
 

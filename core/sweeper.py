@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.batches import settle_forgotten
 from core.config import Settings
 from core.db import transaction, utcnow
+from core.deadlines import expire_overdue, flag_overdue_running
 from core.dispatch import mark_unpublished
 from core.jobs import fail_job, transition
 from core.metrics import record_sweep
@@ -42,6 +43,7 @@ class SweepReport:
     requeued: int = 0
     exhausted: int = 0
     canceled: int = 0
+    expired: int = 0
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
@@ -54,9 +56,13 @@ def sweep_once(
     settings: Settings,
     now: datetime | None = None,
 ) -> SweepReport:
-    """One pass: expired leases, unclaimable queued jobs, then jobs to publish."""
+    """One pass: deadlines, expired leases, unclaimable queued jobs, then jobs to publish."""
     now = now or utcnow()
     report = SweepReport()
+    with transaction(sessions) as session:
+        # Flagged first, so a lease that expired past the deadline ends canceled, not requeued.
+        flag_overdue_running(session, now=now)
+        report.expired = expire_overdue(session, now=now, limit=BATCH_LIMIT)
     with transaction(sessions) as session:
         _expire_leases(session, now, report)
     with transaction(sessions) as session:

@@ -40,6 +40,7 @@ def job_public(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "cancel_requested_at": iso(job.cancel_requested_at),
+        "expires_at": iso(job.expires_at),
         "attempts": job.attempts,
         "metadata": job.meta or {},
         "result": job.result,
@@ -69,6 +70,7 @@ def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
         else None,
         "created_at": iso(batch.created_at),
         "cancel_requested_at": iso(batch.cancel_requested_at),
+        "expires_at": iso(batch.expires_at),
         "finished_at": iso(batch.finished_at),
     }
 

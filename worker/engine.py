@@ -31,6 +31,7 @@ from core.prompts import Conversation
 from core.specs import GenerationParams
 from worker.precision import load_options
 from worker.sampling import AllCanceled, Row, RowLimits, RowSettings, batch_key
+from worker.structured import ConstrainedRows, GrammarCache, RowConstraint, parsed_json
 
 log = logging.getLogger("worker.engine")
 hf_logging.disable_progress_bar()  # progress bars are noise in service logs
@@ -47,6 +48,7 @@ class PreparedJob:
     params: GenerationParams
     seed: int | None = None  # the generator seed of a sampled job (drawn when not given)
     cancel: threading.Event = field(default_factory=threading.Event)
+    constraint: RowConstraint | None = None  # structured output: the row's grammar state
 
     @property
     def prompt_tokens(self) -> int:
@@ -70,8 +72,9 @@ class Generation:
 
     text: str
     completion_tokens: int
-    finish_reason: str  # stop | length | canceled
+    finish_reason: str  # stop | length | canceled (| invalid_output, constrained rows)
     seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more result fields: json
 
 
 class InternVLEngine:
@@ -103,6 +106,11 @@ class InternVLEngine:
             int(self.tokenizer.start_image_token_id),
             int(self.tokenizer.context_image_token_id),
             int(self.tokenizer.end_image_token_id),
+        )
+        self.grammars = GrammarCache(
+            self.tokenizer,
+            self.eos_token_ids,
+            n_vocab=int(self.model.get_output_embeddings().weight.shape[0]),
         )
         self.tile_size = int(self.processor.image_processor.size["height"])
         self.vision_chunk_tiles = spec.vision_chunk_tiles or (
@@ -174,6 +182,12 @@ class InternVLEngine:
             seed = params.seed if params.seed is not None else secrets.randbits(32)
         return PreparedJob(job_id, input_ids, pixel_values, tiles, params, seed=seed)
 
+    def constraint_for(self, response_format: dict[str, Any] | None) -> RowConstraint | None:
+        """A job's grammar state for its response_format (None: free text); compiled once."""
+        if response_format is None:
+            return None
+        return RowConstraint(self.grammars.matcher(response_format), self.eos_token_ids)
+
     def tiles_per_image(self, input_ids: torch.Tensor) -> list[int]:
         """Tiles of each image, read from the image blocks the processor wrote into the prompt."""
         start, context, end = self.image_token_ids
@@ -236,6 +250,9 @@ class InternVLEngine:
         beams = jobs[0].params.num_beams
         rows = [Row(job.params, pad, job.seed) for job, pad in zip(jobs, padding, strict=True)]
         processors = LogitsProcessorList()
+        constraints = [job.constraint for job in jobs]
+        if any(c is not None for c in constraints):  # masks first: sampling draws from them
+            processors.append(ConstrainedRows(constraints, prompt_length=prompt_length))
         if RowSettings.needed(rows, sample=beams == 1):
             settings = RowSettings(
                 rows,
@@ -290,8 +307,11 @@ class InternVLEngine:
                 break
         if job.cancel.is_set():
             finish = "canceled"
-        text = complete_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
-        return Generation(text.strip(), len(tokens), finish, seed=job.seed)
+        text = complete_text(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        extra: dict[str, Any] = {}
+        if job.constraint is not None:
+            extra, finish = parsed_json(text, finish)
+        return Generation(text, len(tokens), finish, seed=job.seed, extra=extra)
 
     # Continuous batching (worker/decode.py, worker/continuous.py) goes through these, so each
     # concern keeps one home: pixels reach the vision tower only in _input_embeddings.

@@ -133,6 +133,7 @@ class WorkerRuntime:
         result: dict[str, Any] = {
             "text": generation.text,
             "finish_reason": generation.finish_reason,
+            **generation.extra,  # structured output: the parsed value as "json"
         }
         if generation.seed is not None:
             result["seed"] = generation.seed  # sampled: the seed that reproduces this text
@@ -214,6 +215,7 @@ class WorkerRuntime:
         conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
         prepared = self.engine.prepare(job.id, conversation, images, params)
         prepared.cancel = held.cancel
+        prepared.constraint = self.engine.constraint_for(spec.get("response_format"))
         with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
             if self.draining or held.stop_reason is not None:
                 raise WorkerDraining(job.id)

@@ -25,6 +25,7 @@ from core.idempotency import IdempotentRequest, check_key, request_fingerprint
 from core.listing import JobFilter
 from core.logs import bind_log_context
 from core.models import Job, JobStatus
+from core.queue_info import waiting_fields
 from core.specs import JobCreate
 from core.tasks import Task
 from core.views import job_public
@@ -224,7 +225,11 @@ def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
         job = session.get(Job, job_id)
         if job is None or job.tenant_id != tenant_id:
             raise NotFound(f"no job {job_id}")
-        return job_public(job)
+        public = job_public(job)
+        if job.status == JobStatus.QUEUED.value:
+            stats = runtime.model_stats.get(session, runtime.settings)
+            public.update(waiting_fields(session, job, stats))
+        return public
 
 
 @router.post(

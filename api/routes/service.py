@@ -22,7 +22,7 @@ from api.schemas import (
 from core.db import utcnow
 from core.errors import ServiceError
 from core.models import LIVE_WORKER_STATES, Worker, WorkerState
-from core.tasks import PRESETS
+from core.tasks import PRESETS, preset_format
 from core.views import iso
 
 # Workers silent for longer than this are history, not capacity: the listing leaves them out.
@@ -33,7 +33,8 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=ModelsPublic, tags=["service"])
 def list_models(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -> ModelsPublic:
-    """The models jobs can name, with how many workers serve each."""
+    """The models jobs can name: workers serving each, queue depth and recent throughput."""
+    stats = runtime.model_stats.get(session, runtime.settings)
     fresh = utcnow() - timedelta(seconds=runtime.settings.heartbeat_s * 3)
     counts = dict(
         session.execute(
@@ -52,6 +53,11 @@ def list_models(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) ->
                 tile_size=m.tile_size,
                 max_tiles=m.max_tiles,
                 workers=counts.get(m.alias, 0),
+                ready_workers=stats[m.alias].ready_workers,
+                starting_workers=stats[m.alias].starting_workers,
+                queued=stats[m.alias].queued,
+                running=stats[m.alias].running,
+                throughput_per_min=round(stats[m.alias].throughput_per_s * 60, 2),
             )
             for m in runtime.settings.models
         ]
@@ -94,7 +100,10 @@ def list_workers(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -
 def list_presets(_tenant: TenantDep) -> PresetsPublic:
     """The named instructions a task=prompt job can pick with `preset`."""
     return PresetsPublic(
-        presets=[PresetPublic(name=name, instruction=text) for name, text in PRESETS.items()]
+        presets=[
+            PresetPublic(name=name, instruction=text, response_format=preset_format(name))
+            for name, text in PRESETS.items()
+        ]
     )
 
 

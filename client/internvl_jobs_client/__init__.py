@@ -16,7 +16,20 @@ from internvl_jobs_client.errors import (
     ServerError,
     WebhookVerificationError,
 )
-from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, JobError, Page, Usage
+from internvl_jobs_client.models import (
+    Batch,
+    BatchResult,
+    ImageInfo,
+    Job,
+    JobError,
+    JobResult,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    Page,
+    ResponseFormat,
+    Usage,
+    json_schema_format,
+)
 from internvl_jobs_client.webhooks import verify_webhook
 
 __all__ = [
@@ -34,13 +47,18 @@ __all__ = [
     "InvalidRequestError",
     "Job",
     "JobError",
+    "JobResult",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
     "NotFoundError",
     "Page",
     "PermissionDeniedError",
     "RateLimitError",
+    "ResponseFormat",
     "RetryPolicy",
     "ServerError",
     "Usage",
     "WebhookVerificationError",
+    "json_schema_format",
     "verify_webhook",
 ]

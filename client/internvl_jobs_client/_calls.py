@@ -99,9 +99,12 @@ def create_batch(
     webhook: Mapping[str, Any] | None,
     metadata: Mapping[str, Any] | None,
     idempotency_key: str | None,
+    expires_after_s: int | None = None,
 ) -> Call:
     """POST /v1/batches with a JSON list of job requests."""
     body: dict[str, Any] = {"jobs": [dict(job) for job in jobs]}
+    if expires_after_s is not None:
+        body["expires_after_s"] = expires_after_s
     if webhook is not None:
         body["webhook"] = dict(webhook)
     if metadata is not None:

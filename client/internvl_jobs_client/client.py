@@ -13,7 +13,7 @@ import httpx
 from internvl_jobs_client import _calls
 from internvl_jobs_client._requests import Call, ImageInput, RetryPolicy, raise_for_problem
 from internvl_jobs_client.errors import APIConnectionError
-from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page
+from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page, ResponseFormat
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -77,9 +77,16 @@ class Client:
         wait: bool = False,
         timeout_s: float | None = None,
         idempotency_key: str | None = None,
+        response_format: ResponseFormat | None = None,
+        expires_after_s: int | None = None,
         **fields: Any,
     ) -> Job:
-        """Submit a job (fields: question, prompt, messages, params, model, webhook, ...)."""
+        """Submit a job (fields: question, prompt, messages, params, model, webhook, ...).
+
+        response_format (see json_schema_format) makes the answer JSON, parsed in
+        job.result.json; a job not started within expires_after_s ends `expired`.
+        """
+        fields.update(response_format=response_format, expires_after_s=expires_after_s)
         call = _calls.submit(task, images, idempotency_key=idempotency_key, fields=fields)
         job = _calls.job(self.send(call))
         return self.wait(job.id, timeout_s=timeout_s) if wait else job
@@ -146,10 +153,15 @@ class Client:
         webhook: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        expires_after_s: int | None = None,
     ) -> Batch:
         """Submit job requests together (see job_request()); all are checked before any runs."""
         call = _calls.create_batch(
-            jobs, webhook=webhook, metadata=metadata, idempotency_key=idempotency_key
+            jobs,
+            webhook=webhook,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            expires_after_s=expires_after_s,
         )
         return _calls.batch(self.send(call))
 

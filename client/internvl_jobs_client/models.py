@@ -3,10 +3,62 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 T = TypeVar("T")
+
+
+class JsonSchema(TypedDict):
+    """A named JSON Schema (the `json_schema` member of a response_format)."""
+
+    name: str
+    schema: dict[str, Any]
+
+
+class JsonSchemaFormat(TypedDict):
+    """Answer JSON matching a schema: {"type": "json_schema", "json_schema": {...}}."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchema
+
+
+class JsonObjectFormat(TypedDict):
+    """Answer any JSON object: {"type": "json_object"}."""
+
+    type: Literal["json_object"]
+
+
+ResponseFormat = JsonSchemaFormat | JsonObjectFormat
+
+
+def json_schema_format(name: str, schema: dict[str, Any]) -> JsonSchemaFormat:
+    """A response_format asking for JSON that matches `schema`."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+class JobResult(dict[str, Any]):
+    """A job's result: the JSON object, with typed access to its usual fields."""
+
+    @property
+    def text(self) -> str | None:
+        """The generated text."""
+        return self.get("text")
+
+    @property
+    def finish_reason(self) -> str | None:
+        """stop, length (cut by max_new_tokens) or canceled."""
+        return self.get("finish_reason")
+
+    @property
+    def json(self) -> Any:
+        """The parsed answer of a response_format job (None when cut or not structured)."""
+        return self.get("json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> JobResult | None:
+        """A JobResult from the job's JSON (None while the job has none)."""
+        return None if data is None else cls(data)
 
 
 @dataclass(frozen=True)
@@ -54,12 +106,16 @@ class Job:
     finished_at: str | None
     attempts: int
     metadata: dict[str, Any]
-    result: dict[str, Any] | None
+    result: JobResult | None
     usage: Usage | None
     error: JobError | None
     batch_id: str | None
     custom_id: str | None
     raw: dict[str, Any]
+    expires_at: str | None = None
+    queue_position: int | None = None  # while queued (GET of one job): jobs ahead of it
+    estimated_start_s: float | None = None
+    queue_reason: str | None = None  # no_worker | workers_starting while nothing moves
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -75,12 +131,16 @@ class Job:
             finished_at=data.get("finished_at"),
             attempts=int(data.get("attempts", 0)),
             metadata=data.get("metadata") or {},
-            result=data.get("result"),
+            result=JobResult.from_dict(data.get("result")),
             usage=Usage.from_dict(data.get("usage")),
             error=JobError(error["code"], error.get("message", "")) if error else None,
             batch_id=data.get("batch_id"),
             custom_id=data.get("custom_id"),
             raw=data,
+            expires_at=data.get("expires_at"),
+            queue_position=data.get("queue_position"),
+            estimated_start_s=data.get("estimated_start_s"),
+            queue_reason=data.get("queue_reason"),
         )
 
     @property
@@ -91,7 +151,7 @@ class Job:
     @property
     def text(self) -> str | None:
         """The generated text of a succeeded job."""
-        return (self.result or {}).get("text")
+        return self.result.text if self.result is not None else None
 
 
 @dataclass(frozen=True)
@@ -168,7 +228,7 @@ class BatchResult:
     custom_id: str | None
     job_id: str
     status: str
-    result: dict[str, Any] | None
+    result: JobResult | None
     error: JobError | None
     usage: Usage | None
 
@@ -180,7 +240,7 @@ class BatchResult:
             custom_id=data.get("custom_id"),
             job_id=data["job_id"],
             status=data["status"],
-            result=data.get("result"),
+            result=JobResult.from_dict(data.get("result")),
             error=JobError(error["code"], error.get("message", "")) if error else None,
             usage=Usage.from_dict(data.get("usage")),
         )
@@ -188,4 +248,4 @@ class BatchResult:
     @property
     def text(self) -> str | None:
         """The generated text of a succeeded job."""
-        return (self.result or {}).get("text")
+        return self.result.text if self.result is not None else None

@@ -50,6 +50,7 @@ def test_json_batch_is_queued_with_counts(client: TestClient) -> None:
         "succeeded": 0,
         "failed": 0,
         "canceled": 0,
+        "expired": 0,
     }
     assert [line["custom_id"] for line in results(client, batch["id"])] == ["0", "1", "2"]
 

@@ -107,6 +107,10 @@ def test_presets_are_listed_with_their_instructions(client: TestClient) -> None:
         "product_description",
         "medical_description",
         "exercise_solving",
+        "document_json",
+        "document_type",
+        "document_fields",
+        "document_summary",
     }
     assert "not a diagnosis" in presets["medical_description"]
     accepted = client.post("/v1/jobs", json=job("prompt", preset="exercise_solving"))

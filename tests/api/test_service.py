@@ -20,6 +20,11 @@ def test_models_lists_the_registry(client: TestClient) -> None:
             "tile_size": 64,
             "max_tiles": 12,
             "workers": 0,
+            "ready_workers": 0,
+            "starting_workers": 0,
+            "queued": 0,
+            "running": 0,
+            "throughput_per_min": 0.0,
         }
     ]
 

@@ -102,7 +102,7 @@ def wait_job(
     job_id: str,
     *,
     timeout: float = 120,
-    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
+    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled", "expired"),
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
