@@ -31,6 +31,7 @@ from worker.batcher import (
 from worker.decode import Prefill, RunningBatch, kv_budget_tokens
 from worker.engine import InternVLEngine, PreparedJob
 from worker.sampling import RowChooser, choose_tokens
+from worker.structured import ConstrainedRow
 
 log = logging.getLogger("worker.continuous")
 ROWS = ("rows",)  # the batch key of every num_beams=1 job (worker/sampling.batch_key)
@@ -238,13 +239,16 @@ class ContinuousBatcher(Batcher):
         return batch.step()
 
     def _chooser(self, job: PreparedJob) -> RowChooser:
-        return RowChooser(
+        chooser = RowChooser(
             job.params,
             seed=job.seed,
             prompt_ids=job.input_ids,
             eos_token_ids=self.engine.eos_token_ids,
             device=self.engine.device,
         )
+        if job.constraint is not None:  # structured output: masks before the row's draw
+            chooser.processors.append(ConstrainedRow(job.constraint))
+        return chooser
 
     def _leave(self, *, canceled_only: bool = False) -> None:
         """Rows that ended get their results and leave the batch; the others go on."""

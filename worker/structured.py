@@ -121,6 +121,11 @@ class RowConstraint:
             mask[[t for t in self.eos_token_ids if t < vocab_size]] = True
         return mask
 
+    def restart(self) -> None:
+        """Back to the grammar's start, for a row that generates again from its prompt."""
+        self.matcher.reset()
+        self.finished = False
+
     def advance(self, token: int) -> None:
         """Take the token the row produced; an end token (or a refused one) finishes the row."""
         if self.finished:
@@ -159,6 +164,30 @@ class ConstrainedRows(LogitsProcessor):
             allowed = torch.stack(masks).to(scores.device)
             scores[self.constrained] = scores[self.constrained].masked_fill(~allowed, float("-inf"))
         return scores
+
+
+class ConstrainedRow:
+    """A constrained row's RowProcessor in continuous batching: masks its logits each step.
+
+    The row's grammar takes the tokens generated since the last step first; a row restarted
+    from its prompt (after an out-of-memory eviction) starts its grammar again.
+    """
+
+    def __init__(self, constraint: RowConstraint) -> None:
+        self.constraint = constraint
+        self.consumed = 0
+
+    def __call__(self, generated: list[int], scores: torch.Tensor) -> torch.Tensor:
+        if len(generated) < self.consumed:
+            self.constraint.restart()
+            self.consumed = 0
+        for token in generated[self.consumed :]:
+            self.constraint.advance(int(token))
+        self.consumed = len(generated)
+        if self.constraint.finished:  # only padding follows: anything it is given is dropped
+            return scores
+        allowed = self.constraint.allowed(scores.shape[-1]).to(scores.device)
+        return scores.masked_fill(~allowed[None, :], float("-inf"))
 
 
 def parsed_json(text: str, finish_reason: str) -> tuple[dict[str, Any], str]:

@@ -13,6 +13,7 @@ from core.specs import GenerationParams
 from core.tasks import preset_format
 from tests.support.structured import DOCUMENT_TYPE, TICKET, TICKET_FORMAT
 from tests.support.worker import vqa
+from worker.continuous import ContinuousBatcher
 from worker.engine import InternVLEngine, PreparedJob
 from worker.structured import SchemaRefused
 
@@ -94,3 +95,26 @@ def test_a_schema_the_decoder_cannot_compile_is_refused(engine: InternVLEngine) 
     }
     with pytest.raises(SchemaRefused):
         engine.constraint_for(bad)
+
+
+def test_constrained_rows_in_the_continuous_loop_match_their_static_runs(
+    engine: InternVLEngine,
+) -> None:
+    def rows() -> list[PreparedJob]:  # a grammar state is used up by one run: fresh jobs
+        return [
+            constrained(engine, 0, TICKET_FORMAT, max_new_tokens=60),
+            constrained(engine, 1, None, max_new_tokens=16),
+            constrained(engine, 2, TICKET_FORMAT, max_new_tokens=60, do_sample=True, seed=3),
+            constrained(engine, 4, preset_format("document_type"), max_new_tokens=120),
+        ]
+
+    batcher = ContinuousBatcher(engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000)
+    futures = [batcher.submit(job) for job in rows()]
+    batcher.start()
+    results = [future.result(timeout=300) for future in futures]
+    batcher.stop()
+    for index, schema in ((0, TICKET), (2, TICKET), (3, DOCUMENT_TYPE)):
+        assert results[index].finish_reason == "stop", results[index]
+        jsonschema.validate(results[index].extra["json"], schema)
+    for result, job in zip(results, rows(), strict=True):
+        assert result == engine.generate([job])[0]
