@@ -19,6 +19,7 @@ from api.schemas import (
     WorkerPublic,
     WorkersPublic,
 )
+from api.strict_json import StrictJsonRoute
 from core.db import utcnow
 from core.errors import ServiceError
 from core.models import Worker
@@ -28,7 +29,7 @@ from core.tasks import PRESETS
 WORKER_HISTORY_S = 24 * 3600
 LIVE_STATES = ("starting", "ready")
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get("/v1/models", response_model=ModelsPublic, tags=["service"])

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, SessionDep, TenantDep
 from api.schemas import SecretRotate, WebhookDeliveriesPublic, WebhookReplay, WebhookSecretPublic
+from api.strict_json import StrictJsonRoute
 from core.errors import NotFound
 from core.models import Job, WebhookSecret
 from core.webhook_secrets import current_secret, previous_secret_expiry, rotate_secret
 from core.webhooks import delivery_public, iso, job_deliveries, replay_deliveries
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=StrictJsonRoute)
 
 
 def _secret_public(session: Session, secret: WebhookSecret) -> dict[str, Any]:
