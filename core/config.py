@@ -175,6 +175,9 @@ class Settings(BaseSettings):
         32_000, ge=1, description="Longest prompt, question or chat text, in characters."
     )
     max_wait_s: int = Field(60, ge=0, le=600, description="Cap of GET /v1/jobs/{id}?wait=.")
+    max_waits_per_tenant: int = Field(
+        100, ge=1, description="Long-polls (?wait=) one tenant may hold open at once; over: 429."
+    )
     max_jobs_per_batch: int = Field(10_000, ge=1, description="Jobs one batch may hold.")
     max_queued_jobs_per_tenant: int = Field(
         10_000, ge=0, description="Queued jobs one tenant may have; over it: 429. 0: no cap."

@@ -214,7 +214,12 @@ async def get_job(
     if not wait:
         return await run_in_threadpool(read_job, runtime, tenant_id, job_id)
     # Watch before reading, so an end between the read and the wait is not missed.
-    with waiters.watch(job_id) as finished:
+    with (
+        waiters.slots.hold(
+            tenant_id, limit=runtime.settings.max_waits_per_tenant, retry_after_s=wait
+        ),
+        waiters.watch(job_id) as finished,
+    ):
         job = await run_in_threadpool(read_job, runtime, tenant_id, job_id)
         if JobStatus(job["status"]).is_terminal():
             return job
