@@ -36,7 +36,10 @@ class AuthGateMiddleware:
             if scope["path"].startswith(API_PREFIX):
                 runtime = scope["app"].state.runtime
                 authorization = Headers(scope=scope).get("authorization")
-                tenant_id = await run_in_threadpool(resolve_tenant, runtime, authorization)
+                if runtime.settings.auth_enabled:  # a database read: off the event loop
+                    tenant_id = await run_in_threadpool(resolve_tenant, runtime, authorization)
+                else:
+                    tenant_id = resolve_tenant(runtime, authorization)
                 scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant_id
             _refuse_nul(scope)
         except ServiceError as exc:

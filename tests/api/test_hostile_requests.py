@@ -145,3 +145,16 @@ def test_the_batch_spec_error_does_not_echo_values(client: TestClient) -> None:
     )
     assert response.status_code == 422, response.text
     assert secret not in response.text
+
+
+def test_requests_documented_as_strict_do_not_coerce(client: TestClient) -> None:
+    for body in ({"overlap_s": False}, {"overlap_s": "60"}):
+        response = client.post("/v1/webhooks/secret/rotate", json=body)
+        assert response.status_code == 422, (body, response.text)
+    replay = client.post("/v1/jobs/job_x/webhooks/replay", json={"delivery_id": 5})
+    assert replay.status_code == 422
+
+
+def test_replay_documents_its_409(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/webhooks/replay"]
+    assert "409" in operation["post"]["responses"]
