@@ -3,16 +3,21 @@ streaming; URLs in one normal form from validation to the call."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.deps import Runtime
+from api.jsonl import read_jsonl
 from core.config import Settings
+from core.errors import InvalidRequest
 from core.models import Job
 from tests.api.conftest import b64, png_bytes, stored_state
 from tests.api.test_image_urls import ImageHandler
@@ -61,23 +66,29 @@ def _lines(count: int) -> bytes:
     return b"".join(b'{"custom_id": "c%d", "task": "caption"}\n' % n for n in range(count))
 
 
-def test_a_jsonl_batch_over_the_limit_is_refused_while_streaming(
-    service_settings: Settings,
-) -> None:
-    runtime = Runtime.from_settings(service_settings.model_copy(update={"max_jobs_per_batch": 5}))
-    sent: list[int] = []
+def test_jsonl_is_counted_while_it_streams() -> None:
+    consumed: list[int] = []
 
-    def body() -> object:  # stops being read once refused: nothing after is consumed
+    async def chunks() -> AsyncIterator[bytes]:
         for n in range(1000):
-            sent.append(n)
-            yield _lines(1)
+            consumed.append(n)
+            yield _lines(1)[:20]  # lines split across chunks
+            yield _lines(1)[20:]
 
+    with pytest.raises(InvalidRequest) as refused:
+        asyncio.run(read_jsonl(chunks(), max_jobs=5))
+    assert refused.value.code == "too_many_jobs"
+    assert len(consumed) == 6, "the upload was read past the first line over the limit"
+
+
+def test_a_jsonl_batch_over_the_limit_is_refused(service_settings: Settings) -> None:
+    runtime = Runtime.from_settings(service_settings.model_copy(update={"max_jobs_per_batch": 5}))
     with TestClient(create_app(runtime=runtime)) as client:
-        refused = client.post("/v1/batches", content=body(), headers=JSONL)
-        blank = client.post("/v1/batches", content=b"\n\n" + _lines(6), headers=JSONL)
-    assert refused.status_code == 422 and refused.json()["code"] == "too_many_jobs"
-    assert len(sent) < 1000, "the whole upload was read before it was refused"
-    assert blank.status_code == 422 and blank.json()["code"] == "too_many_jobs"
+        refused = client.post("/v1/batches", content=_lines(200_000), headers=JSONL)
+        blank = client.post("/v1/batches", content=b"\n\n" + _lines(6) + b"\n", headers=JSONL)
+        crs = client.post("/v1/batches", content=_lines(6).replace(b"\n", b"\r"), headers=JSONL)
+    for answer in (refused, blank, crs):
+        assert answer.status_code == 422 and answer.json()["code"] == "too_many_jobs"
     assert stored_state(runtime) == (0, 0, 0)
     runtime.close()
 

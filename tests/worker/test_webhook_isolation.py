@@ -95,3 +95,23 @@ def test_a_slow_tenant_holds_only_its_share_and_one_send_per_delivery(
     assert deferred == "deferred" and row(sessions, WebhookDelivery, queued.id).attempts == 0
     assert other == "succeeded" and len(receiver.received) == 1
     assert len(attempts(sessions, slow.id)) == 1
+
+
+class _BrokenClient:
+    """A client whose every call raises something no HTTP error handler expects."""
+
+    def stream(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("the client could not use this URL")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_send_that_raises_is_a_recorded_failed_attempt(
+    senders: MakeSender, sessions: sessionmaker[Session]
+) -> None:
+    sender = senders(client=_BrokenClient(), webhook_retry_delays_s=[])
+    _, delivery = finished_job_delivery(sessions, "http://127.0.0.1:9/hook")
+    assert sender.deliver(delivery.id, 0) == "failed"
+    [attempt] = attempts(sessions, delivery.id)
+    assert "RuntimeError" in (attempt.error or "")
