@@ -12,6 +12,7 @@ from core.tasks import PRESETS, Task
 
 EventType = Literal["job.queued", "job.running", "job.succeeded", "job.failed", "job.canceled"]
 TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled"]
+MAX_PARTS_PER_MESSAGE = 256
 
 
 class Strict(BaseModel):
@@ -83,7 +84,8 @@ class Message(Strict):
     """One chat turn in the Hugging Face chat format."""
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    # Bounded in the schema so a hostile list is refused before its parts are validated.
+    content: str | Annotated[list[ContentPart], Field(max_length=MAX_PARTS_PER_MESSAGE)]
 
 
 class WebhookSpec(Strict):

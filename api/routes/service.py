@@ -104,8 +104,9 @@ def _iso(value: datetime) -> str:
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])
-def healthz() -> Health:
-    """The process is alive (no dependency is checked)."""
+async def healthz() -> Health:
+    """The process is alive (no dependency is checked); on the event loop, so a busy thread
+    pool cannot delay it."""
     return Health(status="ok")
 
 

@@ -48,6 +48,14 @@ NUL_TARGETS = [
 ]
 
 
-def with_nul_custom_id() -> bytes:
-    """A job whose custom_id holds a NUL character."""
-    return json.dumps({"task": "caption", "images": [], "custom_id": "a\u0000b"}).encode()
+def with_nul(image_base64: str, where: str) -> bytes:
+    """A job that would be accepted but for a NUL character in `where` (custom_id, metadata
+    or prompt)."""
+    job: dict = {"task": "caption", "images": [{"data": image_base64}]}
+    if where == "custom_id":
+        job["custom_id"] = "a\u0000b"
+    elif where == "metadata":
+        job["metadata"] = {"k\u0000": "v"}
+    else:
+        job["prompt"] = "describe\u0000"
+    return json.dumps(job).encode()

@@ -13,7 +13,7 @@ from api.app import create_app
 from api.deps import Runtime
 from api.strict_json import StrictJsonRoute
 from tests.api import hostile_requests as corpus
-from tests.api.conftest import make_key, stored_state
+from tests.api.conftest import b64, make_key, png_bytes, stored_state
 
 JSON = {"content-type": "application/json"}
 
@@ -63,9 +63,16 @@ def test_deep_nesting_is_4xx_everywhere(client: TestClient) -> None:
     assert response.json()["code"] == "too_deep"
 
 
-def test_nul_in_custom_id_and_strings_is_422(client: TestClient) -> None:
-    statuses = _entry_points(client, corpus.with_nul_custom_id())
+@pytest.mark.parametrize("where", ["custom_id", "metadata", "prompt"])
+def test_nul_in_custom_id_and_strings_is_422(
+    client: TestClient, runtime: Runtime, where: str
+) -> None:
+    body = corpus.with_nul(b64(png_bytes()), where)
+    statuses = _entry_points(client, body)
     assert set(statuses.values()) == {422}, statuses
+    answer = client.post("/v1/jobs", content=body, headers=JSON)
+    assert answer.json()["code"] == "nul_character"
+    assert stored_state(runtime) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("target", corpus.NUL_TARGETS)
