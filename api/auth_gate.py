@@ -11,12 +11,11 @@ filter or cursor can hold one, and PostgreSQL refuses them in text with an error
 from __future__ import annotations
 
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import TENANT_STATE_KEY, resolve_tenant
-from api.problems import PROBLEM_JSON
+from api.problems import http_status, problem_response
 from core.errors import BadRequest, ServiceError
 
 API_PREFIX = "/v1/"
@@ -43,11 +42,13 @@ class AuthGateMiddleware:
                 scope.setdefault("state", {})[TENANT_STATE_KEY] = tenant_id
             _refuse_nul(scope)
         except ServiceError as exc:
-            response = JSONResponse(
-                exc.to_problem(instance=scope["path"].replace("\x00", "%00")),
-                status_code=exc.status,
+            response = problem_response(
+                http_status(exc),
+                exc.code,
+                exc.title,
+                exc.detail,
                 headers=exc.headers,
-                media_type=PROBLEM_JSON,
+                extra={"instance": scope["path"].replace("\x00", "%00"), **exc.extra},
             )
             await response(scope, receive, send)
             return

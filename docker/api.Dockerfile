@@ -12,9 +12,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml constraints.txt README.md ./
+# Only the packages these processes import: no worker/, bench/ or devtools/ code.
 COPY core ./core
 COPY api ./api
-COPY worker ./worker
+COPY sender ./sender
+COPY cli ./cli
 # constraints.txt pins every package the tests ran with; the [api] extra pulls no torch.
 RUN pip install --constraint constraints.txt ".[api]" \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"

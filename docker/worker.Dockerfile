@@ -27,8 +27,11 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY core ./core
-COPY api ./api
 COPY worker ./worker
+COPY cli ./cli
+# Operators benchmark their own GPUs (`internvl-jobs bench engine`); it builds tiny presets.
+COPY bench ./bench
+COPY devtools ./devtools
 # torch==2.14.1 from PyPI is the CUDA 13.0 build (its wheels pull nvidia-*-cu13 libraries).
 RUN pip install --constraint constraints.txt ".[worker]" \
     && python -c "import torch; assert torch.version.cuda.startswith('13.0'), torch.version.cuda"

@@ -290,5 +290,15 @@ class InternVLEngine:
                 break
         if job.cancel.is_set():
             finish = "canceled"
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = complete_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
         return Generation(text.strip(), len(tokens), finish, seed=job.seed)
+
+
+def complete_text(decoded: str) -> str:
+    """Decoded text without the U+FFFD a tokenizer writes for bytes that form no character.
+
+    Byte-level tokens split characters: a generation cut by max_new_tokens can end inside one,
+    and a weak model can emit bytes in an impossible order. The tokenizer shows such bytes as
+    U+FFFD; a job's text drops them, so it holds only characters the model actually completed.
+    """
+    return decoded.replace("\ufffd", "")

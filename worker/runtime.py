@@ -298,7 +298,7 @@ class WorkerRuntime:
 
 def _permanent_code(exc: Exception) -> tuple[str, str] | None:
     """(code, message) for errors that fail however often the job is retried."""
-    if isinstance(exc, ServiceError) and 400 <= exc.status < 500:
+    if isinstance(exc, ServiceError) and exc.permanent:
         return exc.code, exc.detail
     if isinstance(exc, ValidationError):
         return "invalid_params", str(exc)

@@ -26,11 +26,12 @@ from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
 from api.strict_json import StrictJsonRoute
-from core.batches import batch_counts, batch_public, cancel_batch, result_lines
+from core.batches import batch_counts, cancel_batch, result_lines
 from core.db import transaction
 from core.errors import Conflict, InvalidRequest, NotFound, UnsupportedMediaType
 from core.models import Batch
 from core.specs import BatchCreate
+from core.views import batch_public
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=StrictJsonRoute)
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
@@ -69,12 +70,13 @@ async def read_batch(request: Request, max_jobs: int) -> BatchCreate:
     """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
-        upload, spec = form.get("file"), form.get("spec")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
-        text = await read_jsonl(upload_chunks(upload), max_jobs=max_jobs)
-        raw_spec = spec if isinstance(spec, str) else None
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1, max_fields=2) as form:
+            upload, spec = form.get("file"), form.get("spec")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
+            text = await read_jsonl(upload_chunks(upload), max_jobs=max_jobs)
+            raw_spec = spec if isinstance(spec, str) else None
         return await run_in_threadpool(parse_jsonl_batch, text, raw_spec, max_jobs)
     if content_type.startswith(JSONL_TYPES):
         text = await read_jsonl(request.stream(), max_jobs=max_jobs)

@@ -13,8 +13,9 @@ from api.schemas import SecretRotate, WebhookDeliveriesPublic, WebhookReplay, We
 from api.strict_json import StrictJsonRoute
 from core.errors import NotFound
 from core.models import Job, WebhookSecret
+from core.views import delivery_public, iso
 from core.webhook_secrets import current_secret, previous_secret_expiry, rotate_secret
-from core.webhooks import delivery_public, iso, job_deliveries, replay_deliveries
+from core.webhooks import delivery_attempts, job_deliveries, replay_deliveries
 
 router = APIRouter(tags=["webhooks"], route_class=StrictJsonRoute)
 
@@ -58,7 +59,12 @@ def rotate_webhook_secret(
 def list_job_webhooks(job_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
     """The job's webhook deliveries with every attempt, oldest first."""
     _own_job(session, job_id, tenant_id)
-    return {"data": [delivery_public(session, d) for d in job_deliveries(session, job_id)]}
+    return {
+        "data": [
+            delivery_public(d, delivery_attempts(session, d))
+            for d in job_deliveries(session, job_id)
+        ]
+    }
 
 
 @router.post(
@@ -77,4 +83,4 @@ def replay_job_webhooks(
         job_deliveries(session, job_id),
         delivery_id=replay.delivery_id if replay else None,
     )
-    return {"data": [delivery_public(session, d) for d in chosen]}
+    return {"data": [delivery_public(d, delivery_attempts(session, d)) for d in chosen]}

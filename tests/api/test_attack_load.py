@@ -16,9 +16,9 @@ from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
 from tests.api import hostile_requests as corpus
-from tests.api.conftest import b64, make_key, png_bytes
-from tests.drip_server import dripping_headers
 from tests.support import LiveServer
+from tests.support.api import b64, make_key, png_bytes
+from tests.support.drip_server import dripping_headers
 
 Attack = Callable[[httpx.Client, int], httpx.Response]
 pytestmark = pytest.mark.slow

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
-from tests.api.conftest import stored_state
-from tests.drip_server import dripping_body, dripping_headers
+from tests.support.api import stored_state
+from tests.support.drip_server import dripping_body, dripping_headers
 
 BUDGET_S = 1.0
 

@@ -13,7 +13,7 @@ from api.app import create_app
 from api.deps import Runtime
 from api.strict_json import StrictJsonRoute
 from tests.api import hostile_requests as corpus
-from tests.api.conftest import b64, make_key, png_bytes, stored_state
+from tests.support.api import b64, make_key, png_bytes, stored_state
 
 JSON = {"content-type": "application/json"}
 

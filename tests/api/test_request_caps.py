@@ -19,8 +19,8 @@ from api.jsonl import read_jsonl
 from core.config import Settings
 from core.errors import InvalidRequest
 from core.models import Job
-from tests.api.conftest import b64, png_bytes, stored_state
 from tests.api.test_image_urls import ImageHandler
+from tests.support.api import b64, png_bytes, stored_state
 
 JSONL = {"content-type": "application/jsonl"}
 

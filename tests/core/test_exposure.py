@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from cli.main import main
 from core.config import Settings, get_settings
-from core.embedded import run_dev
 from core.exposure import UnsafeBind, check_bind, is_loopback
+from devtools.embedded import run_dev
 
 
 def _settings(tmp_path: Path, **fields: object) -> Settings:

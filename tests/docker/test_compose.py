@@ -206,6 +206,18 @@ def test_api_image_installs_no_torch_and_worker_image_matches_torch_cuda() -> No
     assert "ARG FLASH_ATTN=0" in worker
 
 
+def copied_packages(dockerfile: str) -> set[str]:
+    copies = re.findall(r"^COPY (?!--from)(.+?) \S+$", (DOCKER / dockerfile).read_text(), re.M)
+    return {source for line in copies for source in line.split() if (ROOT / source).is_dir()}
+
+
+def test_each_image_copies_only_the_packages_its_processes_import() -> None:
+    # The API image also runs migrations, the sweeper and the webhook sender (docker/compose).
+    assert copied_packages("api.Dockerfile") == {"core", "api", "sender", "cli", "alembic"}
+    worker = copied_packages("worker.Dockerfile")
+    assert {"core", "worker", "cli", "bench", "devtools", "alembic"} == worker
+
+
 @pytest.mark.parametrize("dockerfile", ["api.Dockerfile", "worker.Dockerfile"])
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from core.storage import ObjectStorage
-from tests.worker.conftest import photo, queue_job
+from tests.support.worker import photo, queue_job
 from worker.health import STUCK_EXIT_CODE, WorkerHealth, probe_port
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from worker.tiny_model import CHAT_TEMPLATE, PRESETS, build_tiny_model, parameter_count
+from devtools.tiny_model import CHAT_TEMPLATE, PRESETS, build_tiny_model, parameter_count
 
 # What save_pretrained writes for a real InternVL "-hf" checkpoint in transformers 5.
 CHECKPOINT_FILES = {

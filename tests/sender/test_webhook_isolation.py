@@ -14,19 +14,14 @@ from core.jobs import create_job
 from core.models import WebhookDelivery
 from core.specs import WebhookSpec
 from core.tenants import ensure_tenant
-from tests.drip_server import dripping_body, dripping_headers
-from tests.webhook_jobs import MODEL, attempts, deliveries, row, run_job
-from tests.webhook_receiver import Receiver
-from tests.worker.test_webhooks import (  # noqa: F401 - the fixture is used by name
-    MakeSender,
-    finished_job_delivery,
-    make_sender,
-    settle,
-)
+from tests.support.drip_server import dripping_body, dripping_headers
+from tests.support.sender import MakeSender, finished_job_delivery, settle
+from tests.support.webhook_jobs import MODEL, attempts, deliveries, row, run_job
+from tests.support.webhook_receiver import Receiver
 
 
 @pytest.fixture
-def senders(make_sender: MakeSender) -> MakeSender:  # noqa: F811 - the imported fixture
+def senders(make_sender: MakeSender) -> MakeSender:
     return make_sender
 
 

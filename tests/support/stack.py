@@ -28,7 +28,8 @@ from sqlalchemy import func, select
 
 from core.config import Settings
 from core.models import Job, JobEvent, Worker
-from tests.support import ServiceProcess, free_port, service_env, wait_http
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http
 
 COMPLETION_LOG = re.compile(r"job (job_\w+) succeeded \(attempt \d+\)")
 TERMINAL = ("succeeded", "failed", "canceled")

@@ -8,55 +8,17 @@ shared machine.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from core.config import Settings
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Any, what: str, timeout_s: float = 180) -> None:
-    """Poll check() until it is true; fail naming what did not happen."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not happen within {timeout_s:.0f}s")
-
-
-@contextmanager
-def moto_server(log_dir: Path) -> Iterator[tuple[str, int]]:
-    """An S3-protocol server (moto) in a child process, for runs without one: (URL, pid)."""
-    port = free_port()
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    with (log_dir / "s3.log").open("wb") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(endpoint, timeout=2).status_code < 500, "the S3 server start")
-        yield endpoint, child.pid
-    finally:
-        child.terminate()
-        child.wait(30)
+from devtools.harness import wait_until
 
 
 @dataclass
@@ -94,7 +56,7 @@ def service_processes(
         with (log_dir / f"{name}.log").open("wb") as out:
             children.append(
                 subprocess.Popen(  # noqa: S603 - our own command line
-                    [sys.executable, "-m", "core.cli", *args],
+                    [sys.executable, "-m", "cli.main", *args],
                     env=env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

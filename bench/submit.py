@@ -29,6 +29,7 @@ from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
 from core.migrations import upgrade
 from core.tenants import create_api_key, ensure_tenant
+from devtools.harness import free_port, moto_server, popen_exited, wait_http
 
 WARMUP_REQUESTS = 20
 
@@ -164,54 +165,22 @@ def bench_api_key(settings: Settings) -> str:
 
 
 @contextmanager
-def moto_s3_server(port: int) -> Iterator[str]:
-    """An S3-protocol server (moto, a dev dependency) in its own process on loopback."""
-    process = subprocess.Popen(  # noqa: S603 - fixed arguments
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(f"{endpoint}/", process)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-@contextmanager
 def api_process(settings: Settings, port: int, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`internvl-jobs api` as a child process, as deployed; yields its base URL and pid."""
     child_env = {**os.environ, **env, **settings.as_env()}
     process = subprocess.Popen(  # noqa: S603 - fixed arguments
-        [sys.executable, "-m", "core.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
         env=child_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_up(f"{url}/readyz", process)
+        wait_http(f"{url}/readyz", timeout_s=60, exited=popen_exited(process))
         yield url, process.pid
     finally:
         process.terminate()
         process.wait(60)
-
-
-def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    """Poll url until it answers 200; fail if the process exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout_s}s")
 
 
 def format_table(results: list[LevelResult]) -> str:
@@ -232,15 +201,6 @@ def write_json(results: list[LevelResult], path: str) -> None:
     """Save the figures as JSON when a path is given."""
     if path:
         Path(path).write_text(json.dumps([asdict(r) for r in results], indent=2))
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ensure_bucket(settings: Settings) -> None:
@@ -269,7 +229,7 @@ def run_submit_bench(
     """Start what is needed (S3 server, API), then measure every concurrency level."""
     with ExitStack() as stack:
         if s3_server == "moto":
-            endpoint = stack.enter_context(moto_s3_server(free_port()))
+            endpoint, _ = stack.enter_context(moto_server())
             settings = settings.model_copy(update={"s3_endpoint_url": endpoint})
         if not url:
             upgrade(settings.database_url)

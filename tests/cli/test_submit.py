@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 from core.config import Settings
-from tests.support import ServiceProcess, free_port, service_env, wait_http
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 
 
 def submit(base: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", "submit", *args, "--url", base, "--timeout", "180"],
+        [sys.executable, "-m", "cli.main", "submit", *args, "--url", base, "--timeout", "180"],
         env=service_env(),
         capture_output=True,
         text=True,

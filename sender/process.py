@@ -19,11 +19,11 @@ from core.db import make_engine, make_session_factory
 from core.logs import setup_logging
 from core.metrics import WEBHOOK_ATTEMPTS
 from core.probe_server import serve_process_probes
-from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, make_celery
+from core.queue import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, celery_worker, make_celery
 from core.ssrf import guarded_client
-from worker.webhooks import WebhookSender
+from sender.webhooks import WebhookSender
 
-log = logging.getLogger("worker.webhook_process")
+log = logging.getLogger("sender.process")
 
 
 def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = "INFO") -> None:
@@ -49,16 +49,13 @@ def serve_webhooks(*, settings: Settings, concurrency: int = 0, loglevel: str = 
     dispatcher.start()
     log.info("webhook worker: %d senders on queue %s", threads, WEBHOOK_QUEUE)
     try:
-        app.Worker(
+        celery_worker(
+            app,
+            settings,
             hostname=f"webhooks.{os.getpid()}@{socket.gethostname()}",
-            queues=[WEBHOOK_QUEUE],
-            pool="threads",
-            concurrency=threads,
+            queue=WEBHOOK_QUEUE,
+            threads=threads,
             loglevel=loglevel,
-            without_mingle=True,
-            without_gossip=True,
-            optimization="fair",
-            quiet=settings.log_json,  # no banner: with JSON logs every line must parse
         ).start()
     finally:
         stop.set()

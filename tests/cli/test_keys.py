@@ -14,7 +14,7 @@ from tests.support import service_env
 def keys(runtime: Runtime, *args: str) -> subprocess.CompletedProcess[str]:
     env = service_env(INTERNVL_JOBS_DATABASE_URL=runtime.settings.database_url)
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", "keys", *args],
+        [sys.executable, "-m", "cli.main", "keys", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -25,15 +25,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import transaction, utcnow
-from core.models import WebhookAttempt, WebhookDelivery
+from core.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from core.signatures import webhook_headers
 from core.ssrf import UnsafeAddress, UnsafeUrl, read_capped, validate_url
 from core.time_budget import time_budget
 from core.webhook_secrets import signing_secrets
-from core.webhooks import DeliveryStatus
-from worker.send_slots import SendSlots
+from sender.send_slots import SendSlots
 
-log = logging.getLogger("worker.webhooks")
+log = logging.getLogger("sender.webhooks")
 USER_AGENT = "internvl-jobs-webhooks/1.0"
 RETRY_AFTER_CODES = frozenset({429, 502, 504})
 DISPATCH_LIMIT = 500

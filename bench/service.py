@@ -22,13 +22,14 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from bench.engine import batched_engine, bench_images
+from bench.stack import Stack, service_processes
 from core.config import ModelSpec, Settings
 from core.images import load_rgb
-from worker.bench import batched_engine, bench_images
-from worker.bench_stack import Stack, free_port, moto_server, service_processes
+from devtools.harness import free_port, moto_server
 from worker.engine import InternVLEngine
 
-log = logging.getLogger("worker.bench_service")
+log = logging.getLogger("bench.service")
 TERMINAL = ("succeeded", "failed", "canceled")
 # A moto server accepts any credentials; these are used only with the one the bench starts.
 MOTO_CREDENTIALS = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,12 +15,8 @@ from typing import Any
 import httpx
 
 from core.config import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from devtools import harness
+from devtools.harness import free_port
 
 
 def service_env(settings: Settings | None = None, **extra: str) -> dict[str, str]:
@@ -36,11 +31,11 @@ def service_env(settings: Settings | None = None, **extra: str) -> dict[str, str
 class ServiceProcess:
     """A child process of the service with its log in a file (shown when a test fails).
 
-    It runs `python -m core.cli ARGS` (the `internvl-jobs` command), or another module.
+    It runs `python -m cli.main ARGS` (the `internvl-jobs` command), or another module.
     """
 
     def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, *, module: str = "core.cli"
+        self, args: list[str], env: dict[str, str], log_path: Path, *, module: str = "cli.main"
     ) -> None:
         self.args = args
         self.env = env
@@ -56,15 +51,22 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def exited(self) -> str | None:
+        """Its log's tail once it has exited (None while it runs): for harness.wait_until."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return self.log()[-4000:]
+
     def start(self) -> ServiceProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return self
 
     def log(self) -> str:
@@ -91,17 +93,8 @@ class ServiceProcess:
 
 
 def wait_http(url: str, *, timeout: float = 60, process: ServiceProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.process and process.process.poll() is not None:
-            raise AssertionError(f"process exited early:\n{process.log()[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+    """Wait until url answers 200; fail at once with its log if the process exits first."""
+    harness.wait_http(url, timeout_s=timeout, exited=process.exited if process else None)
 
 
 def wait_job(

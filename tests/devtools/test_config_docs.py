@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ModelSpec, Settings
-from core.config_docs import DOC_PATH, render
+from devtools.config_docs import DOC_PATH, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

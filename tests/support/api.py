@@ -1,37 +1,21 @@
-"""An API client on the real stack (PostgreSQL, Redis broker, S3 server), in process."""
+"""Requests and rows for API tests: images, bodies, API keys, and what a worker would do."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 
-import pytest
-from fastapi.testclient import TestClient
+import redis
 from PIL import Image
 from sqlalchemy import func, select
 
-from api.app import create_app
 from api.deps import Runtime
-from core.config import Settings
 from core.db import transaction
 from core.jobs import claim_job, complete_job
 from core.models import Image as ImageRow
 from core.models import Job
+from core.queue import queue_keys
 from core.tenants import create_api_key, ensure_tenant
-
-
-@pytest.fixture
-def runtime(service_settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.from_settings(service_settings)
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime=runtime)) as test_client:
-        yield test_client
 
 
 def png_bytes(
@@ -62,20 +46,6 @@ def stored_state(runtime: Runtime) -> tuple[int, int, int]:
     return jobs, images, objects
 
 
-@pytest.fixture
-def auth_runtime(service_settings: Settings) -> Iterator[Runtime]:
-    """A runtime that requires API keys, as production does."""
-    runtime = Runtime.from_settings(service_settings.model_copy(update={"auth_enabled": True}))
-    yield runtime
-    runtime.close()
-
-
-@pytest.fixture
-def auth_client(auth_runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime=auth_runtime)) as test_client:
-        yield test_client
-
-
 def make_key(runtime: Runtime, tenant: str) -> dict[str, str]:
     """Authorization headers with a new key of the named tenant (created if new)."""
     with transaction(runtime.sessions) as session:
@@ -98,3 +68,8 @@ def finish_job(runtime: Runtime, job_id: str, text: str = "a red square") -> Non
         complete_job(
             session, job_id, attempt=attempt, result={"text": text}, usage={"image_tiles": [1]}
         )
+
+
+def queued_messages(runtime: Runtime) -> int:
+    client = redis.Redis.from_url(runtime.settings.broker_url)
+    return sum(int(client.llen(key)) for key in queue_keys(runtime.settings.default_model.queue))

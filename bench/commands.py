@@ -1,7 +1,7 @@
-"""`internvl-jobs bench engine|service`: the engine and service benchmarks (figures printed).
+"""`internvl-jobs bench engine|service|submit`: the benchmarks' options and commands.
 
-Only argparse at import time: the parsers are built for every command, and `python -m
-worker.bench` builds the engine one on machines that have torch but no web stack.
+Only argparse at import time: the parsers are built for every command, and `python -m bench`
+builds the engine one on machines that have torch but no web stack.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
     """The guide's naive loop versus the batched engine on the same model and images."""
-    from worker.bench import bench_checkpoint, format_report, run_engine_bench
+    from bench.engine import bench_checkpoint, format_report, run_engine_bench
 
     checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
     report = run_engine_bench(
@@ -73,9 +73,9 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 
 def cmd_bench_service(args: argparse.Namespace) -> int:
     """The same work through HTTP, Redis, PostgreSQL, S3 and a worker, against the bare engine."""
+    from bench.engine import bench_checkpoint
+    from bench.service import format_service_report, run_service_bench
     from core.config import get_settings
-    from worker.bench import bench_checkpoint
-    from worker.bench_service import format_service_report, run_service_bench
 
     settings = get_settings()
     report = run_service_bench(
@@ -95,16 +95,47 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     return 0 if report["succeeded"] == args.images else 1
 
 
+def cmd_bench_submit(args: argparse.Namespace) -> int:
+    """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
+    from bench.submit import format_table, run_submit_bench, write_json
+    from core.config import get_settings
+
+    settings = get_settings()
+    results = run_submit_bench(
+        settings,
+        levels=[int(level) for level in args.concurrency.split(",")],
+        requests=args.requests,
+        same_image=args.same_image,
+        s3_server=args.s3_server,
+        url=args.url,
+        api_key=args.api_key,
+        api_pid=args.api_pid,
+    )
+    print(format_table(results))  # noqa: T201 - the command's output
+    write_json(results, args.json)
+    return 0
+
+
 def _write_json(report: dict[str, object], path: str) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2))
 
 
 def register(bench: argparse._SubParsersAction) -> None:
-    """Add `engine` and `service` to the `internvl-jobs bench` subcommands."""
+    """Add `engine`, `service` and `submit` to the `internvl-jobs bench` subcommands."""
     p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
     engine_arguments(p)
     p.set_defaults(func=cmd_bench_engine)
     p = bench.add_parser("service", help=cmd_bench_service.__doc__)
     service_arguments(p)
     p.set_defaults(func=cmd_bench_service)
+    p = bench.add_parser("submit", help=cmd_bench_submit.__doc__)
+    p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
+    p.add_argument("--requests", type=int, default=400, help="requests per level")
+    p.add_argument("--same-image", action="store_true", help="one image for every request")
+    p.add_argument("--s3-server", default="", help="'moto': start a local S3 server (dev)")
+    p.add_argument("--url", default="", help="an API already running (default: start one)")
+    p.add_argument("--api-key", default="", help="its API key, with --url")
+    p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_submit)

@@ -31,7 +31,7 @@ from core.tasks import DEFAULT_INSTRUCTIONS, Task
 from worker.batcher import Batcher
 from worker.engine import Generation, InternVLEngine
 
-log = logging.getLogger("worker.bench")
+log = logging.getLogger("bench.engine")
 PROMPT = DEFAULT_INSTRUCTIONS[Task.CAPTION]
 # 13 tiles: the guide's 640x480 photo, whose 4:3 grid (plus the thumbnail) is the only exact
 # match among grids of up to 12 tiles at any tile size. 1 tile: a square image of one tile.
@@ -168,7 +168,7 @@ def measure(
 
 def bench_checkpoint(preset: str, cache_dir: Path) -> Path:
     """The tiny checkpoint of a preset, built once into cache_dir (no download)."""
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     target = cache_dir / f"tiny-{preset}"
     if not (target / "config.json").is_file():
@@ -250,21 +250,3 @@ def format_report(report: dict[str, Any]) -> str:
         same = "identical" if workload["outputs_identical"] else "DIFFERENT"
         lines.append(f"  greedy outputs of the two modes: {same}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m worker.bench`: the engine benchmark without the service's CLI and its needs."""
-    import argparse
-
-    from core.cli_bench import cmd_bench_engine, engine_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__)
-    engine_arguments(parser)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return cmd_bench_engine(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

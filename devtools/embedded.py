@@ -21,7 +21,7 @@ from core.config import ModelSpec, Settings, get_settings
 from core.exposure import check_bind
 from core.migrations import upgrade
 
-log = logging.getLogger("core.embedded")
+log = logging.getLogger("devtools.embedded")
 TINY_ALIAS = "tiny-internvl"
 TINY_TILE_SIZE = 64
 
@@ -56,7 +56,7 @@ def dev_settings(base: Settings, *, auth: bool) -> Settings:
 
 
 def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", "core.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def ensure_tiny_model(settings: Settings) -> None:

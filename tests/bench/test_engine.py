@@ -16,7 +16,7 @@ ABSENT = (
 BLOCKER = f"""
 import sys
 sys.modules.update(dict.fromkeys({ABSENT!r}))
-from worker.bench import main
+from bench.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """
 

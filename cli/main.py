@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from core import cli_bench, cli_keys, cli_submit
+from cli import keys as cli_keys
+from cli import submit as cli_submit
 from core.config import Settings, get_settings
 from core.exposure import UnsafeBind
 from core.logs import setup_logging
@@ -103,7 +104,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """Send webhooks: a CPU worker on the webhook queue, with its due-delivery poller."""
-    from worker.webhook_process import serve_webhooks
+    from sender.process import serve_webhooks
 
     settings = get_settings()
     loglevel = args.loglevel or args.log_level or settings.log_level
@@ -113,7 +114,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """Build the small offline InternVL checkpoint used by tests, the demo and CPU benchmarks."""
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     path = build_tiny_model(args.directory, preset=args.preset, seed=args.seed)
     print(path)  # noqa: T201 - the command's output
@@ -122,35 +123,16 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Run API, worker, webhook sender and sweeper on embedded defaults (no servers)."""
-    from core.embedded import run_dev
+    from devtools.embedded import run_dev
 
     return run_dev(host=args.host, port=args.port, auth=args.auth, devices=args.devices)
-
-
-def cmd_bench_submit(args: argparse.Namespace) -> int:
-    """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
-    from api.submit_bench import format_table, run_submit_bench, write_json
-
-    results = run_submit_bench(
-        get_settings(),
-        levels=[int(level) for level in args.concurrency.split(",")],
-        requests=args.requests,
-        same_image=args.same_image,
-        s3_server=args.s3_server,
-        url=args.url,
-        api_key=args.api_key,
-        api_pid=args.api_pid,
-    )
-    print(format_table(results))  # noqa: T201 - the command's output
-    write_json(results, args.json)
-    return 0
 
 
 def cmd_config_docs(args: argparse.Namespace) -> int:
     """Write docs/configuration.md from the settings class."""
     from pathlib import Path
 
-    from core.config_docs import write
+    from devtools.config_docs import write
 
     print(write(Path(args.output)))  # noqa: T201 - the command's output
     return 0
@@ -198,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
-    _add_bench_parsers(sub.add_parser("bench", help="benchmarks that print figures"))
+    _add_bench_parsers(sub)
 
     p = sub.add_parser("config-docs", help=cmd_config_docs.__doc__)
     p.add_argument("--output", default="docs/configuration.md")
@@ -216,19 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_bench_parsers(bench: argparse.ArgumentParser) -> None:
-    sub = bench.add_subparsers(dest="bench", required=True)
-    p = sub.add_parser("submit", help=cmd_bench_submit.__doc__)
-    p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
-    p.add_argument("--requests", type=int, default=400, help="requests per level")
-    p.add_argument("--same-image", action="store_true", help="one image for every request")
-    p.add_argument("--s3-server", default="", help="'moto': start a local S3 server (dev)")
-    p.add_argument("--url", default="", help="an API already running (default: start one)")
-    p.add_argument("--api-key", default="", help="its API key, with --url")
-    p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
-    p.add_argument("--json", default="", help="also write the figures to this file")
-    p.set_defaults(func=cmd_bench_submit)
-    cli_bench.register(sub)
+def _add_bench_parsers(sub: argparse._SubParsersAction) -> None:
+    """`internvl-jobs bench ...` where the bench package is installed (not in the API image)."""
+    try:
+        from bench import commands as bench_commands
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench":
+            raise
+        return
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_commands.register(bench.add_subparsers(dest="bench", required=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
