@@ -19,8 +19,8 @@ from api.jsonl import read_jsonl
 from core.config import Settings
 from core.errors import InvalidRequest
 from core.models import Job
-from tests.api.test_image_urls import ImageHandler
 from tests.support.api import b64, png_bytes, stored_state
+from tests.support.image_server import ImageHandler
 
 JSONL = {"content-type": "application/jsonl"}
 
@@ -40,8 +40,10 @@ def test_repeated_image_references_count_as_images(client: TestClient, runtime: 
     assert client.post("/v1/jobs", json=_chat(limit)).status_code == 202
     refused = client.post("/v1/jobs", json=_chat(limit + 1))
     assert refused.status_code == 422 and refused.json()["code"] == "too_many_images"
+    # 20,000 references in one message: refused by the cap on parts per message first.
     huge = client.post("/v1/jobs", json=_chat(20_000))
-    assert huge.status_code == 422 and huge.json()["code"] == "too_many_images"
+    assert huge.status_code == 422 and huge.json()["code"] == "invalid_params"
+    assert "content" in huge.json()["detail"]
 
 
 def test_messages_per_job_are_capped(client: TestClient, runtime: Runtime) -> None:
