@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.auth_gate import AuthGateMiddleware
 from api.body_limit import BodyLimitMiddleware
 from api.deps import Runtime
 from api.longpoll import JobWaiters
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     )
     install_job_telemetry()
     BUILD_INFO.labels("api").set(1)
+    app.add_middleware(AuthGateMiddleware)  # inside the body cap, before any body is read
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTelemetryMiddleware)  # outermost: sees refused bodies too
     install_problem_handlers(app)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
+from api import strict_json
 from api.backpressure import check_queue_room
 from api.deps import Runtime
 from api.fetch import fetch_images, image_urls
@@ -51,12 +51,16 @@ class PreparedJob:
     spec: dict[str, Any]
 
 
-def parse_jsonl(text: bytes, options: BatchOptions) -> BatchCreate:
-    """A batch from JSONL: one job request per non-empty line, each with its custom_id."""
+def parse_jsonl(text: bytes, options: BatchOptions, *, max_jobs: int | None = None) -> BatchCreate:
+    """A batch from JSONL: one job request per non-empty line, each with its custom_id;
+    refused as soon as it holds more than max_jobs lines."""
     jobs: list[JobCreate] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if max_jobs is not None and len(jobs) >= max_jobs:
+            raise too_many_jobs(max_jobs)
+        strict_json.parse(line, what=f"line {number}")
         try:
             job = JobCreate.model_validate_json(line)
         except ValidationError as exc:
@@ -79,31 +83,45 @@ def parse_jsonl(text: bytes, options: BatchOptions) -> BatchCreate:
     return BatchCreate(jobs=jobs, webhook=options.webhook, metadata=options.metadata)
 
 
+def too_many_jobs(max_jobs: int, count: int | None = None) -> InvalidRequest:
+    """The refusal of a batch over max_jobs_per_batch."""
+    held = f"{count} jobs" if count is not None else "more jobs"
+    return InvalidRequest(f"{held} in one batch; the limit is {max_jobs}", code="too_many_jobs")
+
+
 def _in_job(index: int, custom_id: str, exc: ServiceError) -> ServiceError:
     exc.detail = f"jobs[{index}] (custom_id {custom_id!r}): {exc.detail}"
     exc.extra = {**exc.extra, "job_index": index, "custom_id": custom_id}
     return exc
 
 
-def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> list[PreparedJob]:
+def batch_image_urls(batch: BatchCreate) -> list[tuple[int, str]]:
+    """(position, url) of every image given by URL in the batch's jobs."""
+    return [ref for request in batch.jobs for ref in image_urls(request)]
+
+
+def prepare_jobs(
+    runtime: Runtime,
+    *,
+    tenant_id: str,
+    batch: BatchCreate,
+    fetched: dict[str, bytes] | None = None,
+) -> list[PreparedJob]:
     """Check every job (limits, images, queue room); raise naming the first job refused."""
     settings = runtime.settings
     if len(batch.jobs) > settings.max_jobs_per_batch:
-        raise InvalidRequest(
-            f"{len(batch.jobs)} jobs in one batch; the limit is {settings.max_jobs_per_batch}",
-            code="too_many_jobs",
-        )
+        raise too_many_jobs(settings.max_jobs_per_batch, len(batch.jobs))
     custom_ids = [job.custom_id or str(index) for index, job in enumerate(batch.jobs)]
     if len(set(custom_ids)) != len(custom_ids):
         raise InvalidRequest("custom_id values must be unique", code="duplicate_custom_id")
     for request in batch.jobs:
         if request.webhook is not None:
-            check_webhook_url(request.webhook.url, settings)
+            request.webhook.url = check_webhook_url(request.webhook.url, settings)
     if batch.webhook is not None:
-        check_webhook_url(batch.webhook.url, settings)
+        batch.webhook.url = check_webhook_url(batch.webhook.url, settings)
     check_deadline(batch)
-    urls = [ref for request in batch.jobs for ref in image_urls(request)]
-    fetched = fetch_images(urls, settings)  # before a connection is held
+    if fetched is None:  # the API fetches first, off its request threads (api.fetch)
+        fetched = fetch_images(batch_image_urls(batch), settings)  # before a connection
     prepared: list[PreparedJob] = []
     with runtime.sessions() as session:
         check_queue_room(
@@ -134,9 +152,15 @@ def prepare_jobs(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> lis
     return prepared
 
 
-def submit_batch(runtime: Runtime, *, tenant_id: str, batch: BatchCreate) -> Batch:
+def submit_batch(
+    runtime: Runtime,
+    *,
+    tenant_id: str,
+    batch: BatchCreate,
+    fetched: dict[str, bytes] | None = None,
+) -> Batch:
     """Validate, store and queue a whole batch; nothing is stored when any job is refused."""
-    prepared = prepare_jobs(runtime, tenant_id=tenant_id, batch=batch)
+    prepared = prepare_jobs(runtime, tenant_id=tenant_id, batch=batch, fetched=fetched)
     all_images = ImageSet()
     for ready in prepared:
         all_images.new.update(ready.images.new)
@@ -191,8 +215,12 @@ def parse_options(raw: str | None) -> BatchOptions:
     """The batch settings sent beside a JSONL file (a JSON object), or the defaults."""
     if raw is None:
         return BatchOptions()
+    strict_json.parse(raw, what="'spec'")
     try:
-        json.loads(raw)
         return BatchOptions.model_validate_json(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"'spec' is not valid batch settings: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]  # its message only: the caller's values are not echoed
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidRequest(
+            f"'spec' is not valid batch settings: {where + ': ' if where else ''}{first['msg']}"
+        ) from exc

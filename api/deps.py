@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.backpressure import QueueDepth
+from api.fetch import ImageFetcher
 from api.longpoll import JobWaiters
 from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
@@ -39,6 +40,13 @@ class Runtime:
     limiter: RateLimiter | None = None
     queue_depth: QueueDepth = field(default_factory=QueueDepth)
     model_stats: ModelStatsCache = field(default_factory=ModelStatsCache)
+    fetcher: ImageFetcher | None = None  # built from the settings on first use
+
+    def image_fetcher(self) -> ImageFetcher:
+        """The process's image URL fetcher (its own threads and caps)."""
+        if self.fetcher is None:
+            self.fetcher = ImageFetcher.from_settings(self.settings)
+        return self.fetcher
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
@@ -62,6 +70,8 @@ class Runtime:
         """Release pooled connections."""
         self.engine.dispose()
         self.celery.close()
+        if self.fetcher is not None:
+            self.fetcher.close()
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -80,26 +90,39 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_tenant_id(
-    runtime: RuntimeDep, authorization: Annotated[str | None, Header()] = None
-) -> str:
-    """The caller's tenant: from its API key, or the default tenant when auth is disabled."""
+TENANT_STATE_KEY = "tenant_id"  # where api.auth_gate leaves the tenant it authenticated
+
+
+def resolve_tenant(runtime: Runtime, authorization: str | None) -> str:
+    """The caller's tenant from its API key (or the default tenant when auth is disabled);
+    Unauthorized without a valid key, TooManyRequests over the key's rate limit."""
     if not runtime.settings.auth_enabled:
-        tenant_id = DEFAULT_TENANT_ID  # created at start-up
-    else:
-        with transaction(runtime.sessions) as session:
-            key = authenticate_key(session, authorization)
-            key_id, tenant_id = key.id, key.tenant_id
-        if runtime.limiter is not None:
-            wait_s = runtime.limiter.acquire(key_id)
-            if wait_s > 0:
-                raise TooManyRequests(
-                    f"this API key is over its rate limit; retry in {wait_s:.2f}s",
-                    code="rate_limited",
-                    headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
-                )
-    bind_log_context(tenant=tenant_id)
+        return DEFAULT_TENANT_ID  # created at start-up
+    with transaction(runtime.sessions) as session:
+        key = authenticate_key(session, authorization)
+        key_id, tenant_id = key.id, key.tenant_id
+    if runtime.limiter is not None:
+        wait_s = runtime.limiter.acquire(key_id)
+        if wait_s > 0:
+            raise TooManyRequests(
+                f"this API key is over its rate limit; retry in {wait_s:.2f}s",
+                code="rate_limited",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
     return tenant_id
+
+
+def get_tenant_id(
+    request: Request,
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """The caller's tenant, as the auth gate established it (or resolved here)."""
+    tenant_id = getattr(request.state, TENANT_STATE_KEY, None)
+    if tenant_id is None:
+        tenant_id = resolve_tenant(runtime, authorization)
+    bind_log_context(tenant=tenant_id)
+    return str(tenant_id)
 
 
 TenantDep = Annotated[str, Depends(get_tenant_id)]

@@ -51,6 +51,8 @@ def request_limits(settings: Settings) -> RequestLimits:
         max_images_per_job=settings.max_images_per_job,
         max_new_tokens_cap=settings.max_new_tokens_cap,
         max_text_chars=settings.max_text_chars,
+        max_messages_per_job=settings.max_messages_per_job,
+        max_tiles_per_job=settings.max_tiles_per_job,
     )
 
 
@@ -249,6 +251,7 @@ def submit_job(
     request: JobCreate,
     files: list[bytes],
     idempotency: IdempotentRequest | None = None,
+    fetched: dict[str, bytes] | None = None,
 ) -> tuple[Job, bool]:
     """Validate, store and queue one job; (job, replayed). Nothing is stored when refused."""
     if idempotency is not None and (earlier := original_job(runtime, tenant_id, idempotency)):
@@ -259,8 +262,9 @@ def submit_job(
         request, limits=request_limits(settings), max_tiles=model.max_tiles, extra_images=len(files)
     )
     if request.webhook is not None:
-        check_webhook_url(request.webhook.url, settings)
-    fetched = fetch_images(image_urls(request), settings)  # before a connection is held
+        request.webhook.url = check_webhook_url(request.webhook.url, settings)
+    if fetched is None:  # the API fetches first, off its request threads (api.fetch)
+        fetched = fetch_images(image_urls(request), settings)  # before a connection is held
     with runtime.sessions() as session:  # reads only: queue room, image_id look-ups
         check_queue_room(
             session,

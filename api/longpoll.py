@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from core.errors import TooManyRequests
 from core.notify import JobFeed
 
 log = logging.getLogger("api.longpoll")
@@ -24,6 +26,7 @@ class JobWaiters:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.slots = WaitSlots()
 
     def start(self) -> None:
         """Start listening for job events in a thread."""
@@ -90,3 +93,28 @@ class Waiter:
         """Set the event thread-safely (the loop may already be gone)."""
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.event.set)
+
+
+class WaitSlots:
+    """How many long-polls each tenant holds open; one tenant cannot hold them all."""
+
+    def __init__(self) -> None:
+        self._held: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, tenant_id: str, *, limit: int, retry_after_s: int) -> Iterator[None]:
+        """Hold one of the tenant's `limit` long-polls; TooManyRequests when all are held."""
+        if self._held[tenant_id] >= limit:  # the event loop's thread only: no lock needed
+            raise TooManyRequests(
+                f"this tenant already holds {limit} long-polls (GET ...?wait=); poll "
+                "without wait, or retry later",
+                code="too_many_waits",
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        self._held[tenant_id] += 1
+        try:
+            yield
+        finally:
+            self._held[tenant_id] -= 1
+            if self._held[tenant_id] <= 0:
+                del self._held[tenant_id]

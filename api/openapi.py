@@ -53,7 +53,7 @@ JOB_EXAMPLES: dict[str, Any] = {
     },
 }
 _DESCRIPTIONS = {
-    400: "Malformed request",
+    400: "Malformed request (invalid JSON, or a NUL in the path or query)",
     401: "Missing or invalid API key",
     404: "No such resource for this tenant",
     409: "Conflicts with the resource's state",
@@ -114,11 +114,11 @@ def _document_problems(schema: dict[str, Any]) -> None:
     # with ids and body errors on writes. Statuses a route documents itself are kept.
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
-            statuses = [401, 422, 429, 503]
+            statuses = [400, 401, 422, 429, 503]  # 400: a NUL (%00) in the path or query
             if "{" in path:
                 statuses.append(404)
             if method in ("post", "put", "patch"):
-                statuses += [400, 413, 415]
+                statuses += [413, 415]
             responses = operation.setdefault("responses", {})
             for status, response in problem_responses(*statuses).items():
                 responses.setdefault(str(status), response)

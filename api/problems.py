@@ -12,8 +12,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
+    BadRequest,
     Conflict,
     InvalidImage,
+    InvalidJson,
     InvalidRequest,
     NotFound,
     PermanentJobError,
@@ -21,6 +23,7 @@ from core.errors import (
     TooManyRequests,
     Unauthorized,
     Unavailable,
+    UnsupportedMediaType,
 )
 from core.retry import is_transient
 
@@ -76,6 +79,9 @@ _STATUS_BY_CODE = {
     "unsupported_media_type": 415,
 }
 _STATUS_BY_CLASS: tuple[tuple[type[ServiceError], int], ...] = (
+    (BadRequest, 400),
+    (InvalidJson, 400),
+    (UnsupportedMediaType, 415),
     (InvalidRequest, 422),
     (InvalidImage, 422),
     (PermanentJobError, 422),

@@ -151,7 +151,7 @@ class WebhookSecretPublic(BaseModel):
 class SecretRotate(BaseModel):
     """Options of a secret rotation."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}  # as documented: no bool -> int
 
     overlap_s: int | None = Field(
         None,
@@ -194,7 +194,7 @@ class WebhookDeliveriesPublic(BaseModel):
 class WebhookReplay(BaseModel):
     """Which delivery to send again; all failed ones of the job when empty."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "strict": True}
 
     delivery_id: str | None = None
 

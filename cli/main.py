@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from cli import keys as cli_keys
 from cli import submit as cli_submit
 from core.config import Settings, get_settings
+from core.exposure import UnsafeBind
 from core.logs import setup_logging
 
 log = logging.getLogger("internvl_jobs.cli")
@@ -31,8 +32,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from core.exposure import check_bind
 
     settings = get_settings()
+    check_bind(settings, args.host)  # auth off and private targets: loopback only
     uvicorn.run(
         create_app(settings),
         host=args.host,
@@ -212,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings: Settings = get_settings()
     setup_logging(args.log_level or settings.log_level, json_lines=settings.log_json)
-    sys.exit(args.func(args))
+    try:
+        sys.exit(args.func(args))
+    except UnsafeBind as exc:
+        log.error("refusing to start: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

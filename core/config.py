@@ -157,12 +157,32 @@ class Settings(BaseSettings):
     )
 
     # API
-    auth_enabled: bool = Field(True, description="Require API keys; false only in development.")
+    auth_enabled: bool = Field(
+        True,
+        description="Require API keys; false only in development, on an API bound to loopback.",
+    )
+    insecure_bind_override: bool = Field(
+        False,
+        description="Serve on a non-loopback address although auth is off or private / "
+        "plain-http targets are allowed (logged as a warning at start).",
+    )
     public_base_url: str = Field("", description="Base URL used in links; empty: relative.")
     max_body_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest request body the API reads."
     )
-    max_images_per_job: int = Field(16, ge=1, le=256, description="Images one job may carry.")
+    max_images_per_job: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Images one job may carry; each chat reference to an image counts as one.",
+    )
+    max_messages_per_job: int = Field(64, ge=1, description="Chat messages one job may carry.")
+    max_tiles_per_job: int = Field(
+        208,
+        ge=0,
+        description="Most tiles one job may cost (image uses x (tile cap + thumbnail)), checked "
+        "at submit; 0: no cap.",
+    )
     max_image_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="Largest encoded image accepted."
     )
@@ -174,6 +194,9 @@ class Settings(BaseSettings):
         32_000, ge=1, description="Longest prompt, question or chat text, in characters."
     )
     max_wait_s: int = Field(60, ge=0, le=600, description="Cap of GET /v1/jobs/{id}?wait=.")
+    max_waits_per_tenant: int = Field(
+        100, ge=1, description="Long-polls (?wait=) one tenant may hold open at once; over: 429."
+    )
     max_jobs_per_batch: int = Field(10_000, ge=1, description="Jobs one batch may hold.")
     max_queued_jobs_per_tenant: int = Field(
         10_000, ge=0, description="Queued jobs one tenant may have; over it: 429. 0: no cap."
@@ -189,7 +212,16 @@ class Settings(BaseSettings):
     )
     key_rate_burst: int = Field(100, ge=1, description="Requests a key may make at once.")
     image_fetch_timeout_s: float = Field(
-        10.0, gt=0, description="Total time allowed to fetch one image URL."
+        10.0,
+        gt=0,
+        description="Total time allowed to fetch all image URLs of one submission (resolving, "
+        "connecting, headers and body together).",
+    )
+    image_fetch_max_in_flight: int = Field(
+        32, ge=1, le=1024, description="Submissions fetching image URLs at once; over it: 503."
+    )
+    image_fetch_max_in_flight_per_tenant: int = Field(
+        4, ge=1, description="Submissions of one tenant fetching image URLs at once; over it: 429."
     )
     image_fetch_allow_private: bool = Field(
         False,
@@ -292,7 +324,13 @@ class Settings(BaseSettings):
         "immediate, so a delivery has len+1 attempts.",
     )
     webhook_timeout_s: float = Field(
-        15.0, gt=0, description="A receiver must answer 2xx within this many seconds."
+        15.0,
+        gt=0,
+        description="A whole delivery attempt (connect, headers, body) ends within this many "
+        "seconds; a receiver must have answered 2xx in full by then.",
+    )
+    webhook_max_in_flight_per_tenant: int = Field(
+        4, ge=1, description="Sends one tenant may have in flight per webhook worker."
     )
     webhook_send_lease_s: float = Field(
         60.0, gt=0, description="A delivery being sent is retried if not recorded in this time."

@@ -41,6 +41,27 @@ class InvalidRequest(ServiceError):
     title = "Invalid request"
 
 
+class BadRequest(ServiceError):
+    """The request itself is malformed (its target, its framing)."""
+
+    code = "bad_request"
+    title = "Bad request"
+
+
+class InvalidJson(ServiceError):
+    """The request body is not (strict) JSON."""
+
+    code = "invalid_json"
+    title = "Invalid JSON"
+
+
+class UnsupportedMediaType(ServiceError):
+    """The request body's content type is not one the endpoint reads."""
+
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
 class InvalidImage(ServiceError):
     """An image is empty, corrupt, too big or of a format the service does not read."""
 

@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
@@ -37,11 +37,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        if created_at.tzinfo is not None:
+            # Offsets up to +-23:59 can push a date past year 1 or 9999: OverflowError here,
+            # not a 500 when the database driver converts it.
+            created_at = created_at.astimezone(UTC)
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise InvalidRequest(
             "the cursor is not one this service gave", code="invalid_cursor"
         ) from exc
-    if created_at.tzinfo is None or not job_id:
+    if created_at.tzinfo is None or not job_id or "\x00" in job_id:
         raise InvalidRequest("the cursor is not one this service gave", code="invalid_cursor")
     return created_at, job_id
 

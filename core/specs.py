@@ -16,6 +16,7 @@ EventType = Literal[
     "job.queued", "job.running", "job.succeeded", "job.failed", "job.canceled", "job.expired"
 ]
 TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled", "job.expired"]
+MAX_PARTS_PER_MESSAGE = 256
 
 
 class Strict(BaseModel):
@@ -87,7 +88,8 @@ class Message(Strict):
     """One chat turn in the Hugging Face chat format."""
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    # Bounded in the schema so a hostile list is refused before its parts are validated.
+    content: str | Annotated[list[ContentPart], Field(max_length=MAX_PARTS_PER_MESSAGE)]
 
 
 class WebhookSpec(Strict):
@@ -180,6 +182,8 @@ class RequestLimits(BaseModel):
     max_new_tokens_cap: int
     max_text_chars: int
     max_metadata_bytes: int = 16 * 1024
+    max_messages_per_job: int = 64
+    max_tiles_per_job: int = 0  # 0: no cap beyond max_images_per_job x the tile cap
 
 
 _TASK_FIELDS: dict[Task, set[str]] = {
@@ -207,6 +211,7 @@ def validate_job_request(
             code="too_many_images",
         )
     _check_image_count(request, image_count)
+    _check_image_uses(request, image_count, limits, max_tiles)
     if request.params.max_new_tokens > limits.max_new_tokens_cap:
         raise InvalidRequest(
             f"params.max_new_tokens={request.params.max_new_tokens} exceeds the limit "
@@ -257,6 +262,45 @@ def check_deadline(fields: DeadlineFields) -> None:
     if fields.expires_at > now + timedelta(seconds=MAX_EXPIRES_AFTER_S):
         raise InvalidRequest(
             f"expires_at is more than {MAX_EXPIRES_AFTER_S} seconds away", code="invalid_params"
+        )
+
+
+def image_uses(request: JobCreate, image_count: int) -> int:
+    """Images the model reads: each chat reference to an image counts once more."""
+    references = sum(
+        1
+        for message in request.messages or []
+        if isinstance(message.content, list)
+        for part in message.content
+        if isinstance(part, ImagePart | ImageUrlPart)
+    )
+    return max(image_count, references)
+
+
+def _check_image_uses(
+    request: JobCreate, image_count: int, limits: RequestLimits, max_tiles: int
+) -> None:
+    # A chat may name one image many times; each use costs the GPU its tiles again.
+    if len(request.messages or []) > limits.max_messages_per_job:
+        raise InvalidRequest(
+            f"{len(request.messages or [])} messages in one job; the limit is "
+            f"{limits.max_messages_per_job}",
+            code="too_many_messages",
+        )
+    uses = image_uses(request, image_count)
+    if uses > limits.max_images_per_job:
+        raise InvalidRequest(
+            f"{uses} image uses (listed images and chat references) in one job; the limit is "
+            f"{limits.max_images_per_job}",
+            code="too_many_images",
+        )
+    tiles = request.params.max_tiles or max_tiles
+    worst = uses * (tiles + 1 if tiles > 1 else 1)  # the grid plus its thumbnail, per use
+    if limits.max_tiles_per_job and worst > limits.max_tiles_per_job:
+        raise InvalidRequest(
+            f"this job may cost up to {worst} tiles; the limit is {limits.max_tiles_per_job} "
+            "(fewer images, or a lower params.max_tiles)",
+            code="too_many_tiles",
         )
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
 
 from core.errors import InvalidRequest
+from core.time_budget import BudgetStream, call_within_budget, time_left
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -130,7 +132,9 @@ def address_refusal(address: IPAddress, *, allow_private: bool) -> str | None:
 
 
 def validate_url(url: str, *, allow_private: bool, allow_http: bool = False) -> str:
-    """Check a URL before accepting it; raise UnsafeUrl naming the problem, else return it."""
+    """Check a URL before accepting it; raise UnsafeUrl naming the problem, else return its
+    normal form (lower-case scheme, host as ASCII after IDNA/NFKC mapping), which is what the
+    fetcher and the webhook sender use: the checks apply to the host actually called."""
     if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
         raise UnsafeUrl("the URL contains whitespace, control characters or backslashes")
     try:
@@ -148,11 +152,18 @@ def validate_url(url: str, *, allow_private: bool, allow_http: bool = False) -> 
         raise UnsafeUrl("the URL's port is not a number from 1 to 65535") from exc
     if port == 0:
         raise UnsafeUrl("the URL's port is not a number from 1 to 65535")
-    _check_host(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc, allow_private)
-    return url
+    host = _check_host(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc, allow_private)
+    netloc = f"{host}:{port}" if port else host
+    normal = urlunsplit((parts.scheme.lower(), netloc, parts.path, parts.query, parts.fragment))
+    try:
+        httpx.URL(normal)  # what the client will be given must be a URL it accepts
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise UnsafeUrl(f"the URL cannot be used: {exc}") from exc
+    return normal
 
 
-def _check_host(host: str, allow_private: bool) -> None:
+def _check_host(host: str, allow_private: bool) -> str:
+    """The host in its normal ASCII form, once checked; UnsafeUrl if it is refused."""
     if host.startswith("["):
         literal = host[1:-1] if host.endswith("]") else ""
         if not literal or "%" in literal:
@@ -162,28 +173,35 @@ def _check_host(host: str, allow_private: bool) -> None:
         except ValueError as exc:
             raise UnsafeUrl("the URL's IPv6 address is malformed") from exc
         _refuse_address(address, allow_private)
-        return
-    name = host.lower()
-    if not name:
+        return host.lower()
+    if not host:
         raise UnsafeUrl("the URL has no host")
+    name = _ascii_host(host)
     labels = name.rstrip(".").split(".")
     if _NUMERIC_LABEL.match(labels[-1]):
         # Browsers and resolvers read 2130706433, 0177.1 or 0x7f.1 as IPv4 addresses.
         if not _DOTTED_QUAD.match(name):
             raise UnsafeUrl("IPv4 addresses must be written as four decimal numbers (a.b.c.d)")
         _refuse_address(ipaddress.IPv4Address(name), allow_private)
-        return
+        return name
     _check_hostname(name, allow_private)
+    return name
+
+
+def _ascii_host(host: str) -> str:
+    # NFKC and IDNA first: fullwidth digits and letters (１２７.０.０.１) become ASCII here,
+    # so every later check sees the host that will really be resolved.
+    try:
+        name = unicodedata.normalize("NFKC", host).lower()
+        return name if name.isascii() else name.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise UnsafeUrl("the URL's host name is not a valid domain name") from exc
 
 
 def _check_hostname(name: str, allow_private: bool) -> None:
-    try:
-        ascii_name = name.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise UnsafeUrl("the URL's host name is not a valid domain name") from exc
-    if len(ascii_name) > 253 or not _HOSTNAME.match(ascii_name):
+    if len(name) > 253 or not _HOSTNAME.match(name):
         raise UnsafeUrl("the URL's host name is not a valid domain name")
-    bare = ascii_name.rstrip(".")
+    bare = name.rstrip(".")
     internal = "." not in bare or bare == "localhost" or bare.endswith(_INTERNAL_SUFFIXES)
     if internal and not allow_private:
         raise UnsafeUrl(f"{bare} names a local or internal host")
@@ -217,14 +235,20 @@ class GuardedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        """Connect to the first checked address of host; every address must pass the check."""
+        """Connect to the first checked address of host; every address must pass the check.
+
+        Inside a `time_budget`, resolving, connecting and every later read and write of the
+        connection end by its deadline.
+        """
         addresses = self._resolve(host, port)
         last_error: Exception | None = None
         for address in addresses:
             try:
-                return self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
+                wait_s = time_left(timeout, httpcore.ConnectTimeout)
+                stream = self._inner.connect_tcp(
+                    str(address), port, wait_s, local_address, socket_options
                 )
+                return BudgetStream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last_error = exc
         assert last_error is not None
@@ -232,7 +256,7 @@ class GuardedBackend(httpcore.NetworkBackend):
 
     def _resolve(self, host: str, port: int) -> list[IPAddress]:
         try:
-            names = self.resolver(host, port)
+            names = call_within_budget(self.resolver, host, port)
         except OSError as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         addresses = [ipaddress.ip_address(name) for name in names]

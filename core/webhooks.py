@@ -25,10 +25,11 @@ from core.views import iso, job_public
 BATCH_EVENTS = ("batch.completed",)
 
 
-def check_webhook_url(url: str, settings: Settings) -> None:
-    """Refuse a webhook URL at submit time (scheme, notation, non-public literal address)."""
+def check_webhook_url(url: str, settings: Settings) -> str:
+    """Refuse a webhook URL at submit time (scheme, notation, non-public literal address);
+    return its normal form, the URL to store and call."""
     try:
-        validate_url(
+        return validate_url(
             url,
             allow_private=settings.webhook_allow_private,
             allow_http=settings.webhook_allow_http,
@@ -129,7 +130,7 @@ def _add_delivery(
         event_type=event_type,
         url=url,
         # Serialised once, so every attempt sends exactly the same bytes.
-        payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        payload=json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False),
         status=DeliveryStatus.PENDING.value,
         attempts=0,
         attempts_before_replay=0,

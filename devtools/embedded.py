@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from core.config import ModelSpec, Settings, get_settings
+from core.exposure import check_bind
 from core.migrations import upgrade
 
 log = logging.getLogger("devtools.embedded")
@@ -70,6 +71,7 @@ def ensure_tiny_model(settings: Settings) -> None:
 def run_dev(*, host: str, port: int, auth: bool, devices: str) -> int:
     """Prepare the embedded stack and run it until interrupted."""
     settings = dev_settings(get_settings(), auth=auth)
+    check_bind(settings, host)  # before anything starts: `dev --host 0.0.0.0` is guarded
     if settings.default_model.alias == TINY_ALIAS:
         ensure_tiny_model(settings)
     upgrade(settings.database_url)

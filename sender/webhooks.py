@@ -3,7 +3,10 @@
 A delivery's `attempts` counter is its fence: dispatching publishes (id, attempts), and only
 the message whose count still matches may claim the next attempt. A claim pushes
 next_attempt_at a lease ahead, so a sender that dies between sending and recording leaves a
-row that comes due again and is sent again, with the same webhook-id.
+row that comes due again and is sent again, with the same webhook-id. An attempt (connect,
+headers, body) ends within webhook_timeout_s, shorter than the lease, so a send still running
+is never dispatched again; in a process, a delivery is sent by one thread at a time and each
+tenant may hold at most webhook_max_in_flight_per_tenant senders.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from core.db import transaction, utcnow
 from core.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from core.signatures import webhook_headers
 from core.ssrf import UnsafeAddress, UnsafeUrl, read_capped, validate_url
+from core.time_budget import time_budget
 from core.webhook_secrets import signing_secrets
+from sender.send_slots import SendSlots
 
 log = logging.getLogger("sender.webhooks")
 USER_AGENT = "internvl-jobs-webhooks/1.0"
@@ -66,6 +71,7 @@ class WebhookSender:
         self.sessions = sessions
         self.client = client
         self.publish = publish
+        self.slots = SendSlots(max_per_tenant=settings.webhook_max_in_flight_per_tenant)
 
     # -- dispatching -----------------------------------------------------------------------
 
@@ -117,13 +123,33 @@ class WebhookSender:
 
     def deliver(self, delivery_id: str, attempts: int) -> str:
         """Make the next attempt of a delivery dispatched at `attempts`; return its status."""
+        with transaction(self.sessions) as session:
+            tenant_id = session.scalar(
+                select(WebhookDelivery.tenant_id).where(WebhookDelivery.id == delivery_id)
+            )
+        if tenant_id is None:
+            return "duplicate"
+        if self.slots.busy(delivery_id):
+            log.info("webhook %s is being sent; message ignored", delivery_id)
+            return "in_flight"
+        with self.slots.take(delivery_id, tenant_id) as free:
+            if not free:  # the tenant holds its share of senders: try again shortly
+                self._defer(delivery_id, attempts)
+                return "deferred"
+            return self._attempt(delivery_id, attempts)
+
+    def _attempt(self, delivery_id: str, attempts: int) -> str:
         claimed = self._claim(delivery_id, attempts)
         if claimed is None:
             log.info("webhook %s was already attempted; duplicate message ignored", delivery_id)
             return "duplicate"
         delivery, secrets = claimed
         attempted_at = utcnow()
-        outcome = self.send(delivery, secrets)
+        try:
+            outcome = self.send(delivery, secrets)
+        except Exception as exc:  # noqa: BLE001 - an attempt that raises is a failed attempt
+            log.exception("sending webhook %s raised", delivery.id)
+            outcome = Outcome(error=f"the send failed: {type(exc).__name__}")
         status = self._record(delivery, attempts + 1, attempted_at, outcome)
         log.info(
             "webhook %s %s attempt %d: %s",
@@ -139,6 +165,20 @@ class WebhookSender:
             },
         )
         return status
+
+    def _defer(self, delivery_id: str, attempts: int) -> None:
+        later = utcnow() + timedelta(seconds=max(1.0, self.settings.webhook_poll_interval_s))
+        with transaction(self.sessions) as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.status == DeliveryStatus.PENDING.value,
+                    WebhookDelivery.attempts == attempts,
+                )
+                .values(next_attempt_at=later)
+                .execution_options(synchronize_session=False)
+            )
 
     def _claim(self, delivery_id: str, attempts: int) -> tuple[WebhookDelivery, list[str]] | None:
         now = utcnow()
@@ -167,7 +207,7 @@ class WebhookSender:
         """POST the delivery's payload, signed, to its URL; never raises for network trouble."""
         settings = self.settings
         try:
-            validate_url(
+            url = validate_url(  # the normal form: the host the checks were made on
                 delivery.url,
                 allow_private=settings.webhook_allow_private,
                 allow_http=settings.webhook_allow_http,
@@ -185,11 +225,14 @@ class WebhookSender:
         }
         started = time.monotonic()
         try:
-            outcome = self._exchange(delivery.url, body, headers, started)
+            with time_budget(settings.webhook_timeout_s):  # connect, headers and body in all
+                outcome = self._exchange(url, body, headers, started)
         except UnsafeAddress as exc:
             outcome = Outcome(error=str(exc))
         except httpx.TimeoutException:
-            outcome = Outcome(error=f"no answer within {settings.webhook_timeout_s:g} s")
+            outcome = Outcome(
+                error=f"no answer within {settings.webhook_timeout_s:g} s, connect to body"
+            )
         except httpx.HTTPError as exc:
             outcome = Outcome(error=f"{type(exc).__name__}: {exc}")
         outcome.latency_ms = round((time.monotonic() - started) * 1000)
@@ -201,6 +244,8 @@ class WebhookSender:
             answered_s = time.monotonic() - started
             try:
                 excerpt = read_capped(response, self.settings.webhook_response_max_bytes)
+            except httpx.TimeoutException:
+                raise  # an answer not complete in time is a failed attempt
             except httpx.HTTPError:
                 excerpt = b""  # the status line is what counts; a broken body changes nothing
         outcome = Outcome(

@@ -9,21 +9,31 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.batch_intake import parse_jsonl, parse_options, submit_batch
+from api import strict_json
+from api.batch_intake import (
+    batch_image_urls,
+    parse_jsonl,
+    parse_options,
+    submit_batch,
+    too_many_jobs,
+)
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
+from api.jsonl import read_jsonl, upload_chunks
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
+from api.strict_json import StrictJsonRoute
 from core.batches import batch_counts, cancel_batch, result_lines
 from core.db import transaction
-from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from core.errors import Conflict, InvalidRequest, NotFound, UnsupportedMediaType
 from core.models import Batch
 from core.specs import BatchCreate
 from core.views import batch_public
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], route_class=StrictJsonRoute)
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
 _JSONL_SCHEMA = {"type": "string", "description": "One JobCreate per line, each with custom_id"}
 _SUBMIT_BODY: dict[str, Any] = {
@@ -56,7 +66,7 @@ _SUBMIT_BODY: dict[str, Any] = {
 }
 
 
-async def read_batch(request: Request) -> BatchCreate:
+async def read_batch(request: Request, max_jobs: int) -> BatchCreate:
     """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -65,26 +75,35 @@ async def read_batch(request: Request) -> BatchCreate:
             upload, spec = form.get("file"), form.get("spec")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
-            return parse_jsonl(
-                await upload.read(), parse_options(spec if isinstance(spec, str) else None)
-            )
-    body = await request.body()
+            text = await read_jsonl(upload_chunks(upload), max_jobs=max_jobs)
+            raw_spec = spec if isinstance(spec, str) else None
+        return await run_in_threadpool(parse_jsonl_batch, text, raw_spec, max_jobs)
     if content_type.startswith(JSONL_TYPES):
-        return parse_jsonl(body, parse_options(None))
+        text = await read_jsonl(request.stream(), max_jobs=max_jobs)
+        return await run_in_threadpool(parse_jsonl_batch, text, None, max_jobs)
     if content_type and not content_type.startswith("application/json"):
-        raise ServiceError(
+        raise UnsupportedMediaType(
             f"unsupported content type {content_type!r}; send application/json, "
-            "application/jsonl or multipart/form-data",
-            code="unsupported_media_type",
+            "application/jsonl or multipart/form-data"
         )
-    try:
-        json.loads(body)
-    except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
+    return await run_in_threadpool(parse_json_batch, await request.body(), max_jobs)
+
+
+def parse_json_batch(body: bytes, max_jobs: int) -> BatchCreate:
+    """A batch from a JSON body: strict JSON, then the BatchCreate schema (off the loop)."""
+    value = strict_json.parse(body)
+    jobs = value.get("jobs") if isinstance(value, dict) else None
+    if isinstance(jobs, list) and len(jobs) > max_jobs:  # before building every JobCreate
+        raise too_many_jobs(max_jobs, len(jobs))
     try:
         return BatchCreate.model_validate_json(body)
-    except ValueError as exc:
-        raise invalid_from(exc) from exc  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise invalid_from(exc) from exc
+
+
+def parse_jsonl_batch(text: bytes, raw_spec: str | None, max_jobs: int) -> BatchCreate:
+    """A batch from JSONL and its optional settings (off the loop)."""
+    return parse_jsonl(text, parse_options(raw_spec), max_jobs=max_jobs)
 
 
 def find_batch(session: Any, tenant_id: str, batch_id: str) -> Batch:
@@ -113,8 +132,13 @@ async def create_batch(
     request: Request, response: Response, runtime: RuntimeDep, tenant_id: TenantDep
 ) -> dict[str, Any]:
     """Submit many jobs at once; all are checked first, and none is stored if one is refused."""
-    batch = await read_batch(request)
-    row = await run_in_threadpool(submit_batch, runtime, tenant_id=tenant_id, batch=batch)
+    batch = await read_batch(request, runtime.settings.max_jobs_per_batch)
+    fetched = await runtime.image_fetcher().fetch(
+        batch_image_urls(batch), runtime.settings, tenant_id=tenant_id
+    )
+    row = await run_in_threadpool(
+        submit_batch, runtime, tenant_id=tenant_id, batch=batch, fetched=fetched
+    )
     response.headers["Location"] = f"/v1/batches/{row.id}"
     return await run_in_threadpool(read_batch_public, runtime, tenant_id, row.id)
 

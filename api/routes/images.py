@@ -12,10 +12,11 @@ from api.deps import RuntimeDep, SessionDep, TenantDep
 from api.intake import image_limits, resolve_model
 from api.openapi import problem_responses
 from api.schemas import ImagePublic
+from api.strict_json import StrictJsonRoute
 from api.uploads import find_image, image_public, read_capped, register_upload
-from core.errors import InvalidRequest, ServiceError
+from core.errors import InvalidRequest, UnsupportedMediaType
 
-router = APIRouter(prefix="/v1/images", tags=["images"])
+router = APIRouter(prefix="/v1/images", tags=["images"], route_class=StrictJsonRoute)
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -49,10 +50,9 @@ async def read_image_body(request: Request, max_bytes: int) -> bytes:
                 raise InvalidRequest("multipart uploads need a file field named 'image'")
             return await read_capped(upload_chunks(upload), max_bytes=max_bytes)
     if content_type and not content_type.startswith(("image/", "application/octet-stream")):
-        raise ServiceError(
+        raise UnsupportedMediaType(
             f"unsupported content type {content_type!r}; send the image's bytes "
-            "(image/* or application/octet-stream) or multipart/form-data",
-            code="unsupported_media_type",
+            "(image/* or application/octet-stream) or multipart/form-data"
         )
     return await read_capped(request.stream(), max_bytes=max_bytes)
 

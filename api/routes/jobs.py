@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -13,14 +12,17 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from api import strict_json
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
+from api.fetch import image_urls
 from api.intake import submit_job
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.schemas import JobPublic, JobsPublic
+from api.strict_json import StrictJsonRoute
 from core import listing
 from core.cancellation import request_cancel
 from core.db import transaction
-from core.errors import InvalidRequest, NotFound, ServiceError
+from core.errors import InvalidRequest, NotFound, ServiceError, UnsupportedMediaType
 from core.idempotency import IdempotentRequest, check_key, request_fingerprint
 from core.listing import JobFilter
 from core.logs import bind_log_context
@@ -30,7 +32,7 @@ from core.specs import JobCreate
 from core.tasks import Task
 from core.views import job_public
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=StrictJsonRoute)
 
 _SUBMIT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -98,20 +100,20 @@ async def read_submission(request: Request) -> Submission:
             files = [
                 await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
             ]
-            job_request = parse_job_create(spec)
-            return Submission(job_request, files, json.loads(spec))
+        return await run_in_threadpool(parse_submission, spec, files, "'spec'")
     if content_type and not content_type.startswith("application/json"):
-        raise ServiceError(
+        raise UnsupportedMediaType(
             f"unsupported content type {content_type!r}; send application/json or "
-            "multipart/form-data",
-            code="unsupported_media_type",
+            "multipart/form-data"
         )
     body = await request.body()
-    try:
-        raw = json.loads(body)
-    except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
-    return Submission(parse_job_create(body), [], raw)
+    return await run_in_threadpool(parse_submission, body, [], "the body")
+
+
+def parse_submission(raw: bytes | str, files: list[bytes], what: str) -> Submission:
+    """Strict JSON, then the JobCreate schema (on a worker thread, never the event loop)."""
+    value = strict_json.parse(raw, what=what)
+    return Submission(parse_job_create(raw), files, value)
 
 
 IdempotencyKeyHeader = Annotated[
@@ -152,6 +154,9 @@ async def create_job(
             request_hash=request_fingerprint(submission.raw_spec, submission.files),
             ttl_s=runtime.settings.idempotency_ttl_s,
         )
+    fetched = await runtime.image_fetcher().fetch(
+        image_urls(submission.request), runtime.settings, tenant_id=tenant_id
+    )
     job, replayed = await run_in_threadpool(
         submit_job,
         runtime,
@@ -159,6 +164,7 @@ async def create_job(
         request=submission.request,
         files=submission.files,
         idempotency=idempotency,
+        fetched=fetched,
     )
     bind_log_context(job_id=job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -210,7 +216,12 @@ async def get_job(
     if not wait:
         return await run_in_threadpool(read_job, runtime, tenant_id, job_id)
     # Watch before reading, so an end between the read and the wait is not missed.
-    with waiters.watch(job_id) as finished:
+    with (
+        waiters.slots.hold(
+            tenant_id, limit=runtime.settings.max_waits_per_tenant, retry_after_s=wait
+        ),
+        waiters.watch(job_id) as finished,
+    ):
         job = await run_in_threadpool(read_job, runtime, tenant_id, job_id)
         if JobStatus(job["status"]).is_terminal():
             return job

@@ -7,10 +7,11 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry
 
 from api.deps import Runtime
+from api.strict_json import StrictJsonRoute
 from core import metrics
 from core.queue_stats import QueueStatsCollector
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 def deployment_registry(runtime: Runtime) -> CollectorRegistry:

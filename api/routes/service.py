@@ -19,6 +19,7 @@ from api.schemas import (
     WorkerPublic,
     WorkersPublic,
 )
+from api.strict_json import StrictJsonRoute
 from core.db import utcnow
 from core.errors import ServiceError
 from core.models import LIVE_WORKER_STATES, Worker, WorkerState
@@ -28,7 +29,7 @@ from core.views import iso
 # Workers silent for longer than this are history, not capacity: the listing leaves them out.
 WORKER_HISTORY_S = 24 * 3600
 
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 
 @router.get("/v1/models", response_model=ModelsPublic, tags=["service"])
@@ -108,8 +109,9 @@ def list_presets(_tenant: TenantDep) -> PresetsPublic:
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])
-def healthz() -> Health:
-    """The process is alive (no dependency is checked)."""
+async def healthz() -> Health:
+    """The process is alive (no dependency is checked); on the event loop, so a busy thread
+    pool cannot delay it."""
     return Health(status="ok")
 
 

@@ -8,14 +8,16 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, SessionDep, TenantDep
+from api.openapi import problem_responses
 from api.schemas import SecretRotate, WebhookDeliveriesPublic, WebhookReplay, WebhookSecretPublic
+from api.strict_json import StrictJsonRoute
 from core.errors import NotFound
 from core.models import Job, WebhookSecret
 from core.views import delivery_public, iso
 from core.webhook_secrets import current_secret, previous_secret_expiry, rotate_secret
 from core.webhooks import delivery_attempts, job_deliveries, replay_deliveries
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=StrictJsonRoute)
 
 
 def _secret_public(session: Session, secret: WebhookSecret) -> dict[str, Any]:
@@ -66,7 +68,10 @@ def list_job_webhooks(job_id: str, session: SessionDep, tenant_id: TenantDep) ->
 
 
 @router.post(
-    "/v1/jobs/{job_id}/webhooks/replay", status_code=202, response_model=WebhookDeliveriesPublic
+    "/v1/jobs/{job_id}/webhooks/replay",
+    status_code=202,
+    response_model=WebhookDeliveriesPublic,
+    responses=problem_responses(409),  # nothing to replay, or the delivery is still pending
 )
 def replay_job_webhooks(
     job_id: str, session: SessionDep, tenant_id: TenantDep, replay: WebhookReplay | None = None

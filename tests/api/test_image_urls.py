@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,42 +13,8 @@ from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
 from core.storage import image_key, sha256_hex
-from tests.support.api import png_bytes, stored_state
-
-IMAGE = png_bytes((80, 60))
-
-
-class ImageHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-        if self.path == "/cat.png":
-            self._send(200, IMAGE)
-        elif self.path == "/big.png":
-            self._send(200, IMAGE + b"\0" * 8192)
-        elif self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("location", "/cat.png")
-            self.send_header("content-length", "0")
-            self.end_headers()
-        elif self.path == "/slow.png":
-            self.send_response(200)
-            self.send_header("content-length", str(len(IMAGE)))
-            self.end_headers()
-            for byte in IMAGE:  # a slow drip, each byte well within the read timeout
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.05)
-        else:
-            self._send(404, b"no")
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", "image/png")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+from tests.support.api import stored_state
+from tests.support.image_server import IMAGE, ImageHandler
 
 
 @pytest.fixture

@@ -89,7 +89,34 @@ def test_non_public_hosts_are_refused(host: str) -> None:
 
 @pytest.mark.parametrize("url", ACCEPTED)
 def test_public_urls_are_accepted(url: str) -> None:
-    assert validate_url(url, allow_private=False) == url
+    normal = validate_url(url, allow_private=False)
+    assert normal == url or (not url.isascii() and normal.isascii())  # IDNs become A-labels
+
+
+@pytest.mark.parametrize(
+    ("url", "normal"),
+    [
+        ("https://ｅｘａｍｐｌｅ.com/h?q=1", "https://example.com/h?q=1"),
+        ("HTTPS://Example.COM/Path", "https://example.com/Path"),
+        ("https://bücher.example/hook", "https://xn--bcher-kva.example/hook"),
+        ("https://ｅｘａｍｐｌｅ．com:８４４３/x", None),  # a fullwidth port is no port
+    ],
+)
+def test_urls_take_one_normal_form(url: str, normal: str | None) -> None:
+    if normal is None:
+        with pytest.raises(UnsafeUrl):
+            validate_url(url, allow_private=False)
+    else:
+        assert validate_url(url, allow_private=False) == normal
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["１２７.０.０.１", "１０.０.０.１", "ｌｏｃａｌｈｏｓｔ", "１６９.２５４.１６９.２５４"],
+)
+def test_fullwidth_forms_of_private_hosts_are_refused(host: str) -> None:
+    with pytest.raises(UnsafeUrl):
+        validate_url(f"https://{host}/hook", allow_private=False)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import time
-from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import Settings
 from core.db import transaction, utcnow
 from core.models import WebhookDelivery
 from core.signatures import new_secret
@@ -22,9 +19,9 @@ from core.tenants import DEFAULT_TENANT_ID, ensure_default_tenant
 from core.webhook_secrets import current_secret, rotate_secret
 from core.webhooks import job_deliveries, replay_deliveries
 from devtools.harness import free_port
-from sender.webhooks import Outcome, WebhookSender
+from sender.webhooks import Outcome
+from tests.support.sender import MakeSender, finished_job_delivery, settle
 from tests.support.webhook_jobs import (
-    MODEL,
     attempts,
     deliveries,
     job_status,
@@ -33,67 +30,6 @@ from tests.support.webhook_jobs import (
     run_job,
 )
 from tests.support.webhook_receiver import Receiver, Reply, verify_standard_webhook
-
-MakeSender = Callable[..., WebhookSender]
-
-
-@pytest.fixture
-def make_sender(db_url: str, sessions: sessionmaker[Session], tmp_path: Path) -> Iterator[Any]:
-    """Senders whose publish step delivers at once, in this thread (no broker needed)."""
-    clients = []
-
-    def make(**overrides: Any) -> WebhookSender:
-        client = overrides.pop("client", None)
-        fields: dict[str, Any] = {
-            "webhook_allow_private": True,
-            "webhook_allow_http": True,
-            "webhook_retry_delays_s": [0.05, 0.05, 0.05],
-            "webhook_timeout_s": 1.0,
-            "webhook_send_lease_s": 5.0,
-            **overrides,
-        }
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            environment="test",
-            data_dir=tmp_path,
-            database_url=db_url,
-            models=[MODEL],
-            log_json=False,
-            **fields,
-        )
-        client = client or guarded_client(
-            allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s
-        )
-        clients.append(client)
-        sender = WebhookSender(
-            settings=settings, sessions=sessions, client=client, publish=lambda i, a: None
-        )
-        sender.publish = sender.deliver  # type: ignore[assignment]
-        return sender
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-def settle(sender: WebhookSender, delivery_id: str, timeout: float = 30) -> WebhookDelivery:
-    """Run the dispatcher until the delivery is no longer pending."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sender.dispatch_due()
-        delivery = row(sender.sessions, WebhookDelivery, delivery_id)
-        if delivery.status != "pending":
-            return delivery
-        time.sleep(0.02)
-    raise AssertionError(f"delivery {delivery_id} still pending after {timeout}s")
-
-
-def finished_job_delivery(
-    sessions: sessionmaker[Session], url: str, **job: Any
-) -> tuple[str, WebhookDelivery]:
-    created = queued_job(sessions, url=url, **job)
-    run_job(sessions, created.id)
-    return created.id, deliveries(sessions, created.id)[-1]
 
 
 def secret_of_default_tenant(sessions: sessionmaker[Session]) -> str:
