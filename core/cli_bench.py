@@ -1,4 +1,4 @@
-"""`internvl-jobs bench engine|service`: the engine and service benchmarks (figures printed).
+"""`internvl-jobs bench engine|service|prepare`: the benchmarks (figures printed).
 
 Only argparse at import time: the parsers are built for every command, and `python -m
 worker.bench` builds the engine one on machines that have torch but no web stack.
@@ -48,6 +48,23 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-gap-ms", type=int, default=50)
     p.add_argument("--log-dir", default=".bench/service", help="logs of the started processes")
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the prepare benchmark."""
+    p.add_argument("--repeats", type=int, default=7, help="interleaved runs; the median is given")
+    p.add_argument("--max-tiles", type=int, default=12)
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def cmd_bench_prepare(args: argparse.Namespace) -> int:
+    """Preparing one job, CPU ms per image on one thread: the processor's way against ours."""
+    from worker.bench_prepare import format_prepare_report, run_prepare_bench
+
+    report = run_prepare_bench(repeats=args.repeats, max_tiles=args.max_tiles)
+    print(format_prepare_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
 
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -101,10 +118,13 @@ def _write_json(report: dict[str, object], path: str) -> None:
 
 
 def register(bench: argparse._SubParsersAction) -> None:
-    """Add `engine` and `service` to the `internvl-jobs bench` subcommands."""
+    """Add `engine`, `service` and `prepare` to the `internvl-jobs bench` subcommands."""
     p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
     engine_arguments(p)
     p.set_defaults(func=cmd_bench_engine)
     p = bench.add_parser("service", help=cmd_bench_service.__doc__)
     service_arguments(p)
     p.set_defaults(func=cmd_bench_service)
+    p = bench.add_parser("prepare", help=cmd_bench_prepare.__doc__)
+    prepare_arguments(p)
+    p.set_defaults(func=cmd_bench_prepare)

@@ -123,11 +123,15 @@ def _load_runtime(
     storage: Any,
     heartbeat: Heartbeat,
 ) -> Any:
+    import torch
+
     from worker.engine import InternVLEngine
     from worker.runtime import WorkerRuntime
 
     spec = settings.model(alias)
     assert spec is not None
+    if settings.worker_cpu_threads:  # the launcher's share of the host's cores
+        torch.set_num_threads(settings.worker_cpu_threads)
     try:
         engine = InternVLEngine(spec, device="cpu" if device.startswith("cpu") else "auto")
     except Exception:
