@@ -75,7 +75,8 @@ def run_prepare_bench(*, repeats: int = 7, max_tiles: int = 12) -> dict[str, Any
     rows = []
     for width, height in SIZES:
         data = photo_jpeg(width, height)
-        old(data), new(data)  # warm-up
+        old(data)  # warm-up
+        new(data)
         old_ms: list[float] = []
         new_ms: list[float] = []
         for _ in range(repeats):
