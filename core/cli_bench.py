@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,16 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-wait-ms", type=int, default=500)
     p.add_argument("--batch-gap-ms", type=int, default=50)
     p.add_argument("--log-dir", default=".bench/service", help="logs of the started processes")
+    p.add_argument(
+        "--simulated-device",
+        default="",
+        choices=["", "h100"],
+        help="run the worker on a simulated accelerator (InternVL3-1B timed as on it) and "
+        "report device busy fraction, jobs/s and host CPU per job by process",
+    )
+    p.add_argument(
+        "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -95,6 +106,8 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     from worker.bench_service import format_service_report, run_service_bench
 
     settings = get_settings()
+    if args.simulated_device:
+        return _simulated_service_bench(args, settings)
     report = run_service_bench(
         checkpoint=args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir))),
         database_url=args.database_url or settings.database_url,
@@ -110,6 +123,31 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     print(format_service_report(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
     return 0 if report["succeeded"] == args.images else 1
+
+
+def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
+    from worker.bench_simulated import format_simulated_report, run_simulated_bench
+
+    report = run_simulated_bench(
+        device=args.simulated_device,
+        cache_dir=Path(args.cache_dir),
+        database_url=args.database_url or settings.database_url,
+        broker_url=args.broker_url or settings.broker_url,
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        jobs=args.images,
+        sizes=[_size(text) for text in args.sizes.split(",")],
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        log_dir=Path(args.log_dir),
+    )
+    print(format_simulated_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
 
 
 def _write_json(report: dict[str, object], path: str) -> None:

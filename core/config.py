@@ -257,6 +257,11 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(
         5.0, gt=0, description="How often a worker renews its leases and reports its state."
     )
+    simulated_device: Literal["", "h100"] = Field(
+        "",
+        description="Benchmarks only: workers run a simulated accelerator (InternVL3-1B timed "
+        "as on this device, the real prepare) instead of loading the model's weights.",
+    )
     worker_cpu_threads: int = Field(
         0,
         ge=0,
