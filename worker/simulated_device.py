@@ -112,17 +112,22 @@ class SimulatedEngine(InternVLEngine):
         self.load_seconds = 0.0
 
     def generate(self, jobs: Sequence[PreparedJob]) -> list[Generation]:
-        """Sleep for the batch's prefill, then one step per token; canceled rows stop early."""
+        """Sleep for the batch's prefill, then one step per token; canceled rows stop early.
+
+        Sleeps run to deadlines on one schedule, so a late wake-up (a busy host) is made up
+        by the next step instead of adding up over the steps.
+        """
         tiles = sum(job.tiles for job in jobs)
         prompt = sum(job.prompt_tokens for job in jobs)
-        time.sleep(prefill_s(self.simulated, self.shape, tiles, prompt))
+        deadline = time.monotonic() + prefill_s(self.simulated, self.shape, tiles, prompt)
+        _sleep_until(deadline)
         steps = max(job.params.max_new_tokens for job in jobs)
         done = 0
         for step in range(steps):
             if all(job.cancel.is_set() for job in jobs):
                 break
-            context = prompt + step * len(jobs)
-            time.sleep(decode_step_s(self.simulated, self.shape, context))
+            deadline += decode_step_s(self.simulated, self.shape, prompt + step * len(jobs))
+            _sleep_until(deadline)
             done = step + 1
         return [self._filler(job, done) for job in jobs]
 
@@ -130,3 +135,9 @@ class SimulatedEngine(InternVLEngine):
         tokens = min(steps, job.params.max_new_tokens)
         finish = "canceled" if job.cancel.is_set() else "length"
         return Generation(" ".join(["token"] * tokens), tokens, finish, seed=job.seed)
+
+
+def _sleep_until(deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
