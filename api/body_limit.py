@@ -7,8 +7,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import PROBLEM_JSON
-from core.errors import PROBLEM_TYPE_PREFIX
+from api.problems import PROBLEM_JSON, PROBLEM_TYPE_PREFIX
 
 
 class BodyTooLarge(HTTPException):

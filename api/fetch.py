@@ -85,5 +85,4 @@ def _too_large(index: int, max_bytes: int) -> InvalidImage:
     return InvalidImage(
         f"image {index}: the URL's image has more than {max_bytes} bytes",
         code="image_too_large",
-        status=413,
     )

@@ -11,10 +11,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import PROBLEM_TYPE_PREFIX, ServiceError
+from core.errors import (
+    Conflict,
+    InvalidImage,
+    InvalidRequest,
+    NotFound,
+    PermanentJobError,
+    ServiceError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
 from core.retry import is_transient
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:internvl-jobs:problem:"
 log = logging.getLogger("api.problems")
 
 _HTTP_CODES = {
@@ -54,15 +65,43 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+# The HTTP status of each domain error: by code where one error class spans several statuses,
+# else by class, else 500.
+_STATUS_BY_CODE = {
+    "invalid_json": 400,
+    "invalid_idempotency_key": 400,
+    "image_too_large": 413,
+    "image_too_many_pixels": 413,
+    "unsupported_image_format": 415,
+    "unsupported_media_type": 415,
+}
+_STATUS_BY_CLASS: tuple[tuple[type[ServiceError], int], ...] = (
+    (InvalidRequest, 422),
+    (InvalidImage, 422),
+    (PermanentJobError, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unauthorized, 401),
+    (TooManyRequests, 429),
+    (Unavailable, 503),
+)
+
+
+def http_status(exc: ServiceError) -> int:
+    """The HTTP status a domain error answers with."""
+    if exc.code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[exc.code]
+    return next((status for kind, status in _STATUS_BY_CLASS if isinstance(exc, kind)), 500)
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
+    status = http_status(exc)
+    if status >= 500:
         log.warning("service error %s: %s", exc.code, exc.detail)
-    return JSONResponse(
-        exc.to_problem(instance=request.url.path),
-        status_code=exc.status,
-        headers=exc.headers,
-        media_type=PROBLEM_JSON,
+    extra = {"instance": request.url.path, **exc.extra}
+    return problem_response(
+        status, exc.code, exc.title, exc.detail, headers=exc.headers, extra=extra
     )
 
 

@@ -107,8 +107,6 @@ async def read_capped(stream: Any, *, max_bytes: int) -> bytes:
     async for chunk in stream:
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidImage(
-                f"the image has more than {max_bytes} bytes", code="image_too_large", status=413
-            )
+            raise InvalidImage(f"the image has more than {max_bytes} bytes", code="image_too_large")
         chunks.append(chunk)
     return b"".join(chunks)

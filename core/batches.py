@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from core.db import run_after_commit, utcnow
 from core.ids import new_id
-from core.jobs import job_public, transition
+from core.jobs import cancel_queued
 from core.models import TERMINAL_STATUSES, Batch, Job, JobStatus
+from core.views import batch_result_line
 
 log = logging.getLogger("core.batches")
 RESULTS_PAGE = 500
@@ -64,31 +65,6 @@ def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
     counts = {status.value: 0 for status in JobStatus}
     counts.update({status: int(count) for status, count in rows})
     return counts
-
-
-def batch_status(batch: Batch) -> str:
-    """in_progress, canceling, completed or canceled."""
-    if batch.finished_at is not None:
-        return "canceled" if batch.cancel_requested_at else "completed"
-    return "canceling" if batch.cancel_requested_at else "in_progress"
-
-
-def batch_public(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
-    """The batch as clients see it."""
-    return {
-        "id": batch.id,
-        "object": "batch",
-        "status": batch_status(batch),
-        "total": batch.total,
-        "counts": counts,
-        "metadata": batch.meta or {},
-        "webhook": {"url": batch.webhook_url, "events": batch.webhook_events}
-        if batch.webhook_url
-        else None,
-        "created_at": _iso(batch.created_at),
-        "cancel_requested_at": _iso(batch.cancel_requested_at),
-        "finished_at": _iso(batch.finished_at),
-    }
 
 
 def settle_batch(session: Session, batch_id: str) -> bool:
@@ -149,14 +125,7 @@ def cancel_batch(session: Session, batch: Batch) -> int:
     ).all()
     canceled = 0
     for job_id in queued:
-        done = transition(
-            session,
-            job_id,
-            to=JobStatus.CANCELED,
-            expect=[JobStatus.QUEUED],
-            values={"finished_at": now, "cancel_requested_at": now},
-            event_data={"reason": "batch_canceled"},
-        )
+        done = cancel_queued(session, job_id, now=now, event_data={"reason": "batch_canceled"})
         canceled += done is not None
     session.execute(
         update(Job)
@@ -182,20 +151,8 @@ def result_lines(session: Session, batch_id: str) -> Iterator[dict[str, Any]]:
             )
         page = list(session.scalars(query.order_by(Job.created_at, Job.id).limit(RESULTS_PAGE)))
         for job in page:
-            public = job_public(job)
-            yield {
-                "custom_id": job.custom_id,
-                "job_id": job.id,
-                "status": job.status,
-                "result": public["result"],
-                "error": public["error"],
-                "usage": public["usage"],
-            }
+            yield batch_result_line(job)
         if len(page) < RESULTS_PAGE:
             return
         after = (page[-1].created_at, page[-1].id)
         session.expunge_all()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from core.errors import Conflict, NotFound
-from core.jobs import transition
+from core.jobs import cancel_queued
 from core.models import Job, JobStatus
 
 
@@ -34,14 +34,7 @@ def request_cancel(session: Session, job_id: str, *, tenant_id: str) -> Job:
                 code="job_finished",
             )
         if job.job_status == JobStatus.QUEUED:
-            canceled = transition(
-                session,
-                job_id,
-                to=JobStatus.CANCELED,
-                expect=[JobStatus.QUEUED],
-                values={"cancel_requested_at": now, "finished_at": now},
-                event_data={"by": "client"},
-            )
+            canceled = cancel_queued(session, job_id, now=now, event_data={"by": "client"})
             if canceled is not None:
                 return canceled
         elif _flag_running(session, job_id, now):

@@ -76,6 +76,25 @@ class ModelSpec(BaseModel):
         "long and none is still being prepared: a lone job waits this long, a burst fills.",
     )
     max_batch_tiles: int = Field(256, ge=1, description="Tile budget of one batch.")
+    scheduler: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: jobs join and leave the running batch at every step; static: "
+        "one generate() per batch until its longest job ends (beam search always runs static).",
+    )
+    prefill_tokens_per_step: int = Field(
+        1024,
+        ge=16,
+        le=1_000_000,
+        description="Continuous batching: padded prompt tokens one step may prefill while "
+        "others decode (longer prompts are prefilled in chunks).",
+    )
+    kv_cache_memory_fraction: float = Field(
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Continuous batching: share of the device's free memory (after loading) "
+        "the running batch's KV cache may take; admission keeps within it.",
+    )
     vision_chunk_tiles: int = Field(
         0,
         ge=0,

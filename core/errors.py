@@ -1,25 +1,27 @@
-"""The service's error base: every failure a client can see carries a status and a stable code."""
+"""The service's domain errors: a stable machine-readable code and a human message.
+
+No transport here: the API maps each error to its HTTP status and problem+json body in one
+place (api/problems.py); a worker fails a job at once on a `permanent` error.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-PROBLEM_TYPE_PREFIX = "urn:internvl-jobs:problem:"
-
 
 class ServiceError(Exception):
-    """An error with an HTTP status, a machine-readable code and a human message."""
+    """An error with a machine-readable code, a title and a human message."""
 
-    status: int = 500
     code: str = "internal_error"
     title: str = "Internal server error"
+    # The request or job itself is at fault: retrying the same thing fails the same way.
+    permanent: bool = False
 
     def __init__(
         self,
         detail: str,
         *,
         code: str | None = None,
-        status: int | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
@@ -27,30 +29,14 @@ class ServiceError(Exception):
         self.detail = detail
         if code is not None:
             self.code = code
-        if status is not None:
-            self.status = status
         self.headers = headers or {}
         self.extra = extra or {}
-
-    def to_problem(self, *, instance: str | None = None) -> dict[str, Any]:
-        """The RFC 9457 problem document for this error."""
-        body: dict[str, Any] = {
-            "type": PROBLEM_TYPE_PREFIX + self.code,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "code": self.code,
-        }
-        if instance:
-            body["instance"] = instance
-        body.update(self.extra)
-        return body
 
 
 class InvalidRequest(ServiceError):
     """The request is well-formed JSON but its content is not acceptable."""
 
-    status = 422
+    permanent = True
     code = "invalid_params"
     title = "Invalid request"
 
@@ -58,7 +44,7 @@ class InvalidRequest(ServiceError):
 class InvalidImage(ServiceError):
     """An image is empty, corrupt, too big or of a format the service does not read."""
 
-    status = 422
+    permanent = True
     code = "invalid_image"
     title = "Invalid image"
 
@@ -66,7 +52,7 @@ class InvalidImage(ServiceError):
 class NotFound(ServiceError):
     """The resource does not exist, or belongs to another tenant."""
 
-    status = 404
+    permanent = True
     code = "not_found"
     title = "Not found"
 
@@ -74,7 +60,7 @@ class NotFound(ServiceError):
 class Conflict(ServiceError):
     """The request conflicts with the resource's current state."""
 
-    status = 409
+    permanent = True
     code = "conflict"
     title = "Conflict"
 
@@ -82,7 +68,7 @@ class Conflict(ServiceError):
 class Unauthorized(ServiceError):
     """No valid API key was presented."""
 
-    status = 401
+    permanent = True
     code = "unauthorized"
     title = "Unauthorized"
 
@@ -90,7 +76,6 @@ class Unauthorized(ServiceError):
 class TooManyRequests(ServiceError):
     """A queue or rate limit is exceeded; retry after the given delay."""
 
-    status = 429
     code = "queue_full"
     title = "Too many requests"
 
@@ -98,7 +83,6 @@ class TooManyRequests(ServiceError):
 class Unavailable(ServiceError):
     """A dependency (database, broker, storage) cannot be reached right now."""
 
-    status = 503
     code = "unavailable"
     title = "Service unavailable"
 
@@ -106,6 +90,6 @@ class Unavailable(ServiceError):
 class PermanentJobError(ServiceError):
     """A job cannot succeed however often it is retried (bad image, invalid parameters)."""
 
-    status = 422
+    permanent = True
     code = "job_failed"
     title = "Job failed"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from core.batches import batch_counts, batch_public, on_batch_finished, settle_after_commit
+from core.batches import batch_counts, on_batch_finished, settle_after_commit
 from core.jobs import add_event_listener
 from core.models import Batch
 from core.notify import JobFeed, install_publisher
+from core.views import batch_public
 from core.webhooks import record_batch_event
 
 

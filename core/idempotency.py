@@ -39,7 +39,6 @@ def check_key(key: str) -> str:
         raise InvalidRequest(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
             code="invalid_idempotency_key",
-            status=400,
         )
     return key
 

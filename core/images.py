@@ -83,7 +83,6 @@ def inspect_image(data: bytes, *, limits: ImageLimits, index: int = 0) -> ImageI
         raise InvalidImage(
             f"{where} has {len(data)} bytes; the limit is {limits.max_bytes}",
             code="image_too_large",
-            status=413,
         )
     image = _open(data, where, limits.max_pixels)
     width, height = image.size
@@ -104,7 +103,6 @@ def _too_many_pixels(where: str, size: str, max_pixels: int) -> InvalidImage:
     return InvalidImage(
         f"{where} is {size}; the limit is {max_pixels} pixels",
         code="image_too_many_pixels",
-        status=413,
     )
 
 
@@ -123,7 +121,6 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     raise InvalidImage(
         f"{where} is not an image in an accepted format; send JPEG, PNG, WEBP, GIF, BMP or TIFF",
         code="unsupported_image_format",
-        status=415,
     )
 
 

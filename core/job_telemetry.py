@@ -19,10 +19,12 @@ from core import metrics
 from core.jobs import add_event_listener
 from core.logs import bind_log_context, current_log_context
 from core.models import Job
+from core.specs import TERMINAL_EVENTS
 
 log = logging.getLogger("internvl_jobs.jobs")
 _PENDING_KEY = "internvl_jobs_job_events"
-TERMINAL_EVENTS = {"job.succeeded": "succeeded", "job.failed": "failed", "job.canceled": "canceled"}
+# The status label of each terminal event: job.failed -> failed.
+FINISHED_AS = {event: event.removeprefix("job.") for event in TERMINAL_EVENTS}
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,8 @@ def _count(note: JobEventNote) -> None:
     elif note.event == "job.running" and note.started_at is not None:
         wait_s = (note.started_at - note.created_at).total_seconds()
         metrics.QUEUE_WAIT.labels(note.model).observe(max(wait_s, 0.0))
-    elif note.event in TERMINAL_EVENTS:
-        metrics.JOBS_FINISHED.labels(note.model, note.task, TERMINAL_EVENTS[note.event]).inc()
+    elif note.event in FINISHED_AS:
+        metrics.JOBS_FINISHED.labels(note.model, note.task, FINISHED_AS[note.event]).inc()
         inference_s = (note.usage or {}).get("inference_s")
         if note.event == "job.succeeded" and isinstance(inference_s, int | float):
             metrics.INFERENCE_TIME.labels(note.model, note.task).observe(inference_s)

@@ -17,6 +17,7 @@ from core.config import ModelSpec
 from core.db import utcnow
 from core.ids import new_id
 from core.models import Job, JobEvent, JobImage, JobStatus
+from core.webhooks import record_job_event
 
 EVENT_FOR_STATUS = {
     JobStatus.QUEUED: "job.queued",
@@ -236,6 +237,20 @@ def release_job(
     )
 
 
+def cancel_queued(
+    session: Session, job_id: str, *, now: datetime, event_data: dict[str, Any]
+) -> Job | None:
+    """Cancel a job that is still queued; None once it is not (claimed, or finished)."""
+    return transition(
+        session,
+        job_id,
+        to=JobStatus.CANCELED,
+        expect=[JobStatus.QUEUED],
+        values={"cancel_requested_at": now, "finished_at": now},
+        event_data=event_data,
+    )
+
+
 def cancel_job(
     session: Session,
     job_id: str,
@@ -259,40 +274,7 @@ def cancel_job(
     )
 
 
-def job_public(job: Job) -> dict[str, Any]:
-    """The job as clients see it (api.md): the body of GET /v1/jobs/{id} and of webhooks."""
-    error = None
-    if job.error_code:
-        error = {"code": job.error_code, "message": job.error_message or ""}
-    return {
-        "id": job.id,
-        "object": "job",
-        "status": job.status,
-        "task": job.task,
-        "model": job.model,
-        "priority": job.priority,
-        "batch_id": job.batch_id,
-        "custom_id": job.custom_id,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "cancel_requested_at": _iso(job.cancel_requested_at),
-        "attempts": job.attempts,
-        "metadata": job.meta or {},
-        "result": job.result,
-        "usage": job.usage,
-        "error": error,
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
 def _queue_webhooks(session: Session, job: Job, event_type: str) -> None:
-    # Imported here because core.webhooks builds its payloads with job_public above.
-    from core.webhooks import record_job_event
-
     record_job_event(session, job, event_type)
 
 

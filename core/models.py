@@ -69,6 +69,29 @@ class JobStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
+class WorkerState(StrEnum):
+    """What a worker process records in its heartbeat row, from start to exit."""
+
+    STARTING = "starting"  # loading its model
+    READY = "ready"  # taking jobs
+    STOPPING = "stopping"  # draining after a shutdown signal
+    STOPPED = "stopped"  # exited cleanly
+    DEFUNCT = "defunct"  # exited because its engine was stuck or broken
+    LOST = "lost"  # never stored: the API's word for a live state whose heartbeats stopped
+
+
+LIVE_WORKER_STATES = (WorkerState.STARTING, WorkerState.READY)
+
+
+class DeliveryStatus(StrEnum):
+    """Where a webhook delivery is: still being tried, or done one way or another."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # every scheduled attempt failed, or the URL is no longer acceptable
+    DISABLED = "disabled"  # the receiver answered 410 Gone: nothing more goes to that URL
+
+
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
 
 

@@ -28,10 +28,10 @@ from core.config import Settings
 from core.db import run_after_commit
 from core.jobs import add_event_listener
 from core.models import Job
+from core.specs import TERMINAL_EVENTS
 
 log = logging.getLogger("core.notify")
 CHANNEL = "internvl-jobs:job-events"
-TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled"})
 OnEvent = Callable[[str], None]
 
 
@@ -64,7 +64,8 @@ class RedisJobFeed:
         self, on_event: OnEvent, on_resync: Callable[[], None], stop: threading.Event
     ) -> None:
         while not stop.is_set():
-            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)
+            # redis-py leaves pubsub() unannotated.
+            pubsub = self.subscriber.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
                 on_resync()  # whatever ended while unsubscribed is re-read by its waiter

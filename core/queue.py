@@ -87,6 +87,27 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def celery_worker(
+    app: Celery, settings: Settings, *, hostname: str, queue: str, threads: int, loglevel: str
+) -> Any:
+    """A Celery worker on one queue with a thread pool: how both Celery processes consume.
+
+    No mingle or gossip (workers share nothing but the queue), fair prefetch (a long job does
+    not hold short ones back), and no banner under JSON logs, where every line must parse.
+    """
+    return app.Worker(
+        hostname=hostname,
+        queues=[queue],
+        pool="threads",
+        concurrency=threads,
+        loglevel=loglevel,
+        without_mingle=True,
+        without_gossip=True,
+        optimization="fair",
+        quiet=settings.log_json,
+    )
+
+
 def publish_job(app: Celery, model: ModelSpec, job_id: str, *, priority: int = 0) -> None:
     """Put a job id on its model's queue; call only after the job row is committed."""
     app.send_task(

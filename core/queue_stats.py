@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import utcnow
-from core.models import Job, JobStatus, WebhookDelivery, Worker
+from core.models import Job, JobStatus, WebhookDelivery, Worker, WorkerState
 
 log = logging.getLogger("core.queue_stats")
 # Workers silent for longer than this are no longer reported at all.
@@ -140,7 +140,7 @@ class QueueStatsCollector(Collector):
         rows = session.execute(
             select(Worker.id, Worker.model, Worker.state, Worker.last_heartbeat_at).where(
                 Worker.last_heartbeat_at >= now - FORGET_WORKERS_AFTER,
-                Worker.state != "stopped",
+                Worker.state != WorkerState.STOPPED,
             )
         ).all()
         fresh_after = now - timedelta(seconds=self.settings.heartbeat_s * 3)

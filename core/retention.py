@@ -28,6 +28,7 @@ from core.errors import InvalidRequest
 from core.images import ImageInfo
 from core.models import (
     TERMINAL_STATUSES,
+    DeliveryStatus,
     IdempotencyKey,
     Image,
     Job,
@@ -36,7 +37,6 @@ from core.models import (
     WebhookDelivery,
 )
 from core.storage import ObjectStorage, image_key
-from core.webhooks import DeliveryStatus
 
 log = logging.getLogger("core.retention")
 BATCH_LIMIT = 500

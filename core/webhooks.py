@@ -8,8 +8,6 @@ schedules the next attempt in the row, so no retry lives only in a message queue
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select
@@ -19,21 +17,12 @@ from core.config import Settings
 from core.db import utcnow
 from core.errors import Conflict, InvalidRequest, NotFound
 from core.ids import new_id
-from core.jobs import job_public
-from core.models import Batch, Job, JobStatus, WebhookAttempt, WebhookDelivery
+from core.models import Batch, DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery
 from core.specs import TERMINAL_EVENTS
 from core.ssrf import UnsafeUrl, validate_url
+from core.views import iso, job_public
 
 BATCH_EVENTS = ("batch.completed",)
-
-
-class DeliveryStatus(StrEnum):
-    """Where a delivery is: still being tried, or done one way or another."""
-
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"  # every scheduled attempt failed, or the URL is no longer acceptable
-    DISABLED = "disabled"  # the receiver answered 410 Gone: nothing more goes to that URL
 
 
 def check_webhook_url(url: str, settings: Settings) -> None:
@@ -198,40 +187,12 @@ def replay_deliveries(
     return chosen
 
 
-def delivery_public(session: Session, delivery: WebhookDelivery) -> dict[str, Any]:
-    """A delivery as clients see it, with every attempt's outcome."""
-    attempts = session.scalars(
-        select(WebhookAttempt)
-        .where(WebhookAttempt.delivery_id == delivery.id)
-        .order_by(WebhookAttempt.id)
+def delivery_attempts(session: Session, delivery: WebhookDelivery) -> list[WebhookAttempt]:
+    """The delivery's attempts, oldest first (core.views.delivery_public shows them)."""
+    return list(
+        session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id == delivery.id)
+            .order_by(WebhookAttempt.id)
+        )
     )
-    return {
-        "id": delivery.id,
-        "object": "webhook_delivery",
-        "event_type": delivery.event_type,
-        "url": delivery.url,
-        "status": delivery.status,
-        "attempt_count": delivery.attempts,
-        "next_attempt_at": (
-            iso(delivery.next_attempt_at)
-            if delivery.status == DeliveryStatus.PENDING.value
-            else None
-        ),
-        "created_at": iso(delivery.created_at),
-        "finished_at": iso(delivery.finished_at),
-        "attempts": [
-            {
-                "attempted_at": iso(a.attempted_at),
-                "status_code": a.status_code,
-                "latency_ms": a.latency_ms,
-                "error": a.error,
-                "response": a.response_excerpt,
-            }
-            for a in attempts
-        ],
-    }
-
-
-def iso(value: datetime | None) -> str | None:
-    """An aware datetime as ISO 8601 with a Z, as every timestamp of the API."""
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -5,16 +5,27 @@
 # Build from the repository root:
 #   docker build -f docker/worker.Dockerfile -t internvl-jobs-worker .
 #   docker build -f docker/worker.Dockerfile --build-arg FLASH_ATTN=1 -t internvl-jobs-worker:fa2 .
+# A CPU-only image: plain Debian or Ubuntu bases for both stages and torch's CPU wheel:
+#   docker build -f docker/worker.Dockerfile --build-arg BUILD_IMAGE=debian:bookworm-slim \
+#     --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg TORCH_FLAVOUR=cpu \
+#     -t internvl-jobs-worker:cpu .
 
 ARG CUDA_VERSION=13.0.2
 ARG UBUNTU=ubuntu24.04
+ARG BUILD_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU}
+ARG BASE_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
 
 # Build stage: the devel image has nvcc, needed only when flash-attn is compiled.
-FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
+FROM ${BUILD_IMAGE} AS build
 ARG FLASH_ATTN=0
 ARG FLASH_ATTN_VERSION=2.8.3.post2
 # flash-attn compiles for a long time; MAX_JOBS bounds its memory use (about 4 GB per job).
 ARG MAX_JOBS=4
+# cu130: PyPI's torch wheel (CUDA 13.0); cpu: the CPU wheel from PyTorch's own index.
+ARG TORCH_FLAVOUR=cu130
+# Empty by default: pip reads only PyPI (see api.Dockerfile for local wheel folders).
+ARG PIP_EXTRA_INDEX_URL=""
+ARG PIP_FIND_LINKS=""
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -27,16 +38,25 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY core ./core
-COPY api ./api
 COPY worker ./worker
-# torch==2.14.1 from PyPI is the CUDA 13.0 build (its wheels pull nvidia-*-cu13 libraries).
-RUN pip install --constraint constraints.txt ".[worker]" \
-    && python -c "import torch; assert torch.version.cuda.startswith('13.0'), torch.version.cuda"
+COPY cli ./cli
+# Operators benchmark their own GPUs (`internvl-jobs bench engine`); it builds tiny presets.
+COPY bench ./bench
+COPY devtools ./devtools
+# torch==2.14.1 from PyPI is the CUDA 13.0 build (its wheels pull nvidia-*-cu13 libraries);
+# the +cpu build satisfies the same pin and pulls none of them.
+RUN case "$TORCH_FLAVOUR" in \
+        cu130) index=""; cuda="13.0" ;; \
+        cpu) index="--extra-index-url=https://download.pytorch.org/whl/cpu"; cuda="None" ;; \
+        *) echo "TORCH_FLAVOUR must be cu130 or cpu" >&2; exit 2 ;; \
+    esac \
+    && pip install $index --constraint constraints.txt ".[worker]" \
+    && python -c "import sys, torch; v = str(torch.version.cuda); assert v.startswith(sys.argv[1]), v" "$cuda"
 RUN if [ "$FLASH_ATTN" = "1" ]; then \
         MAX_JOBS="$MAX_JOBS" pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"; \
     fi
 
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}
+FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -35,19 +35,46 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class BatchStats:
     """Counters a worker reports in its heartbeat and metrics."""
 
-    batches: int = 0
+    batches: int = 0  # generate() calls (static), groups prefilled (continuous)
     jobs: int = 0
     completion_tokens: int = 0
     tiles: int = 0
     busy_s: float = 0.0
     last_batch_size: int = 0
     last_batch_at: float | None = None
-    running_since: float | None = None  # unix time the generate() call in progress began
+    running_since: float | None = None  # unix time the generate() call (or step) in progress began
     oom_splits: int = 0
+    scheduler: str = "static"
+    steps: int = 0  # continuous batching: model steps, of which prefill_steps prefilled a group
+    prefill_steps: int = 0
+    row_steps: int = 0  # rows decoded, summed over steps: row_steps / steps is the occupancy
+    waits: int = 0  # jobs started, and their total wait from submission to their first step
+    wait_s: float = 0.0
+
+    def record_wait(self, wait_s: float) -> None:
+        """A job left the queue for the model after waiting wait_s."""
+        self.waits += 1
+        self.wait_s += wait_s
+
+    def record_step(self, rows: int, *, prefill: bool, elapsed_s: float) -> None:
+        """One continuous-batching step: rows decoded, and whether it prefilled a group."""
+        self.steps += 1
+        self.prefill_steps += int(prefill)
+        self.row_steps += rows
+        self.busy_s += elapsed_s
+        self.last_batch_size = rows
+        self.last_batch_at = time.time()
+
+    def record_job(self, completion_tokens: int) -> None:
+        """A job left the running batch with its result."""
+        self.jobs += 1
+        self.completion_tokens += completion_tokens
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
+        steps = self.steps
         return {
+            "scheduler": self.scheduler,
             "batches": self.batches,
             "jobs": self.jobs,
             "completion_tokens": self.completion_tokens,
@@ -57,6 +84,12 @@ class BatchStats:
             "last_batch_at": self.last_batch_at,
             "oom_splits": self.oom_splits,
             "mean_batch_size": round(self.jobs / self.batches, 2) if self.batches else 0.0,
+            "steps": steps,
+            "prefill_steps": self.prefill_steps,
+            "prefill_step_share": round(self.prefill_steps / steps, 3) if steps else 0.0,
+            "mean_occupancy": round(self.row_steps / steps, 2) if steps else 0.0,
+            "steps_per_s": round(steps / self.busy_s, 2) if steps and self.busy_s else 0.0,
+            "mean_queue_wait_s": round(self.wait_s / self.waits, 3) if self.waits else 0.0,
         }
 
 
@@ -66,6 +99,7 @@ class _Waiting:
     future: Future[Generation]
     key: tuple[Any, ...]
     arrived: float
+    started: bool = False  # its future runs (continuous batching may evict and restart it)
 
 
 class Announcement:
@@ -111,6 +145,8 @@ class Batcher:
         self.gap_s = min(max_wait_ms if gap_ms is None else gap_ms, max_wait_ms) / 1000
         self.max_batch_tiles = max_batch_tiles
         self.on_batch = on_batch  # (batch size, seconds) after each batch: metrics
+        # (rows decoded, seconds, prefilled) after each continuous-batching step: metrics
+        self.on_step: Callable[[int, float, bool], None] | None = None
         self._waiting: list[_Waiting] = []
         self._incoming = 0  # jobs announced by task threads and still being prepared
         self._last_arrival = 0.0  # when a job was last announced or submitted
@@ -216,6 +252,9 @@ class Batcher:
 
     def _execute(self, batch: list[_Waiting]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        now = time.monotonic()
+        for item in live:
+            self.stats.record_wait(now - item.arrived)
         if live:
             self._run_batch(live)
 

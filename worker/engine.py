@@ -299,5 +299,30 @@ class InternVLEngine:
                 break
         if job.cancel.is_set():
             finish = "canceled"
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = complete_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
         return Generation(text.strip(), len(tokens), finish, seed=job.seed)
+
+    # Continuous batching (worker/decode.py, worker/continuous.py) goes through these, so each
+    # concern keeps one home: pixels reach the vision tower only in _input_embeddings.
+
+    def prompt_embeddings(self, input_ids: torch.Tensor, jobs: Sequence[PreparedJob]) -> Any:
+        """Left-padded prompts' embeddings with every job's image features in its slots."""
+        return self._input_embeddings(input_ids, jobs)
+
+    def left_pad(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Token rows padded on the left to one width: ids, attention mask, padding per row."""
+        return self._left_pad(rows)
+
+    def result(self, job: PreparedJob, tokens: list[int]) -> Generation:
+        """A job's Generation from its generated tokens (cut at the first end token)."""
+        return self._decode(job, torch.tensor(tokens, dtype=torch.long))
+
+
+def complete_text(decoded: str) -> str:
+    """Decoded text without the U+FFFD a tokenizer writes for bytes that form no character.
+
+    Byte-level tokens split characters: a generation cut by max_new_tokens can end inside one,
+    and a weak model can emit bytes in an impossible order. The tokenizer shows such bytes as
+    U+FFFD; a job's text drops them, so it holds only characters the model actually completed.
+    """
+    return decoded.replace("\ufffd", "")

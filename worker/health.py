@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core import metrics
+from core.models import WorkerState
 from core.probe_server import Probe
 
 log = logging.getLogger("worker.health")
@@ -45,7 +46,7 @@ class WorkerHealth(Collector):
         self.stuck_after_s = stuck_after_s
         self.exit_when_stuck = exit_when_stuck
         self._exit_process = exit_process
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.batcher: Any = None  # set once the model is loaded
         self.heartbeat: Any = None
         self.jobs_done: Callable[[], int] = lambda: 0
@@ -71,7 +72,7 @@ class WorkerHealth(Collector):
             "worker": self.worker_id,
             "model": self.model,
             "state": self.state,
-            "model_loaded": self.batcher is not None and self.state != "defunct",
+            "model_loaded": self.batcher is not None and self.state != WorkerState.DEFUNCT,
             "last_batch_at": last,
             "last_batch_age_s": round(time.time() - last, 3) if last else None,
             "running_batch_s": _rounded(self.running_batch_s()),
@@ -83,13 +84,13 @@ class WorkerHealth(Collector):
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 when the model is loaded and the worker takes jobs."""
         report = self.report()
-        ready = self.state == "ready" and report["model_loaded"] and not report["stuck"]
+        ready = self.state == WorkerState.READY and report["model_loaded"] and not report["stuck"]
         return (200 if ready else 503), {"status": "ok" if ready else "unavailable", **report}
 
     def liveness(self) -> tuple[int, dict[str, Any]]:
         """200 unless the model failed to load or a generation is stuck."""
         report = self.report()
-        alive = self.state != "defunct" and not report["stuck"]
+        alive = self.state != WorkerState.DEFUNCT and not report["stuck"]
         return (200 if alive else 503), {"status": "ok" if alive else "unhealthy", **report}
 
     def probes(self) -> dict[str, Probe]:
@@ -223,6 +224,25 @@ class WorkerHealth(Collector):
             "internvl_jobs_worker_oom_splits": (
                 "Batches split after running out of device memory.",
                 stats.oom_splits if stats else 0,
+            ),
+            # Continuous batching: rate(row_steps) / rate(steps) is the batch occupancy (rows
+            # per step), rate(prefill_steps) / rate(steps) the share of steps that prefilled.
+            "internvl_jobs_worker_steps": ("Model steps.", stats.steps if stats else 0),
+            "internvl_jobs_worker_prefill_steps": (
+                "Model steps that prefilled new jobs.",
+                stats.prefill_steps if stats else 0,
+            ),
+            "internvl_jobs_worker_row_steps": (
+                "Rows decoded, summed over steps.",
+                stats.row_steps if stats else 0,
+            ),
+            "internvl_jobs_worker_queue_wait_seconds": (
+                "Seconds jobs waited in the batcher before their first step (sum).",
+                stats.wait_s if stats else 0.0,
+            ),
+            "internvl_jobs_worker_queue_waits": (
+                "Jobs that left the batcher's queue for the model.",
+                stats.waits if stats else 0,
             ),
         }
         for name, (text, value) in counters.items():

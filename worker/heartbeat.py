@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import transaction, utcnow
 from core.leases import LeaseCheck, cancel_requests, renew_leases
-from core.models import Worker
+from core.models import Worker, WorkerState
 
 log = logging.getLogger("worker.heartbeat")
 
@@ -53,7 +53,7 @@ class Heartbeat:
         self.held = held
         self.on_check = on_check
         self.stats = stats
-        self.state = "starting"
+        self.state = WorkerState.STARTING
         self.last_beat_at: float | None = None  # unix time of the last recorded beat
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -63,7 +63,7 @@ class Heartbeat:
         self.beat()
         self._thread.start()
 
-    def stop(self, *, final_state: str = "stopped") -> None:
+    def stop(self, *, final_state: WorkerState = WorkerState.STOPPED) -> None:
         """Stop beating and record the final state."""
         self._stop.set()
         self._thread.join(self.interval_s + 5)
@@ -121,7 +121,7 @@ class Heartbeat:
                 started_at=now,
             )
             session.add(row)
-        if self.state == "starting":
+        if self.state == WorkerState.STARTING:
             row.started_at = now
         row.state = self.state
         row.pid = os.getpid()

@@ -19,9 +19,10 @@ from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.logs import set_process_fields, setup_logging
 from core.metrics import BUILD_INFO
+from core.models import WorkerState
 from core.notify import job_feed
 from core.probe_server import ProbeServer, start_probe_server
-from core.queue import make_celery
+from core.queue import celery_worker, make_celery
 from core.storage import open_storage
 from worker.health import WorkerHealth, probe_port
 from worker.heartbeat import Heartbeat
@@ -78,14 +79,14 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     state["runtime"] = runtime
     health.watch(runtime)
     runtime.batcher.start()
-    heartbeat.state = health.state = "ready"
+    heartbeat.state = health.state = WorkerState.READY
     try:
         _consume(settings, runtime, name, loglevel)
     finally:
-        heartbeat.state = health.state = "stopping"
+        heartbeat.state = health.state = WorkerState.STOPPING
         health.stop_watchdog()
         runtime.batcher.stop()
-        heartbeat.stop(final_state="stopped")
+        heartbeat.stop(final_state=WorkerState.STOPPED)
         if probes is not None:
             probes.stop()
 
@@ -135,7 +136,7 @@ def _load_runtime(
         engine = _engine(settings, spec, device)
     except Exception:
         log.exception("loading %s failed", spec.checkpoint)
-        heartbeat.stop(final_state="defunct")
+        heartbeat.stop(final_state=WorkerState.DEFUNCT)
         raise
     return WorkerRuntime(
         settings=settings,
@@ -172,15 +173,7 @@ def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None
 
     worker_shutting_down.connect(on_shutting_down, weak=False)
     threads = settings.worker_threads or 2 * runtime.spec.max_batch_size
-    worker = app.Worker(
-        hostname=name,
-        queues=[runtime.spec.queue],
-        pool="threads",
-        concurrency=threads,
-        loglevel=loglevel,
-        without_mingle=True,
-        without_gossip=True,
-        optimization="fair",
-        quiet=settings.log_json,  # no banner: with JSON logs every line must parse
+    worker = celery_worker(
+        app, settings, hostname=name, queue=runtime.spec.queue, threads=threads, loglevel=loglevel
     )
     worker.start()

@@ -33,8 +33,9 @@ from core.prompts import build_conversation
 from core.retry import is_transient, retry_transient
 from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
-from worker.batcher import Announcement, Batcher
+from worker.batcher import Announcement
 from worker.claims import Held, WorkerDraining
+from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine
 
 log = logging.getLogger("worker.runtime")
@@ -66,13 +67,7 @@ class WorkerRuntime:
         self.engine = engine
         self.worker_id = worker_id
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
-        self.batcher = Batcher(
-            engine.generate,
-            max_batch_size=spec.max_batch_size,
-            max_wait_ms=spec.max_batch_wait_ms,
-            max_batch_tiles=spec.max_batch_tiles,
-            gap_ms=spec.batch_gap_ms,
-        )
+        self.batcher = make_batcher(engine, spec)
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
         self.draining = False
@@ -310,7 +305,7 @@ class WorkerRuntime:
 
 def _permanent_code(exc: Exception) -> tuple[str, str] | None:
     """(code, message) for errors that fail however often the job is retried."""
-    if isinstance(exc, ServiceError) and 400 <= exc.status < 500:
+    if isinstance(exc, ServiceError) and exc.permanent:
         return exc.code, exc.detail
     if isinstance(exc, ValidationError):
         return "invalid_params", str(exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
@@ -180,3 +180,84 @@ class AllCanceled(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         stop = all(cancel.is_set() for cancel in self.cancels)
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class RowProcessor(Protocol):
+    """A per-row logits step: a row's generated tokens so far and its logits (1, vocab) in,
+    adjusted logits out. Constraints (e.g. structured output) plug into RowChooser.processors."""
+
+    def __call__(self, generated: list[int], scores: torch.Tensor) -> torch.Tensor: ...
+
+
+class RowChooser:
+    """Picks one row's next token in continuous batching, with its job's own settings.
+
+    The same rules as RowSettings, in the same order (repetition penalty over the prompt and
+    the generated tokens, end tokens masked below min_new_tokens, then the extra processors,
+    then temperature, top_p and a draw from the job's own generator), applied to one row.
+    """
+
+    def __init__(
+        self,
+        params: GenerationParams,
+        *,
+        seed: int | None,
+        prompt_ids: torch.Tensor,
+        eos_token_ids: list[int],
+        device: torch.device,
+    ) -> None:
+        self.params = params
+        self.prompt_ids = prompt_ids.to(device)
+        self.eos = torch.tensor(eos_token_ids, device=device)
+        self.processors: list[RowProcessor] = []
+        self.generator: torch.Generator | None = None
+        if params.do_sample:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(int(seed or 0))
+
+    @property
+    def plain(self) -> bool:
+        """Greedy with no penalty and no processors: once the batch-wide min_new_tokens mask
+        is applied (choose_tokens), the batch's argmax is this row's token."""
+        params = self.params
+        return params.repetition_penalty == 1.0 and not params.do_sample and not self.processors
+
+    def choose(self, generated: list[int], logits: torch.Tensor) -> int:
+        """The next token of this row, from its logits (vocab,) and the tokens it generated."""
+        params = self.params
+        scores = logits[None, :].clone()
+        if params.repetition_penalty != 1.0:
+            new = torch.tensor(generated, dtype=torch.long, device=scores.device)
+            seen = torch.cat([self.prompt_ids, new])[None, :]
+            penalty = torch.tensor([params.repetition_penalty], device=scores.device)
+            scores = _penalize(scores, seen, penalty)
+        if len(generated) < params.min_new_tokens:
+            scores[:, self.eos] = float("-inf")
+        for processor in self.processors:
+            scores = processor(generated, scores)
+        if self.generator is None:
+            return int(scores.argmax(-1)[0])
+        temperature = torch.tensor([params.temperature], device=scores.device)
+        top_p = torch.tensor([params.top_p], device=scores.device)
+        probs = _top_p_filter(scores / temperature[:, None], top_p).softmax(dim=-1)
+        return int(torch.multinomial(probs[0], 1, generator=self.generator)[0])
+
+
+def choose_tokens(
+    choosers: Sequence[RowChooser], generated: Sequence[list[int]], logits: Any
+) -> Any:
+    """Every row's next token: one argmax for the plain rows, each other row by its chooser.
+
+    The end tokens of rows still short of their min_new_tokens are masked for all rows in one
+    operation first (masking twice, in `choose`, changes nothing), so fixed-length greedy rows
+    cost no per-row work.
+    """
+    short = [i for i, c in enumerate(choosers) if len(generated[i]) < c.params.min_new_tokens]
+    if short:
+        rows = torch.tensor(short, device=logits.device)
+        logits[rows[:, None], choosers[0].eos[None, :]] = float("-inf")
+    tokens = logits.argmax(-1)
+    for index, chooser in enumerate(choosers):
+        if not chooser.plain:
+            tokens[index] = chooser.choose(generated[index], logits[index])
+    return tokens

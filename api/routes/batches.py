@@ -16,11 +16,12 @@ from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
-from core.batches import batch_counts, batch_public, cancel_batch, result_lines
+from core.batches import batch_counts, cancel_batch, result_lines
 from core.db import transaction
 from core.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from core.models import Batch
 from core.specs import BatchCreate
+from core.views import batch_public
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
@@ -59,13 +60,14 @@ async def read_batch(request: Request) -> BatchCreate:
     """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
-        upload, spec = form.get("file"), form.get("spec")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
-        return parse_jsonl(
-            await upload.read(), parse_options(spec if isinstance(spec, str) else None)
-        )
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1, max_fields=2) as form:
+            upload, spec = form.get("file"), form.get("spec")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
+            return parse_jsonl(
+                await upload.read(), parse_options(spec if isinstance(spec, str) else None)
+            )
     body = await request.body()
     if content_type.startswith(JSONL_TYPES):
         return parse_jsonl(body, parse_options(None))
@@ -74,12 +76,11 @@ async def read_batch(request: Request) -> BatchCreate:
             f"unsupported content type {content_type!r}; send application/json, "
             "application/jsonl or multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     try:
         json.loads(body)
     except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
+        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
     try:
         return BatchCreate.model_validate_json(body)
     except ValueError as exc:

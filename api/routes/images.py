@@ -42,17 +42,17 @@ async def read_image_body(request: Request, max_bytes: int) -> bytes:
     """The image bytes of a raw or multipart upload."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=1)
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("multipart uploads need a file field named 'image'")
-        return await read_capped(upload_chunks(upload), max_bytes=max_bytes)
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1, max_fields=1) as form:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("multipart uploads need a file field named 'image'")
+            return await read_capped(upload_chunks(upload), max_bytes=max_bytes)
     if content_type and not content_type.startswith(("image/", "application/octet-stream")):
         raise ServiceError(
             f"unsupported content type {content_type!r}; send the image's bytes "
             "(image/* or application/octet-stream) or multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     return await read_capped(request.stream(), max_bytes=max_bytes)
 

@@ -22,12 +22,12 @@ from core.cancellation import request_cancel
 from core.db import transaction
 from core.errors import InvalidRequest, NotFound, ServiceError
 from core.idempotency import IdempotentRequest, check_key, request_fingerprint
-from core.jobs import job_public
 from core.listing import JobFilter
 from core.logs import bind_log_context
 from core.models import Job, JobStatus
 from core.specs import JobCreate
 from core.tasks import Task
+from core.views import job_public
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -89,27 +89,27 @@ async def read_submission(request: Request) -> Submission:
     """The job spec and any uploaded files, from a JSON or a multipart body."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1000, max_fields=20)
-        spec = form.get("spec")
-        if not isinstance(spec, str):
-            raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
-        files = [
-            await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
-        ]
-        job_request = parse_job_create(spec)
-        return Submission(job_request, files, json.loads(spec))
+        # The context closes the uploads' temporary files.
+        async with request.form(max_files=1000, max_fields=20) as form:
+            spec = form.get("spec")
+            if not isinstance(spec, str):
+                raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
+            files = [
+                await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
+            ]
+            job_request = parse_job_create(spec)
+            return Submission(job_request, files, json.loads(spec))
     if content_type and not content_type.startswith("application/json"):
         raise ServiceError(
             f"unsupported content type {content_type!r}; send application/json or "
             "multipart/form-data",
             code="unsupported_media_type",
-            status=415,
         )
     body = await request.body()
     try:
         raw = json.loads(body)
     except ValueError as exc:
-        raise ServiceError("the body is not valid JSON", code="invalid_json", status=400) from exc
+        raise ServiceError("the body is not valid JSON", code="invalid_json") from exc
     return Submission(parse_job_create(body), [], raw)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -21,12 +21,12 @@ from api.schemas import (
 )
 from core.db import utcnow
 from core.errors import ServiceError
-from core.models import Worker
+from core.models import LIVE_WORKER_STATES, Worker, WorkerState
 from core.tasks import PRESETS
+from core.views import iso
 
 # Workers silent for longer than this are history, not capacity: the listing leaves them out.
 WORKER_HISTORY_S = 24 * 3600
-LIVE_STATES = ("starting", "ready")
 
 router = APIRouter()
 
@@ -38,7 +38,7 @@ def list_models(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) ->
     counts = dict(
         session.execute(
             select(Worker.model, func.count())
-            .where(Worker.last_heartbeat_at >= fresh, Worker.state != "stopped")
+            .where(Worker.last_heartbeat_at >= fresh, Worker.state != WorkerState.STOPPED)
             .group_by(Worker.model)
         ).all()
     )
@@ -76,12 +76,12 @@ def list_workers(runtime: RuntimeDep, session: SessionDep, _tenant: TenantDep) -
                 device=row.device,
                 model=row.model,
                 queue=row.queue,
-                state="lost"
-                if row.state in LIVE_STATES and row.last_heartbeat_at < overdue
+                state=WorkerState.LOST
+                if row.state in LIVE_WORKER_STATES and row.last_heartbeat_at < overdue
                 else row.state,
                 pid=row.pid,
-                started_at=_iso(row.started_at),
-                last_heartbeat_at=_iso(row.last_heartbeat_at),
+                started_at=iso(row.started_at),
+                last_heartbeat_at=iso(row.last_heartbeat_at),
                 jobs_done=row.jobs_done,
                 stats=row.stats or {},
             )
@@ -96,10 +96,6 @@ def list_presets(_tenant: TenantDep) -> PresetsPublic:
     return PresetsPublic(
         presets=[PresetPublic(name=name, instruction=text) for name, text in PRESETS.items()]
     )
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 @router.get("/healthz", response_model=Health, tags=["service"])

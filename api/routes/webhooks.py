@@ -11,8 +11,9 @@ from api.deps import RuntimeDep, SessionDep, TenantDep
 from api.schemas import SecretRotate, WebhookDeliveriesPublic, WebhookReplay, WebhookSecretPublic
 from core.errors import NotFound
 from core.models import Job, WebhookSecret
+from core.views import delivery_public, iso
 from core.webhook_secrets import current_secret, previous_secret_expiry, rotate_secret
-from core.webhooks import delivery_public, iso, job_deliveries, replay_deliveries
+from core.webhooks import delivery_attempts, job_deliveries, replay_deliveries
 
 router = APIRouter(tags=["webhooks"])
 
@@ -56,7 +57,12 @@ def rotate_webhook_secret(
 def list_job_webhooks(job_id: str, session: SessionDep, tenant_id: TenantDep) -> dict[str, Any]:
     """The job's webhook deliveries with every attempt, oldest first."""
     _own_job(session, job_id, tenant_id)
-    return {"data": [delivery_public(session, d) for d in job_deliveries(session, job_id)]}
+    return {
+        "data": [
+            delivery_public(d, delivery_attempts(session, d))
+            for d in job_deliveries(session, job_id)
+        ]
+    }
 
 
 @router.post(
@@ -72,4 +78,4 @@ def replay_job_webhooks(
         job_deliveries(session, job_id),
         delivery_id=replay.delivery_id if replay else None,
     )
-    return {"data": [delivery_public(session, d) for d in chosen]}
+    return {"data": [delivery_public(d, delivery_attempts(session, d)) for d in chosen]}

@@ -9,17 +9,6 @@ import pytest
 from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
-from tests.conftest import (  # noqa: F401 - fixtures shared with the server's tests
-    db_url,
-    pg_url,
-    redis_url,
-    s3_bucket,
-    s3_endpoint,
-    s3_url,
-    service_settings,
-    tiny_model_path,
-    tiny_spec,
-)
 from tests.support import LiveServer
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from api.deps import Runtime
 from internvl_jobs_client import AsyncClient, NotFoundError
-from tests.api.conftest import finish_job
+from tests.support.api import finish_job
 
 
 def png() -> bytes:

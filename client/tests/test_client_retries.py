@@ -101,7 +101,7 @@ def test_client_errors_are_not_retried(scripted) -> None:  # type: ignore[no-unt
 
 
 def test_an_unreachable_service_raises_after_retries() -> None:
-    from tests.support import free_port
+    from devtools.harness import free_port
 
     delays: list[float] = []
     with Client(f"http://127.0.0.1:{free_port()}", sleep=delays.append) as client:

@@ -19,7 +19,7 @@ from internvl_jobs_client import (
     InvalidRequestError,
     NotFoundError,
 )
-from tests.api.conftest import finish_job, make_key
+from tests.support.api import finish_job, make_key
 
 
 def png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:

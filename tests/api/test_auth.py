@@ -12,7 +12,7 @@ from api.deps import Runtime
 from core.db import transaction
 from core.models import ApiKey
 from core.tenants import revoke_api_key
-from tests.api.conftest import caption_body, make_key
+from tests.support.api import caption_body, make_key
 
 
 def test_requests_without_a_key_get_401(auth_client: TestClient) -> None:

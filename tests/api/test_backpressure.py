@@ -11,7 +11,7 @@ from api.app import create_app
 from api.backpressure import QueueDepth
 from api.deps import Runtime
 from core.config import Settings
-from tests.api.conftest import caption_body, finish_job, make_key, stored_state
+from tests.support.api import caption_body, finish_job, make_key, stored_state
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from core.batches import settle_forgotten
 from core.db import transaction
 from core.jobs import claim_job, complete_job
 from core.models import Batch, WebhookDelivery
-from tests.api.conftest import b64, caption_body, finish_job, make_key, png_bytes, stored_state
+from tests.support.api import b64, caption_body, finish_job, make_key, png_bytes, stored_state
 
 JSONL = {"content-type": "application/jsonl"}
 

@@ -10,7 +10,7 @@ from core.db import transaction
 from core.jobs import claim_job, complete_job, release_job
 from core.models import Job, JobEvent
 from core.tenants import ensure_tenant
-from tests.api.conftest import b64, png_bytes
+from tests.support.api import b64, png_bytes
 
 
 def submit(client: TestClient) -> dict:

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
-from tests.support import free_port
+from devtools.harness import free_port
 
 
 def test_unknown_route_is_a_404_problem(client: TestClient) -> None:

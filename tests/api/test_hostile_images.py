@@ -6,10 +6,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
+from api.problems import http_status
 from core.errors import InvalidImage
 from core.images import ImageLimits, inspect_image
-from tests.api.conftest import b64, stored_state
 from tests.api.hostile_images import CORPUS
+from tests.support.api import b64, stored_state
 
 CASES = [pytest.param(data, status, code, id=name) for name, data, status, code in CORPUS]
 
@@ -18,7 +19,7 @@ CASES = [pytest.param(data, status, code, id=name) for name, data, status, code 
 def test_inspection_refuses_with_the_right_code(data: bytes, status: int, code: str) -> None:
     with pytest.raises(InvalidImage) as caught:
         inspect_image(data, limits=ImageLimits(max_bytes=20 << 20, max_pixels=40_000_000))
-    assert (caught.value.status, caught.value.code) == (status, code)
+    assert (http_status(caught.value), caught.value.code) == (status, code)
 
 
 @pytest.mark.parametrize(("data", "status", "code"), CASES)
@@ -44,7 +45,7 @@ def test_uploads_refuse_hostile_images_and_store_nothing(
 def test_a_hostile_image_among_good_ones_refuses_the_job(
     client: TestClient, runtime: Runtime
 ) -> None:
-    from tests.api.conftest import png_bytes
+    from tests.support.api import png_bytes
 
     images = [{"data": b64(png_bytes())}, {"data": b64(CORPUS[1][1])}]
     response = client.post("/v1/jobs", json={"task": "compare", "images": images})

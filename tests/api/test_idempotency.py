@@ -15,8 +15,7 @@ from api.deps import Runtime
 from core.db import transaction, utcnow
 from core.models import IdempotencyKey
 from core.tenants import ensure_tenant
-from tests.api.conftest import b64, png_bytes, stored_state
-from tests.api.test_jobs import queued_messages
+from tests.support.api import b64, png_bytes, queued_messages, stored_state
 
 
 def body(question: str = "What is it?") -> dict:

@@ -14,7 +14,7 @@ from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
 from core.storage import image_key, sha256_hex
-from tests.api.conftest import png_bytes, stored_state
+from tests.support.api import png_bytes, stored_state
 
 IMAGE = png_bytes((80, 60))
 

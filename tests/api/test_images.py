@@ -17,7 +17,7 @@ from core.models import Image as ImageRow
 from core.storage import ObjectStorage, image_key, sha256_hex, store_once
 from core.tenants import ensure_tenant
 from core.tiling import tile_count
-from tests.api.conftest import make_key, png_bytes, stored_state
+from tests.support.api import make_key, png_bytes, stored_state
 
 
 def upload(client: TestClient, data: bytes, headers: dict[str, str] | None = None) -> Any:

@@ -5,22 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
-from core.queue import queue_keys
 from core.storage import image_key, sha256_hex
-from tests.api.conftest import b64, noise_png, png_bytes, stored_state
+from tests.support.api import b64, noise_png, png_bytes, queued_messages, stored_state
 
 
 def caption_request(data: bytes | None = None, **extra: object) -> dict:
     return {"task": "caption", "images": [{"data": b64(data or png_bytes())}], **extra}
-
-
-def queued_messages(runtime: Runtime) -> int:
-    client = redis.Redis.from_url(runtime.settings.broker_url)
-    return sum(int(client.llen(key)) for key in queue_keys(runtime.settings.default_model.queue))
 
 
 def test_submit_caption_returns_202_with_location(client: TestClient, runtime: Runtime) -> None:

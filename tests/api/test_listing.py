@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
-from tests.api.conftest import caption_body, finish_job
+from tests.support.api import caption_body, finish_job
 
 
 def submit(client: TestClient, count: int, **extra: object) -> list[str]:

@@ -15,8 +15,8 @@ from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
 from core.notify import SocketJobFeed, job_feed
-from tests.api.conftest import caption_body, finish_job, make_key
 from tests.support import LiveServer
+from tests.support.api import caption_body, finish_job, make_key
 
 # The long-poll asks for 60 s and the client gives up after 20 s: only a wake-up by the job's
 # event answers in time; a timeout-only implementation fails the test instead of passing slowly.

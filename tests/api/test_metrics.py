@@ -11,7 +11,7 @@ from sqlalchemy import update
 from api.deps import Runtime
 from core.db import transaction, utcnow
 from core.models import Job, Worker
-from tests.api.conftest import b64, png_bytes
+from tests.support.api import b64, png_bytes
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

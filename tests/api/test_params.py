@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
-from tests.api.conftest import b64, png_bytes, stored_state
+from tests.support.api import b64, png_bytes, stored_state
 
 
 def job(task: str = "caption", images: int = 1, **fields: Any) -> dict[str, Any]:

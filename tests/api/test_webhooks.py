@@ -14,9 +14,8 @@ from api.deps import Runtime
 from core.db import transaction
 from core.models import WebhookDelivery
 from core.tenants import create_api_key, ensure_tenant
-from tests.api.conftest import b64, png_bytes, stored_state
-from tests.api.test_jobs import queued_messages
-from tests.webhook_jobs import run_job
+from tests.support.api import b64, png_bytes, queued_messages, stored_state
+from tests.support.webhook_jobs import run_job
 
 HOOK = "https://hooks.example.com/internvl"
 

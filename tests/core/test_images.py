@@ -7,6 +7,7 @@ import io
 import pytest
 from PIL import Image
 
+from api.problems import http_status
 from core.errors import InvalidImage
 from core.images import ImageLimits, inspect_image, load_rgb
 
@@ -35,7 +36,7 @@ def test_empty_bytes_are_refused() -> None:
 def test_text_is_not_an_image() -> None:
     with pytest.raises(InvalidImage) as caught:
         inspect_image(b"hello, this is not an image", limits=LIMITS)
-    assert (caught.value.code, caught.value.status) == ("unsupported_image_format", 415)
+    assert (caught.value.code, http_status(caught.value)) == ("unsupported_image_format", 415)
 
 
 def test_other_image_formats_are_refused_with_415() -> None:
@@ -56,7 +57,7 @@ def test_too_many_bytes_is_413() -> None:
     data = encode(Image.new("RGB", (10, 10)), "PNG")
     with pytest.raises(InvalidImage) as caught:
         inspect_image(data, limits=ImageLimits(max_bytes=len(data) - 1, max_pixels=10**6))
-    assert (caught.value.code, caught.value.status) == ("image_too_large", 413)
+    assert (caught.value.code, http_status(caught.value)) == ("image_too_large", 413)
 
 
 def test_too_many_pixels_is_refused_before_decoding() -> None:

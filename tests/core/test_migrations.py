@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect
 
 from core.migrations import upgrade
 from core.models import Base
-from tests.conftest import POSTGRES_URL, create_database, drop_database
+from tests.support.services import POSTGRES_URL, create_database, drop_database
 
 
 @pytest.fixture

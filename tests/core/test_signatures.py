@@ -8,7 +8,7 @@ import time
 import pytest
 
 from core.signatures import new_secret, secret_key, sign, webhook_headers
-from tests.webhook_receiver import verify_standard_webhook
+from tests.support.webhook_receiver import verify_standard_webhook
 
 # The specification's test vector (standard-webhooks and svix reference libraries).
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.problems import http_status
 from core.ssrf import UnsafeAddress, UnsafeUrl, guarded_client, read_capped, validate_url
-from tests.webhook_receiver import Receiver, Reply
+from tests.support.webhook_receiver import Receiver, Reply
 
 # Addresses no webhook may reach in production, written the ways an attacker would try.
 REFUSED_HOSTS = [
@@ -83,7 +84,7 @@ ACCEPTED = [
 def test_non_public_hosts_are_refused(host: str) -> None:
     with pytest.raises(UnsafeUrl) as refused:
         validate_url(f"https://{host}/hook", allow_private=False)
-    assert refused.value.status == 422 and refused.value.code == "unsafe_url"
+    assert http_status(refused.value) == 422 and refused.value.code == "unsafe_url"
 
 
 @pytest.mark.parametrize("url", ACCEPTED)

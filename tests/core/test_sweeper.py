@@ -17,8 +17,8 @@ from core.migrations import upgrade
 from core.models import Job
 from core.queue import make_celery
 from core.sweeper import sweep_once
-from tests.core.conftest import event_log, load, new_job, published_ids, running_job
-from tests.support import free_port
+from devtools.harness import free_port
+from tests.support.jobs import event_log, load, new_job, published_ids, running_job
 
 
 def sweep(sessions: Any, celery: Celery, settings: Settings) -> Any:

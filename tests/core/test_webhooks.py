@@ -24,7 +24,7 @@ from core.webhooks import (
     record_batch_event,
     replay_deliveries,
 )
-from tests.webhook_jobs import deliveries, queued_job, run_job
+from tests.support.webhook_jobs import deliveries, queued_job, run_job
 
 URL = "https://hooks.example.com/internvl"
 

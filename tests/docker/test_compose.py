@@ -202,8 +202,24 @@ def test_api_image_installs_no_torch_and_worker_image_matches_torch_cuda() -> No
     torch_pin = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text())
     assert torch_pin is not None and torch_pin.group(1) == "2.14.1"
     assert cuda.group(1) == "13.0"  # torch 2.14.1's default PyPI wheel is built for CUDA 13.0
-    assert "FROM nvidia/cuda:${CUDA_VERSION}-runtime-" in worker
+    # CUDA is the default; a CPU image passes other bases and TORCH_FLAVOUR=cpu.
+    assert "ARG BASE_IMAGE=nvidia/cuda:${CUDA_VERSION}-runtime-" in worker
+    assert "ARG BUILD_IMAGE=nvidia/cuda:${CUDA_VERSION}-devel-" in worker
+    assert "FROM ${BASE_IMAGE}\n" in worker and "FROM ${BUILD_IMAGE} AS build" in worker
+    assert "ARG TORCH_FLAVOUR=cu130" in worker
     assert "ARG FLASH_ATTN=0" in worker
+
+
+def copied_packages(dockerfile: str) -> set[str]:
+    copies = re.findall(r"^COPY (?!--from)(.+?) \S+$", (DOCKER / dockerfile).read_text(), re.M)
+    return {source for line in copies for source in line.split() if (ROOT / source).is_dir()}
+
+
+def test_each_image_copies_only_the_packages_its_processes_import() -> None:
+    # The API image also runs migrations, the sweeper and the webhook sender (docker/compose).
+    assert copied_packages("api.Dockerfile") == {"core", "api", "sender", "cli", "alembic"}
+    worker = copied_packages("worker.Dockerfile")
+    assert {"core", "worker", "cli", "bench", "devtools", "alembic"} == worker
 
 
 @pytest.mark.parametrize("dockerfile", ["api.Dockerfile", "worker.Dockerfile"])

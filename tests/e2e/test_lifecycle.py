@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.models import Job, JobEvent
-from tests.faults.stack import Ledger, Stack, caption, wait_until
-from tests.support import ServiceProcess, free_port, service_env
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env
+from tests.support.stack import Ledger, Stack, caption, wait_until
 
 
 @pytest.fixture

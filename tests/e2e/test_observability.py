@@ -23,8 +23,9 @@ from core.config import Settings
 from core.db import make_engine, make_session_factory, transaction
 from core.queue import make_celery
 from core.tenants import create_api_key, ensure_tenant
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
-from tests.webhook_receiver import Receiver
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
+from tests.support.webhook_receiver import Receiver
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 DB_PASSWORD = "hunter2-db-password"  # PostgreSQL trusts loopback here; it must never be logged

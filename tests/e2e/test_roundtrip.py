@@ -11,7 +11,8 @@ from PIL import Image
 
 from core.config import Settings
 from core.tiling import tile_count
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 

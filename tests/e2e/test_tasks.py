@@ -20,7 +20,8 @@ from core.config import ModelSpec, Settings
 from core.images import load_rgb
 from core.specs import GenerationParams
 from core.tiling import tile_count
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 CAT = (EXAMPLES / "cat.jpg").read_bytes()

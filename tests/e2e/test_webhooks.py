@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.models import WebhookDelivery
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
-from tests.webhook_jobs import attempts, deliveries, queued_job, row, run_job
-from tests.webhook_receiver import Received, Receiver, Reply, verify_standard_webhook
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
+from tests.support.webhook_jobs import attempts, deliveries, queued_job, row, run_job
+from tests.support.webhook_receiver import Received, Receiver, Reply, verify_standard_webhook
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
 

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from core.config import ModelSpec, Settings
 from core.models import Job, JobEvent
-from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from devtools.harness import free_port
+from tests.support import ServiceProcess, service_env, wait_http, wait_job
 
 CAT = (Path(__file__).resolve().parents[2] / "examples" / "images" / "cat.jpg").read_bytes()
 
@@ -81,7 +82,7 @@ def test_two_cpu_workers_share_the_queue_and_run_each_job_once(
 def test_each_model_is_served_from_its_own_queue(
     service_settings: Settings, tiny_spec: ModelSpec, tmp_path: Path
 ) -> None:
-    from worker.tiny_model import build_tiny_model
+    from devtools.tiny_model import build_tiny_model
 
     other = build_tiny_model(tmp_path / "tiny-b", preset="test", seed=1)
     second = ModelSpec(alias="tiny-b", checkpoint=str(other), tile_size=64)

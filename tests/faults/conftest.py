@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from core.config import Settings
-from tests.faults.stack import SUITE_TOTALS, RedisServer, Stack
+from tests.support.stack import SUITE_TOTALS, RedisServer, Stack
 
 
 @pytest.fixture

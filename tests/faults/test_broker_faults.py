@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from core.models import Job
 from core.queue import queue_keys
-from tests.faults.stack import Ledger, RedisServer, Stack, caption, wait_until
-from tests.support import free_port
+from devtools.harness import free_port
+from tests.support.stack import Ledger, RedisServer, Stack, caption, wait_until
 
 pytestmark = pytest.mark.slow
 REPUBLISHED = re.compile(r"sweep: SweepReport\(republished=[1-9]")

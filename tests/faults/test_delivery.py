@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from core.models import Job, JobEvent
 from core.queue import make_celery, publish_job
-from tests.faults.stack import Ledger, Stack, caption
+from tests.support.stack import Ledger, Stack, caption
 
 pytestmark = pytest.mark.slow
 IGNORED = re.compile(r"job (job_\w+) is not claimable")

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from core.db import utcnow
 from core.models import Job, JobEvent
-from tests.faults.stack import Ledger, Stack, caption, wait_until
 from tests.support import ServiceProcess
+from tests.support.stack import Ledger, Stack, caption, wait_until
 
 pytestmark = pytest.mark.slow
 

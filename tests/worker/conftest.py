@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from core.config import ModelSpec, Settings
-from core.db import transaction
-from core.jobs import create_job
-from core.models import Job
-from core.specs import GenerationParams
-from core.storage import ObjectStorage, open_storage, store_once
-from core.tenants import ensure_default_tenant
+from core.storage import ObjectStorage, open_storage
 
 
 @pytest.fixture(scope="session")
@@ -50,39 +43,3 @@ def worker_runtime(
     runtime.batcher.start()
     yield runtime
     runtime.batcher.stop()
-
-
-def photo(seed: int = 0, size: tuple[int, int] = (160, 120)) -> bytes:
-    buffer = io.BytesIO()
-    Image.effect_noise(size, 40 + seed).convert("RGB").save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def queue_job(
-    sessions: Any,
-    storage: ObjectStorage,
-    model: ModelSpec,
-    images: list[bytes],
-    *,
-    task: str = "caption",
-    **fields: Any,
-) -> Job:
-    """Store the images and insert a queued job, as the API would."""
-    shas = [store_once(storage, data, content_type="image/jpeg")[0] for data in images]
-    params = fields.pop("params", {})
-    spec = {
-        "task": task,
-        "images": shas,
-        "params": GenerationParams(**params).model_dump(),
-        **fields,
-    }
-    with transaction(sessions) as session:
-        tenant = ensure_default_tenant(session)
-        return create_job(
-            session=session,
-            tenant_id=tenant.id,
-            model=model,
-            spec=spec,
-            image_shas=shas,
-            max_attempts=3,
-        )

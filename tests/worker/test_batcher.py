@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from core.specs import GenerationParams
-from tests.worker.test_engine import vqa
+from tests.support.worker import vqa
 from worker.batcher import Batcher, OutOfMemory
 from worker.engine import Generation, InternVLEngine, PreparedJob
 

@@ -5,40 +5,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from core.tiling import tile_count
+from tests.support.worker import noise, vqa
 from worker.batcher import Batcher
 from worker.engine import Generation, InternVLEngine, PreparedJob
-
-QUESTIONS = [
-    "Describe the image.",
-    "What is in this picture? Answer in one sentence.",
-    "这是什么？",
-    "Count the people.",
-    "Read the text.",
-    "What colour is the car on the left, and where is it going?",
-]
-SIZES = [(640, 480), (100, 100), (300, 120), (64, 900), (200, 200), (90, 300)]
-
-
-def noise(seed: int, size: tuple[int, int]) -> Image.Image:
-    width, height = size
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def vqa(
-    engine: InternVLEngine, index: int, params: GenerationParams, job_id: str = ""
-) -> PreparedJob:
-    spec = {"task": "vqa", "question": QUESTIONS[index % 6], "images": ["image"]}
-    conversation = build_conversation(spec, control_tokens=engine.control_tokens)
-    image = noise(index, SIZES[index % 6])
-    return engine.prepare(job_id or f"job-{index}", conversation, [image], params)
 
 
 def through_batcher(

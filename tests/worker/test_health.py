@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from core.storage import ObjectStorage
-from tests.worker.conftest import photo, queue_job
+from tests.support.worker import photo, queue_job
 from worker.health import STUCK_EXIT_CODE, WorkerHealth, probe_port
 
 
 class HungEngine:
-    """The real engine, except that generate() hangs until released (a wedged GPU kernel)."""
+    """The real engine, except that its model work hangs until released (a wedged GPU kernel)."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
@@ -28,6 +28,11 @@ class HungEngine:
     def generate(self, jobs: Any) -> Any:
         self.release.wait(120)
         return self._engine.generate(jobs)
+
+    def prompt_embeddings(self, input_ids: Any, jobs: Any) -> Any:
+        # The first model work of a continuous-batching step.
+        self.release.wait(120)
+        return self._engine.prompt_embeddings(input_ids, jobs)
 
 
 @pytest.fixture
@@ -96,6 +101,11 @@ def test_ready_worker_reports_model_loaded_and_last_batch(
     text = httpx.get(f"{base}/metrics").text
     assert 'internvl_jobs_batch_size_count{model="tiny"}' in text
     assert 'internvl_jobs_worker_jobs_done_total{model="tiny",worker="cpu0.tiny@test"} 1.0' in text
+    # continuous batching: 3 tokens are a step that prefills and decodes, then one more step
+    labels = '{model="tiny",worker="cpu0.tiny@test"}'
+    assert f"internvl_jobs_worker_steps_total{labels} 2.0" in text
+    assert f"internvl_jobs_worker_row_steps_total{labels} 2.0" in text
+    assert f"internvl_jobs_worker_queue_waits_total{labels} 1.0" in text
 
 
 def test_a_stuck_generation_fails_liveness_and_ends_the_process(

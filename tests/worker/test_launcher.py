@@ -116,7 +116,7 @@ def test_gpus_are_found_with_nvidia_smi_or_in_proc(tmp_path: Path) -> None:
 def test_the_launcher_never_imports_torch() -> None:
     code = (
         "import sys; from worker.launcher import parse_devices, plan_slots; "
-        "from core.cli import cmd_worker; "
+        "from cli.main import cmd_worker; "
         "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')])"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,9 +20,9 @@ from core.models import Job
 from core.queue import make_celery
 from core.storage import ObjectStorage, open_storage
 from core.sweeper import sweep_once
-from tests.core.conftest import event_log, load, published_ids
-from tests.support import free_port
-from tests.worker.conftest import photo, queue_job
+from devtools.harness import free_port
+from tests.support.jobs import event_log, load, published_ids
+from tests.support.worker import photo, queue_job
 from worker.heartbeat import Heartbeat
 
 # Seconds of generation on the tiny model, however quiet the machine: the tests act mid-way.

@@ -11,7 +11,7 @@ import torch
 
 from core.config import ModelSpec
 from core.specs import GenerationParams
-from tests.worker.test_engine import vqa
+from tests.support.worker import vqa
 from worker.engine import InternVLEngine
 from worker.precision import (
     UNQUANTIZED_MODULES,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,22 +21,13 @@ from core.images import load_rgb
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from core.tiling import tile_grid
+from tests.support.pictures import picture
 from worker.engine import InternVLEngine
 from worker.prepare_cache import PrepareCache
 from worker.preprocess import tile_image
 
 DRAFT_MAX_ABS = 0.1
 DRAFT_MEAN_ABS = 0.02
-
-
-def picture(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """A photo-like picture: smooth colour fields with fine grain (noise alone has no scale)."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC))
-    grain = rng.integers(-6, 7, (height, width, 3))
-    return Image.fromarray((smooth.astype(np.int16) + grain).clip(0, 255).astype(np.uint8))
 
 
 def encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:

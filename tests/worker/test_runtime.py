@@ -10,7 +10,7 @@ from core.db import transaction
 from core.jobs import claim_job, complete_job, release_job
 from core.models import Job, JobEvent
 from core.storage import ObjectStorage, image_key
-from tests.worker.conftest import photo, queue_job
+from tests.support.worker import photo, queue_job
 
 
 def events(sessions: Any, job_id: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams
-from tests.worker.test_preprocess import picture
+from tests.support.pictures import picture
 from worker.simulated_device import DEVICES, INTERNVL3_1B, SimulatedEngine, decode_step_s, prefill_s
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print figures: the engine, the whole service, the submit path."""

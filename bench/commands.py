@@ -1,0 +1,237 @@
+"""`internvl-jobs bench engine|service|submit|prepare`: the benchmarks' options and commands.
+
+Only argparse at import time: the parsers are built for every command, and `python -m bench`
+builds the engine one on machines that have torch but no web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """Which model both benchmarks run: a tiny preset, built once, or a checkpoint."""
+    p.add_argument("--preset", default="bench", help="tiny preset: test | bench | internvl3-1b")
+    p.add_argument("--checkpoint", default="", help="a checkpoint directory instead of a preset")
+    p.add_argument("--cache-dir", default=".bench/models", help="where presets are built")
+
+
+def engine_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the engine benchmark."""
+    _model_arguments(p)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    p.add_argument("--attention", default="auto", help="auto | sdpa | flash_attention_2 | eager")
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--tiles", default="1,13", help="tiles per image, comma-separated: 1 and/or 13")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1, help="runs per mode; the best is reported")
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--compare",
+        default="naive",
+        choices=["naive", "schedulers"],
+        help="naive: the guide's loop vs the batched engine; schedulers: continuous vs static "
+        "batching on a mixed burst, a mixed stream and a uniform burst of one-tile jobs",
+    )
+    p.add_argument("--jobs", type=int, default=48, help="schedulers: jobs per workload")
+    p.add_argument("--lengths", default="8,32,128", help="schedulers: mixed new-token lengths")
+    p.add_argument("--uniform-length", type=int, default=32, help="schedulers: uniform length")
+    p.add_argument(
+        "--stream-rate", type=float, default=0.0, help="schedulers: jobs/s; 0: 2x static's"
+    )
+
+
+def service_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the service benchmark."""
+    _model_arguments(p)
+    p.add_argument("--database-url", default="", help="a scratch database (migrated by the bench)")
+    p.add_argument("--broker-url", default="", help="redis://... (a database of its own)")
+    p.add_argument("--s3-endpoint-url", default="", help="S3 server; empty: start a moto server")
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating rounds; the median ratio is reported"
+    )
+    p.add_argument("--max-batch-wait-ms", type=int, default=500)
+    p.add_argument("--batch-gap-ms", type=int, default=50)
+    p.add_argument("--log-dir", default=".bench/service", help="logs of the started processes")
+    p.add_argument(
+        "--simulated-device",
+        default="",
+        choices=["", "h100"],
+        help="run the worker on a simulated accelerator (InternVL3-1B timed as on it) and "
+        "report device busy fraction, jobs/s and host CPU per job by process",
+    )
+    p.add_argument(
+        "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
+    )
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the prepare benchmark."""
+    p.add_argument("--repeats", type=int, default=7, help="interleaved runs; the median is given")
+    p.add_argument("--max-tiles", type=int, default=12)
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def cmd_bench_prepare(args: argparse.Namespace) -> int:
+    """Preparing one job, CPU ms per image on one thread: the processor's way against ours."""
+    from bench.prepare import format_prepare_report, run_prepare_bench
+
+    report = run_prepare_bench(repeats=args.repeats, max_tiles=args.max_tiles)
+    print(format_prepare_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    """The guide's naive loop versus the batched engine on the same model and images."""
+    from bench.engine import bench_checkpoint, format_report, run_engine_bench
+
+    checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
+    if args.compare == "schedulers":
+        return _bench_schedulers(args, checkpoint)
+    report = run_engine_bench(
+        checkpoint=checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        images=args.images,
+        tiles=[int(t) for t in args.tiles.split(",")],
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        repeats=args.repeats,
+    )
+    print(format_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _bench_schedulers(args: argparse.Namespace, checkpoint: str) -> int:
+    from bench.scheduling import format_comparison, run_scheduling_bench
+
+    report = run_scheduling_bench(
+        checkpoint=checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        jobs=args.jobs,
+        lengths=[int(n) for n in args.lengths.split(",")],
+        uniform_length=args.uniform_length,
+        max_batch_size=args.max_batch_size,
+        stream_rate=args.stream_rate,
+    )
+    print(  # noqa: T201 - the command's output
+        f"model {checkpoint}, {report['device_name']}, {report['dtype']}, "
+        f"attention {report['attention']}, max_batch_size {report['max_batch_size']}"
+    )
+    print(format_comparison(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def cmd_bench_service(args: argparse.Namespace) -> int:
+    """The same work through HTTP, Redis, PostgreSQL, S3 and a worker, against the bare engine."""
+    from bench.engine import bench_checkpoint
+    from bench.service import format_service_report, run_service_bench
+    from core.config import get_settings
+
+    settings = get_settings()
+    if args.simulated_device:
+        return _simulated_service_bench(args, settings)
+    report = run_service_bench(
+        checkpoint=args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir))),
+        database_url=args.database_url or settings.database_url,
+        broker_url=args.broker_url or settings.broker_url,
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        images=args.images,
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        repeats=args.repeats,
+        log_dir=Path(args.log_dir),
+        batching={"max_batch_wait_ms": args.max_batch_wait_ms, "batch_gap_ms": args.batch_gap_ms},
+    )
+    print(format_service_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0 if report["succeeded"] == args.images else 1
+
+
+def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
+    from bench.simulated import format_simulated_report, run_simulated_bench
+
+    report = run_simulated_bench(
+        device=args.simulated_device,
+        cache_dir=Path(args.cache_dir),
+        database_url=args.database_url or settings.database_url,
+        broker_url=args.broker_url or settings.broker_url,
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        jobs=args.images,
+        sizes=[_size(text) for text in args.sizes.split(",")],
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        log_dir=Path(args.log_dir),
+    )
+    print(format_simulated_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
+def cmd_bench_submit(args: argparse.Namespace) -> int:
+    """Jobs/s and p50/p99 latency of POST /v1/jobs on the configured PostgreSQL, Redis and S3."""
+    from bench.submit import format_table, run_submit_bench, write_json
+    from core.config import get_settings
+
+    settings = get_settings()
+    results = run_submit_bench(
+        settings,
+        levels=[int(level) for level in args.concurrency.split(",")],
+        requests=args.requests,
+        same_image=args.same_image,
+        s3_server=args.s3_server,
+        url=args.url,
+        api_key=args.api_key,
+        api_pid=args.api_pid,
+    )
+    print(format_table(results))  # noqa: T201 - the command's output
+    write_json(results, args.json)
+    return 0
+
+
+def _write_json(report: dict[str, object], path: str) -> None:
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2))
+
+
+def register(bench: argparse._SubParsersAction) -> None:
+    """Add `engine`, `service`, `submit` and `prepare` to the `internvl-jobs bench` subcommands."""
+    p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
+    engine_arguments(p)
+    p.set_defaults(func=cmd_bench_engine)
+    p = bench.add_parser("service", help=cmd_bench_service.__doc__)
+    service_arguments(p)
+    p.set_defaults(func=cmd_bench_service)
+    p = bench.add_parser("prepare", help=cmd_bench_prepare.__doc__)
+    prepare_arguments(p)
+    p.set_defaults(func=cmd_bench_prepare)
+    p = bench.add_parser("submit", help=cmd_bench_submit.__doc__)
+    p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
+    p.add_argument("--requests", type=int, default=400, help="requests per level")
+    p.add_argument("--same-image", action="store_true", help="one image for every request")
+    p.add_argument("--s3-server", default="", help="'moto': start a local S3 server (dev)")
+    p.add_argument("--url", default="", help="an API already running (default: start one)")
+    p.add_argument("--api-key", default="", help="its API key, with --url")
+    p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_submit)

@@ -1,0 +1,90 @@
+"""The running stack of the service benchmark: API and worker processes, an S3 server.
+
+Each process is started as operators start it (`internvl-jobs api`, `internvl-jobs worker`),
+and its CPU time can be read from /proc, the figure least disturbed by other work on a
+shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from core.config import Settings
+from devtools.harness import wait_until
+
+
+@dataclass
+class Stack:
+    """Where the started API answers, and the pids of the stack's processes by role."""
+
+    base: str
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each process has used so far."""
+        return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def service_processes(
+    settings: Settings,
+    port: int,
+    log_dir: Path,
+    extra_env: dict[str, str],
+    *,
+    sweeper: bool = False,
+) -> Iterator[Stack]:
+    """`internvl-jobs api`, `worker --devices cpu` (and `sweeper`) until the block ends."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_JOBS_")}
+    env.update(settings.as_env())
+    env.update(extra_env)
+    commands = {
+        "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
+        "worker": ["worker", "--devices", "cpu"],
+    }
+    if sweeper:
+        commands["sweeper"] = ["sweeper"]
+    children = []
+    for name, args in commands.items():
+        with (log_dir / f"{name}.log").open("wb") as out:
+            children.append(
+                subprocess.Popen(  # noqa: S603 - our own command line
+                    [sys.executable, "-m", "cli.main", *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, "API ready")
+        wait_until(lambda: _ready_workers(base) >= 1, "a ready worker", timeout_s=300)
+        worker = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]
+        pids = {"api": children[0].pid, "worker": worker["pid"]}
+        if sweeper:
+            pids["sweeper"] = children[2].pid
+        yield Stack(base, pids)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(60)
+
+
+def _ready_workers(base: str) -> int:
+    workers = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"]
+    return sum(worker["state"] == "ready" for worker in workers)

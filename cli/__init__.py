@@ -1,0 +1,1 @@
+"""The `internvl-jobs` command: argument parsing and the wiring of each process."""

@@ -1,0 +1,1 @@
+"""Developer tools: embedded dev mode, tiny offline InternVL builder, config reference, harness."""

@@ -1,0 +1,68 @@
+"""The engine benchmark runs on the worker engine alone, as on a bare GPU machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+# What a bare GPU machine lacks: the queue, the web stack, the database and storage clients.
+ABSENT = (
+    "celery kombu fastapi starlette uvicorn sqlalchemy alembic psycopg redis boto3 botocore moto"
+).split()
+
+# A None entry in sys.modules makes a package look absent, to imports and availability probes.
+BLOCKER = f"""
+import sys
+sys.modules.update(dict.fromkeys({ABSENT!r}))
+from bench.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_engine_bench_runs_without_celery_or_the_web_stack(tmp_path: Path) -> None:
+    report = tmp_path / "engine.json"
+    args = ["--preset", "test", "--cache-dir", str(tmp_path / "models")]
+    args += ["--images", "3", "--tiles", "1,13", "--new-tokens", "4", "--json", str(report)]
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    assert [w["rows"][0]["tiles_per_image"] for w in figures["workloads"]] == [1, 13]
+    for workload in figures["workloads"]:
+        naive, batched = workload["rows"]
+        assert (naive["mode"], batched["mode"]) == ("naive", "batched")
+        assert naive["images"] == batched["images"] == 3
+        assert batched["ratio_to_naive"] > 0
+        assert workload["outputs_identical"] is True
+    assert "greedy outputs of the two modes: identical" in result.stdout
+    assert figures["dtype"] == "float32" and figures["device"] == "cpu"
+
+
+def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Path) -> None:
+    report = tmp_path / "schedulers.json"
+    args = ["--preset", "test", "--cache-dir", str(tmp_path / "models"), "--compare", "schedulers"]
+    args += ["--jobs", "6", "--lengths", "2,4,8", "--uniform-length", "3", "--max-batch-size", "4"]
+    args += ["--json", str(report)]
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    runs = [(run["workload"], run["scheduler"]) for run in figures["runs"]]
+    assert runs == [
+        (workload, scheduler)
+        for workload in ("mixed burst", "mixed stream", "uniform")
+        for scheduler in ("static", "continuous")
+    ]
+    assert all(figures["identical"].values())
+    for run in figures["runs"]:
+        assert run["jobs"] == 6 and run["jobs_per_s"] > 0
+        assert sorted(run["median_s_by_length"]) == (
+            ["3"] if run["workload"] == "uniform" else ["2", "4", "8"]
+        )
+    continuous = figures["runs"][1]["batcher"]
+    assert continuous["steps"] > 0 and 0 < continuous["mean_occupancy"] <= 4
+    assert "continuous/static: throughput" in result.stdout

@@ -1,0 +1,346 @@
+"""Continuous (iteration-level) batching: jobs join and leave the running batch at every step.
+
+The model thread loops over steps. Each step first admits waiting jobs (up to max_batch_size
+rows, max_batch_tiles tiles per group, and the KV-cache token budget), advances the prefill of
+the newest group by at most prefill_tokens_per_step padded tokens (all at once when nothing is
+decoding, as nobody waits then), moves a finished prefill into the running batch, then decodes
+one token for every running row. A row that ends (end token, its max_new_tokens, a cancel)
+leaves on that step: its job gets its Generation and its cache rows are freed.
+
+Beam search keeps the static path: a beam job runs through `generate` once the running batch
+has drained (the oldest job decides, so neither kind starves the other).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from core.config import ModelSpec
+from worker.batcher import (
+    Batcher,
+    OutOfMemory,
+    _free_accelerator_memory,
+    _Waiting,
+    is_out_of_memory,
+)
+from worker.decode import Prefill, RunningBatch, kv_budget_tokens
+from worker.engine import InternVLEngine, PreparedJob
+from worker.sampling import RowChooser, choose_tokens
+
+log = logging.getLogger("worker.continuous")
+ROWS = ("rows",)  # the batch key of every num_beams=1 job (worker/sampling.batch_key)
+
+
+@dataclass
+class _Row:
+    """One job being decoded: where its Generation goes, how it picks tokens, what it made."""
+
+    item: _Waiting
+    chooser: RowChooser
+    tokens: list[int] = field(default_factory=list)
+
+
+def footprint_tokens(jobs: Sequence[PreparedJob]) -> int:
+    """The most cache tokens these jobs can hold together: rows x the longest possible row."""
+    if not jobs:
+        return 0
+    return len(jobs) * max(job.prompt_tokens + job.params.max_new_tokens for job in jobs)
+
+
+class ContinuousBatcher(Batcher):
+    """A Batcher whose model thread runs continuous batching on the engine (same interface)."""
+
+    def __init__(
+        self,
+        engine: InternVLEngine,
+        *,
+        max_batch_size: int,
+        max_wait_ms: int,
+        max_batch_tiles: int,
+        gap_ms: int | None = None,
+        prefill_tokens_per_step: int = 1024,
+        kv_cache_fraction: float = 0.8,
+        kv_budget: int | None = None,
+    ) -> None:
+        super().__init__(
+            engine.generate,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_batch_tiles=max_batch_tiles,
+            gap_ms=gap_ms,
+        )
+        self.engine = engine
+        self.prefill_tokens_per_step = prefill_tokens_per_step
+        # Measured once the model is loaded, so the weights are not counted as free memory.
+        self.kv_budget = kv_budget or kv_budget_tokens(engine, kv_cache_fraction)
+        self.stats.scheduler = "continuous"
+        self._rows: list[_Row] = []
+        self._batch = RunningBatch(engine)
+        self._prefill: Prefill | None = None
+        self._prefill_items: list[_Waiting] = []
+        self._alone: set[str] = set()  # jobs that ran out of memory beside others
+
+    # -- admission (under the condition's lock, on the model thread) -------------------------
+
+    def _busy(self) -> bool:
+        return bool(self._rows) or self._prefill is not None
+
+    def _compatible(self) -> list[_Waiting]:
+        oldest = self._waiting[0]
+        if oldest.key != ROWS:
+            return [] if self._busy() else super()._compatible()
+        jobs = [row.item.job for row in self._rows]
+        chosen: list[_Waiting] = []
+        for item in self._waiting:
+            if len(jobs) + len(chosen) >= self.max_batch_size:
+                break
+            if item.key != ROWS:
+                continue
+            if not self._fits(item, chosen, jobs):
+                break  # first come, first served: a large job is not overtaken forever
+            chosen.append(item)
+            if item.job.job_id in self._alone:
+                break
+        return chosen
+
+    def _fits(self, item: _Waiting, chosen: list[_Waiting], running: list[PreparedJob]) -> bool:
+        if not chosen and not running:
+            return True  # alone, a job always gets its chance (an OOM then fails it)
+        if item.job.job_id in self._alone:
+            return False
+        group = [c.job for c in chosen] + [item.job]
+        if chosen and sum(job.tiles for job in group) > self.max_batch_tiles:
+            return False
+        width = max(job.prompt_tokens for job in group)
+        if running and chosen and len(group) * width > self.prefill_tokens_per_step:
+            return False  # a group joining a decoding batch stays within one step's budget
+        return footprint_tokens(running + group) <= self.kv_budget
+
+    def _admit(self) -> list[_Waiting] | None:
+        """Jobs to start now: after the batching wait when idle, at once when busy."""
+        if not self._busy():
+            return self._next_batch()  # None: stopping and nothing left
+        with self._cond:
+            if self._prefill is not None or not self._waiting:
+                return []
+            chosen = self._compatible()
+            for item in chosen:
+                self._waiting.remove(item)
+            return chosen
+
+    # -- the model loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            admitted = self._admit()
+            if admitted is None:
+                return
+            if admitted and admitted[0].key != ROWS:
+                self._execute(admitted)  # beam search: the static path, the batch has drained
+                continue
+            try:
+                live = [item for item in admitted if self._start(item)]
+                if live:
+                    self._prefill = Prefill(self.engine, [item.job for item in live])
+                    self._prefill_items = live
+                if self._busy():
+                    self._step()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+                self._abandon(admitted, exc)
+
+    def _abandon(self, admitted: list[_Waiting], exc: Exception) -> None:
+        """Hand an unexpected error to every job in flight (their task threads retry them)."""
+        log.exception("continuous batching step failed", exc_info=exc)
+        items = [row.item for row in self._rows] + self._prefill_items + admitted
+        self._rows, self._prefill, self._prefill_items = [], None, []
+        self._batch.keep([])
+        for item in items:
+            if item.future.running():
+                item.future.set_exception(exc)
+
+    def _start(self, item: _Waiting) -> bool:
+        if item.started:
+            return True  # back from an eviction: its future already runs
+        if not item.future.set_running_or_notify_cancel():
+            return False  # canceled while it waited
+        item.started = True
+        self.stats.record_wait(time.monotonic() - item.arrived)
+        return True
+
+    def _step(self) -> None:
+        started = time.monotonic()
+        self.stats.running_since = time.time()  # the stuck-generation watchdog reads it
+        prefilled = self._prefill is not None
+        try:
+            if self._prefill is not None:
+                self._advance_prefill()
+            self._leave(canceled_only=True)
+            rows = len(self._rows)
+            if rows:
+                self._decode()
+        finally:
+            self.stats.running_since = None
+        self.stats.record_step(rows, prefill=prefilled, elapsed_s=time.monotonic() - started)
+        if self.on_step is not None:
+            self.on_step(rows, time.monotonic() - started, prefilled)
+
+    @torch.inference_mode()
+    def _advance_prefill(self) -> None:
+        prefill = self._prefill
+        assert prefill is not None
+        columns = prefill.width
+        if self._rows:  # others are decoding: bound how long they wait for this step
+            columns = max(self.prefill_tokens_per_step // prefill.rows, 1)
+        try:
+            logits = self._prefill_chunk(prefill, columns)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
+            self._prefill_failed(exc)
+            return
+        if logits is None:
+            return
+        items, self._prefill, self._prefill_items = self._prefill_items, None, []
+        rows = [_Row(item, self._chooser(item.job)) for item in items]
+        tokens = choose_tokens([r.chooser for r in rows], [[] for _ in rows], logits)
+        self._batch.join(prefill, tokens)
+        self._rows.extend(rows)
+        for row, token in zip(rows, tokens.tolist(), strict=True):
+            row.tokens.append(token)
+        self.stats.batches += 1
+        self.stats.tiles += sum(item.job.tiles for item in items)
+        if self.on_batch is not None:  # a group joined: its size, and how long it prefilled
+            self.on_batch(len(items), time.monotonic() - prefill.started)
+        self._leave()
+
+    @torch.inference_mode()
+    def _decode(self) -> None:
+        try:
+            logits = self._decode_step(self._batch)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
+            self._decode_failed(exc)
+            return
+        generated = [row.tokens for row in self._rows]
+        tokens = choose_tokens([row.chooser for row in self._rows], generated, logits)
+        self._batch.next_tokens = tokens
+        for row, token in zip(self._rows, tokens.tolist(), strict=True):
+            row.tokens.append(token)
+        self._leave()
+
+    # Model calls, separate so that tests can make them run out of memory like a full GPU.
+    def _prefill_chunk(self, prefill: Prefill, columns: int) -> torch.Tensor | None:
+        return prefill.run_chunk(columns)
+
+    def _decode_step(self, batch: RunningBatch) -> torch.Tensor:
+        return batch.step()
+
+    def _chooser(self, job: PreparedJob) -> RowChooser:
+        return RowChooser(
+            job.params,
+            seed=job.seed,
+            prompt_ids=job.input_ids,
+            eos_token_ids=self.engine.eos_token_ids,
+            device=self.engine.device,
+        )
+
+    def _leave(self, *, canceled_only: bool = False) -> None:
+        """Rows that ended get their results and leave the batch; the others go on."""
+        keep: list[int] = []
+        for index, row in enumerate(self._rows):
+            job = row.item.job
+            ended = job.cancel.is_set() or (
+                not canceled_only
+                and (
+                    row.tokens[-1] in self.engine.eos_token_ids
+                    or len(row.tokens) >= job.params.max_new_tokens
+                )
+            )
+            if not ended:
+                keep.append(index)
+                continue
+            generation = self.engine.result(job, row.tokens)
+            self.stats.record_job(generation.completion_tokens)
+            row.item.future.set_result(generation)
+        if len(keep) < len(self._rows):
+            self._rows = [self._rows[i] for i in keep]
+            self._batch.keep(keep)
+
+    # -- failures ----------------------------------------------------------------------------
+
+    def _prefill_failed(self, exc: Exception) -> None:
+        items, self._prefill, self._prefill_items = self._prefill_items, None, []
+        if not is_out_of_memory(exc):
+            log.warning("prefill of %d jobs failed (%s); running them one by one", len(items), exc)
+            for item in items:
+                self._run_batch([item])  # the static path: only the job that breaks fails
+            return
+        _free_accelerator_memory()
+        if len(items) == 1 and not self._rows:
+            job = items[0].job
+            items[0].future.set_exception(
+                OutOfMemory(f"job {job.job_id} does not fit in device memory alone")
+            )
+            return
+        self._out_of_memory([item.job for item in items])
+        if len(items) == 1:
+            self._alone.add(items[0].job.job_id)  # it runs once the batch has drained
+        self._requeue(items)
+
+    def _decode_failed(self, exc: Exception) -> None:
+        rows, self._rows = self._rows, []
+        self._batch.keep([])
+        if not is_out_of_memory(exc):
+            log.warning("a step of %d rows failed (%s); running them one by one", len(rows), exc)
+            for row in rows:
+                self._run_batch([row.item])
+            return
+        _free_accelerator_memory()
+        if len(rows) == 1:
+            job = rows[0].item.job
+            rows[0].item.future.set_exception(
+                OutOfMemory(f"job {job.job_id} does not fit in device memory alone")
+            )
+            return
+        # The cache cannot be trimmed in place after a failed step: every row starts again
+        # (same tokens: greedy is deterministic, a sampled row's generator is seeded afresh).
+        self._out_of_memory([row.item.job for row in rows])
+        self._requeue([row.item for row in rows])
+
+    def _out_of_memory(self, jobs: list[PreparedJob]) -> None:
+        # What did not fit sets a lower budget: half of it, so the retry is a split.
+        self.stats.oom_splits += 1
+        running = [row.item.job for row in self._rows]
+        self.kv_budget = max(footprint_tokens(running + jobs) // 2, 1)
+        log.warning(
+            "out of memory with %d rows; the KV budget is now %d tokens",
+            len(running) + len(jobs),
+            self.kv_budget,
+        )
+
+    def _requeue(self, items: list[_Waiting]) -> None:
+        with self._cond:
+            self._waiting[:0] = items  # first in line again, their futures still running
+
+
+def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
+    """The batcher a model's registry entry asks for: continuous (default) or static."""
+    if spec.scheduler == "static":
+        return Batcher(
+            engine.generate,
+            max_batch_size=spec.max_batch_size,
+            max_wait_ms=spec.max_batch_wait_ms,
+            max_batch_tiles=spec.max_batch_tiles,
+            gap_ms=spec.batch_gap_ms,
+        )
+    return ContinuousBatcher(
+        engine,
+        max_batch_size=spec.max_batch_size,
+        max_wait_ms=spec.max_batch_wait_ms,
+        max_batch_tiles=spec.max_batch_tiles,
+        gap_ms=spec.batch_gap_ms,
+        prefill_tokens_per_step=spec.prefill_tokens_per_step,
+        kv_cache_fraction=spec.kv_cache_memory_fraction,
+    )
