@@ -1,4 +1,4 @@
-"""`internvl-jobs bench engine|service|submit`: the benchmarks' options and commands.
+"""`internvl-jobs bench engine|service|submit|prepare`: the benchmarks' options and commands.
 
 Only argparse at import time: the parsers are built for every command, and `python -m bench`
 builds the engine one on machines that have torch but no web stack.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +61,34 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-wait-ms", type=int, default=500)
     p.add_argument("--batch-gap-ms", type=int, default=50)
     p.add_argument("--log-dir", default=".bench/service", help="logs of the started processes")
+    p.add_argument(
+        "--simulated-device",
+        default="",
+        choices=["", "h100"],
+        help="run the worker on a simulated accelerator (InternVL3-1B timed as on it) and "
+        "report device busy fraction, jobs/s and host CPU per job by process",
+    )
+    p.add_argument(
+        "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the prepare benchmark."""
+    p.add_argument("--repeats", type=int, default=7, help="interleaved runs; the median is given")
+    p.add_argument("--max-tiles", type=int, default=12)
+    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+
+
+def cmd_bench_prepare(args: argparse.Namespace) -> int:
+    """Preparing one job, CPU ms per image on one thread: the processor's way against ours."""
+    from bench.prepare import format_prepare_report, run_prepare_bench
+
+    report = run_prepare_bench(repeats=args.repeats, max_tiles=args.max_tiles)
+    print(format_prepare_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
 
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -116,6 +144,8 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     from core.config import get_settings
 
     settings = get_settings()
+    if args.simulated_device:
+        return _simulated_service_bench(args, settings)
     report = run_service_bench(
         checkpoint=args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir))),
         database_url=args.database_url or settings.database_url,
@@ -131,6 +161,31 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     print(format_service_report(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
     return 0 if report["succeeded"] == args.images else 1
+
+
+def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
+    from bench.simulated import format_simulated_report, run_simulated_bench
+
+    report = run_simulated_bench(
+        device=args.simulated_device,
+        cache_dir=Path(args.cache_dir),
+        database_url=args.database_url or settings.database_url,
+        broker_url=args.broker_url or settings.broker_url,
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        jobs=args.images,
+        sizes=[_size(text) for text in args.sizes.split(",")],
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        log_dir=Path(args.log_dir),
+    )
+    print(format_simulated_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
 
 
 def cmd_bench_submit(args: argparse.Namespace) -> int:
@@ -160,13 +215,16 @@ def _write_json(report: dict[str, object], path: str) -> None:
 
 
 def register(bench: argparse._SubParsersAction) -> None:
-    """Add `engine`, `service` and `submit` to the `internvl-jobs bench` subcommands."""
+    """Add `engine`, `service`, `submit` and `prepare` to the `internvl-jobs bench` subcommands."""
     p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
     engine_arguments(p)
     p.set_defaults(func=cmd_bench_engine)
     p = bench.add_parser("service", help=cmd_bench_service.__doc__)
     service_arguments(p)
     p.set_defaults(func=cmd_bench_service)
+    p = bench.add_parser("prepare", help=cmd_bench_prepare.__doc__)
+    prepare_arguments(p)
+    p.set_defaults(func=cmd_bench_prepare)
     p = bench.add_parser("submit", help=cmd_bench_submit.__doc__)
     p.add_argument("--concurrency", default="1,4,16,64", help="levels, comma-separated")
     p.add_argument("--requests", type=int, default=400, help="requests per level")

@@ -41,9 +41,14 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def service_processes(
-    settings: Settings, port: int, log_dir: Path, extra_env: dict[str, str]
+    settings: Settings,
+    port: int,
+    log_dir: Path,
+    extra_env: dict[str, str],
+    *,
+    sweeper: bool = False,
 ) -> Iterator[Stack]:
-    """`internvl-jobs api` and `internvl-jobs worker --devices cpu` until the block ends."""
+    """`internvl-jobs api`, `worker --devices cpu` (and `sweeper`) until the block ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_JOBS_")}
     env.update(settings.as_env())
     env.update(extra_env)
@@ -51,6 +56,8 @@ def service_processes(
         "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
         "worker": ["worker", "--devices", "cpu"],
     }
+    if sweeper:
+        commands["sweeper"] = ["sweeper"]
     children = []
     for name, args in commands.items():
         with (log_dir / f"{name}.log").open("wb") as out:
@@ -67,7 +74,10 @@ def service_processes(
         wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, "API ready")
         wait_until(lambda: _ready_workers(base) >= 1, "a ready worker", timeout_s=300)
         worker = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]
-        yield Stack(base, {"api": children[0].pid, "worker": worker["pid"]})
+        pids = {"api": children[0].pid, "worker": worker["pid"]}
+        if sweeper:
+            pids["sweeper"] = children[2].pid
+        yield Stack(base, pids)
     finally:
         for child in children:
             child.terminate()

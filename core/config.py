@@ -101,6 +101,13 @@ class ModelSpec(BaseModel):
         le=4096,
         description="Tiles the vision tower encodes at once; 0: 8 on CPU (cache-sized), 64 on GPU.",
     )
+    prepare_cache_mb: int = Field(
+        256,
+        ge=0,
+        le=65_536,
+        description="MiB of prepared image tiles a worker keeps, so an image asked several "
+        "questions is tiled once (a 13-tile image at 448 px is 7.5 MiB); 0: none.",
+    )
 
     @field_validator("alias")
     @classmethod
@@ -306,6 +313,18 @@ class Settings(BaseSettings):
         ge=0,
         description="How long an API process reuses each model's queue depth, throughput and "
         "worker counts (GET /v1/models, a queued job's estimate).",
+    )
+    simulated_device: Literal["", "h100"] = Field(
+        "",
+        description="Benchmarks only: workers run a simulated accelerator (InternVL3-1B timed "
+        "as on this device, the real prepare) instead of loading the model's weights.",
+    )
+    worker_cpu_threads: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="CPU threads one worker process uses for torch, OpenMP and BLAS; 0: the "
+        "launcher divides the host's cores among its worker processes.",
     )
 
     # Webhooks

@@ -331,7 +331,7 @@ class ContinuousBatcher(Batcher):
 
 def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
     """The batcher a model's registry entry asks for: continuous (default) or static."""
-    if spec.scheduler == "static":
+    if spec.scheduler == "static" or not engine.steps_rows:
         return Batcher(
             engine.generate,
             max_batch_size=spec.max_batch_size,

@@ -1,6 +1,7 @@
 """The InternVL engine: loads a checkpoint once, prepares jobs, and generates for a batch of them.
 
-`prepare` (chat template, tiling, tokenising) runs in the Celery task threads, in parallel;
+`prepare` (chat template, tiling, tokenising) runs in the Celery task threads, in parallel, and
+leaves pixels uint8; `_pixels` normalises them on the device, in the model's dtype;
 `generate` runs on the one thread that owns the model and takes several prepared jobs at once,
 left-padded, so the device works on a batch instead of one image at a time.
 """
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -30,6 +30,7 @@ from core.config import ModelSpec
 from core.prompts import Conversation
 from core.specs import GenerationParams
 from worker.precision import load_options
+from worker.preparer import ImageSource, Preparer
 from worker.sampling import AllCanceled, Row, RowLimits, RowSettings, batch_key
 from worker.structured import ConstrainedRows, GrammarCache, RowConstraint, parsed_json
 
@@ -43,7 +44,7 @@ class PreparedJob:
 
     job_id: str
     input_ids: torch.Tensor  # (prompt_tokens,)
-    pixel_values: torch.Tensor | None  # (tiles, 3, tile, tile), already in the model's dtype
+    pixel_values: torch.Tensor | None  # (tiles, 3, tile, tile) uint8; `_pixels` normalises
     image_tiles: list[int]  # per image, as the processor cut it (thumbnail included)
     params: GenerationParams
     seed: int | None = None  # the generator seed of a sampled job (drawn when not given)
@@ -80,6 +81,8 @@ class Generation:
 class InternVLEngine:
     """One loaded InternVL checkpoint on one device (or one group of devices)."""
 
+    steps_rows = True  # the continuous loop may run its model step by step, row by row
+
     def __init__(self, spec: ModelSpec, *, device: str = "auto") -> None:
         self.spec = spec
         options = load_options(spec, device=device)
@@ -112,7 +115,13 @@ class InternVLEngine:
             self.eos_token_ids,
             n_vocab=int(self.model.get_output_embeddings().weight.shape[0]),
         )
-        self.tile_size = int(self.processor.image_processor.size["height"])
+        self.preparer = Preparer(
+            self.processor, model_alias=spec.alias, cache_bytes=spec.prepare_cache_mb * 2**20
+        )
+        self.prepare_cache = self.preparer.cache
+        self.tile_size = self.preparer.tile_size
+        self._pixel_mean = self.preparer.pixel_mean.to(self.device)
+        self._pixel_std = self.preparer.pixel_std.to(self.device)
         self.vision_chunk_tiles = spec.vision_chunk_tiles or (
             8 if self.device.type == "cpu" else 64
         )
@@ -152,35 +161,37 @@ class InternVLEngine:
         self,
         job_id: str,
         conversation: Conversation,
-        images: list[Image.Image],
+        images: Sequence[ImageSource],
         params: GenerationParams,
     ) -> PreparedJob:
-        """Render the chat template, tile the images and tokenise: one job's inputs."""
-        ordered = [images[i] for i in conversation.image_order]
-        text = self.processor.apply_chat_template(
-            conversation.messages, add_generation_prompt=True, tokenize=False
-        )
-        inputs = self.processor(
-            text=[text],
-            images=ordered or None,
-            return_tensors="pt",
-            max_patches=params.max_tiles or self.spec.max_tiles,
-        )
-        input_ids = inputs["input_ids"][0]
-        pixel_values = inputs.get("pixel_values")
-        tiles = self.tiles_per_image(input_ids)
-        produced = 0 if pixel_values is None else int(pixel_values.shape[0])
-        if len(tiles) != len(ordered) or sum(tiles) != produced:
-            raise RuntimeError(
-                f"the processor made {produced} tiles in {len(tiles)} image blocks "
-                f"for {len(ordered)} images"
-            )
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.dtype)  # here, in parallel task threads
+        """Render the chat template, tile the images and tokenise: one job's inputs.
+
+        An image is stored bytes (decoded at the scale its grid needs), a decoded picture, or
+        tiles `image_tiles` already made; its pixels stay uint8 until `_pixels` on the device.
+        """
+        max_tiles = params.max_tiles or self.spec.max_tiles
+        input_ids, pixels, tiles = self.preparer.inputs(conversation, images, max_tiles=max_tiles)
         seed = None
         if params.do_sample:
             seed = params.seed if params.seed is not None else secrets.randbits(32)
-        return PreparedJob(job_id, input_ids, pixel_values, tiles, params, seed=seed)
+        return PreparedJob(job_id, input_ids, pixels, tiles, params, seed=seed)
+
+    def image_tiles(self, image: ImageSource, *, max_tiles: int) -> torch.Tensor:
+        """One image's uint8 tiles (tiles, 3, T, T) at this checkpoint's tile size."""
+        return self.preparer.image_tiles(image, max_tiles=max_tiles)
+
+    def cache_key(self, sha256: str, max_tiles: int) -> tuple[str, int, str]:
+        """What identifies an image's tiles in the prepare cache."""
+        return self.preparer.cache_key(sha256, max_tiles)
+
+    def _pixels(self, tiles: torch.Tensor) -> torch.Tensor:
+        """uint8 tiles -> the vision tower's input on the device: normalised, in the model's dtype.
+
+        The one place pixels become floats, after the (4x smaller) uint8 copy to the device;
+        the arithmetic is the processor's own, so full-scale tiles give its exact values.
+        """
+        pixels = tiles.to(self.device, non_blocking=True).to(torch.float32)
+        return ((pixels - self._pixel_mean) / self._pixel_std).to(self.dtype)
 
     def constraint_for(self, response_format: dict[str, Any] | None) -> RowConstraint | None:
         """A job's grammar state for its response_format (None: free text); compiled once."""
@@ -234,7 +245,7 @@ class InternVLEngine:
         if not pixels:
             return embeds
         features = [
-            self._image_features(chunk.to(self.device)).to(embeds.device, embeds.dtype)
+            self._image_features(self._pixels(chunk)).to(embeds.device, embeds.dtype)
             for chunk in torch.cat(pixels).split(self.vision_chunk_tiles)
         ]
         slots = (input_ids == self.image_token_ids[1]).unsqueeze(-1).to(embeds.device)

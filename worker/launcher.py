@@ -96,9 +96,27 @@ def plan_slots(models: list[ModelSpec], devices: list[str]) -> list[Slot]:
     return slots
 
 
-def child_env(settings: Settings, slot: Slot, base: dict[str, str]) -> dict[str, str]:
-    """The environment of a worker process: settings, plus its pinned GPUs."""
+def cpu_threads_per_worker(settings: Settings, workers: int, cores: int | None = None) -> int:
+    """CPU threads each worker process may use, so several on one host do not oversubscribe it."""
+    if settings.worker_cpu_threads:
+        return settings.worker_cpu_threads
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available // max(1, workers))
+
+
+def child_env(
+    settings: Settings, slot: Slot, base: dict[str, str], *, cpu_threads: int | None = None
+) -> dict[str, str]:
+    """The environment of a worker process: settings, its pinned GPUs and its thread caps.
+
+    OpenMP and BLAS read their caps once, when they load, hence environment variables; the
+    worker also sets torch's own count from worker_cpu_threads (worker.threads).
+    """
     env = {**base, **settings.as_env()}
+    if cpu_threads is not None:
+        env["INTERNVL_JOBS_WORKER_CPU_THREADS"] = str(cpu_threads)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(cpu_threads)
     if slot.visible_devices is None:
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -133,7 +151,8 @@ class Supervisor:
         self.stopping = False
 
     def _spawn(self, slot: Slot) -> None:
-        env = child_env(self.settings, slot, dict(os.environ))
+        threads = cpu_threads_per_worker(self.settings, len(self.slots))
+        env = child_env(self.settings, slot, dict(os.environ), cpu_threads=threads)
         self.children[slot] = subprocess.Popen(child_command(slot, self.loglevel), env=env)  # noqa: S603
         log.info(
             "started worker %s for %s (pid %d)", slot.device, slot.model, self.children[slot].pid

@@ -124,13 +124,16 @@ def _load_runtime(
     storage: Any,
     heartbeat: Heartbeat,
 ) -> Any:
-    from worker.engine import InternVLEngine
+    import torch
+
     from worker.runtime import WorkerRuntime
 
     spec = settings.model(alias)
     assert spec is not None
+    if settings.worker_cpu_threads:  # the launcher's share of the host's cores
+        torch.set_num_threads(settings.worker_cpu_threads)
     try:
-        engine = InternVLEngine(spec, device="cpu" if device.startswith("cpu") else "auto")
+        engine = _engine(settings, spec, device)
     except Exception:
         log.exception("loading %s failed", spec.checkpoint)
         heartbeat.stop(final_state=WorkerState.DEFUNCT)
@@ -143,6 +146,16 @@ def _load_runtime(
         engine=engine,
         worker_id=name,
     )
+
+
+def _engine(settings: Settings, spec: Any, device: str) -> Any:
+    if settings.simulated_device:  # benchmarks: the real prepare, generation timed, no weights
+        from worker.simulated_device import SimulatedEngine
+
+        return SimulatedEngine(spec, device=settings.simulated_device)
+    from worker.engine import InternVLEngine
+
+    return InternVLEngine(spec, device="cpu" if device.startswith("cpu") else "auto")
 
 
 def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None:

@@ -16,9 +16,9 @@ from concurrent.futures import CancelledError
 from datetime import timedelta
 from typing import Any
 
+import torch
 from celery import Celery
 from celery.exceptions import Reject
-from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,7 +26,6 @@ from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
 from core.dispatch import publish_or_defer
 from core.errors import PermanentJobError, ServiceError
-from core.images import load_rgb
 from core.jobs import cancel_job, claim_job, complete_job, fail_job, release_job
 from core.leases import LeaseCheck
 from core.models import Job
@@ -211,7 +210,8 @@ class WorkerRuntime:
     def _generate(self, job: Job, held: Held) -> tuple[Generation, list[int], int]:
         spec = job.spec
         params = GenerationParams.model_validate(spec["params"])
-        images = [self._load_image(sha) for sha in spec["images"]]
+        max_tiles = params.max_tiles or self.spec.max_tiles
+        images = [self._image_tiles(sha, max_tiles) for sha in spec["images"]]
         conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
         prepared = self.engine.prepare(job.id, conversation, images, params)
         prepared.cancel = held.cancel
@@ -223,9 +223,26 @@ class WorkerRuntime:
         generation = held.future.result()
         return generation, prepared.image_tiles, prepared.prompt_tokens
 
-    def _load_image(self, sha: str) -> Image.Image:
+    def _image_tiles(self, sha: str, max_tiles: int) -> torch.Tensor:
+        """An image's uint8 tiles: from the prepare cache, else read, decoded and tiled once."""
+        cache = self.engine.prepare_cache
+        key = self.engine.cache_key(sha, max_tiles)
+        tiles = cache.get(key)
+        if tiles is not None:
+            return tiles
+        data = self._read_image(sha)
         try:
-            data = retry_transient(
+            tiles = self.engine.image_tiles(data, max_tiles=max_tiles)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means the image is unusable
+            raise PermanentJobError(
+                f"image sha256:{sha} could not be decoded: {exc}", code="invalid_image"
+            ) from exc
+        cache.put(key, tiles)
+        return tiles
+
+    def _read_image(self, sha: str) -> bytes:
+        try:
+            data: bytes = retry_transient(
                 lambda: self.storage.get(image_key(sha)),
                 what=f"reading image {sha}",
                 deadline_s=self.read_deadline_s,
@@ -234,12 +251,7 @@ class WorkerRuntime:
             raise PermanentJobError(
                 f"image sha256:{sha} is no longer stored", code="image_missing"
             ) from exc
-        try:
-            return load_rgb(data)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the image is unusable
-            raise PermanentJobError(
-                f"image sha256:{sha} could not be decoded: {exc}", code="invalid_image"
-            ) from exc
+        return data
 
     def _write(self, change: Any) -> Any:
         """Apply a fenced state change, retrying while the database is unreachable."""

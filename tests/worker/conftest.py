@@ -31,6 +31,7 @@ def worker_runtime(
 ) -> Iterator[Any]:
     from worker.runtime import WorkerRuntime
 
+    engine.prepare_cache.clear()  # the engine outlives tests; the bytes behind a sha may not
     runtime = WorkerRuntime(
         settings=service_settings,
         spec=service_settings.default_model,

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from core.config import ModelSpec, Settings
-from worker.launcher import Slot, child_command, child_env, parse_devices, plan_slots, visible_gpus
+from worker.launcher import (
+    Slot,
+    child_command,
+    child_env,
+    cpu_threads_per_worker,
+    parse_devices,
+    plan_slots,
+    visible_gpus,
+)
 
 
 def model(alias: str, gpus: int = 1) -> ModelSpec:
@@ -114,3 +122,14 @@ def test_the_launcher_never_imports_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_workers_share_the_hosts_cores_through_thread_caps() -> None:
+    settings = Settings(_env_file=None, models=[model("a")])  # type: ignore[call-arg]
+    assert cpu_threads_per_worker(settings, workers=4, cores=16) == 4
+    assert cpu_threads_per_worker(settings, workers=8, cores=4) == 1  # never zero
+    env = child_env(settings, Slot("a", "gpu0", "0"), {}, cpu_threads=4)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4"
+    assert env["INTERNVL_JOBS_WORKER_CPU_THREADS"] == "4"
+    fixed = Settings(_env_file=None, models=[model("a")], worker_cpu_threads=3)  # type: ignore[call-arg]
+    assert cpu_threads_per_worker(fixed, workers=4, cores=16) == 3

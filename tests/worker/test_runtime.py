@@ -74,6 +74,24 @@ def test_duplicate_delivery_runs_the_job_once(
     assert events(sessions, job.id).count("job.succeeded") == 1
 
 
+def test_an_image_asked_twice_is_tiled_once(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    cache = worker_runtime.engine.prepare_cache
+    image = photo(7, size=(640, 480))
+    first = queue_job(sessions, storage, worker_runtime.spec, [image], params={"max_new_tokens": 2})
+    second = queue_job(
+        sessions, storage, worker_runtime.spec, [image], task="vqa", question="Why?",
+        params={"max_new_tokens": 2},
+    )  # fmt: skip
+    misses = cache.misses
+    assert worker_runtime.run_job(first.id) == "succeeded"
+    hits = cache.hits
+    assert worker_runtime.run_job(second.id) == "succeeded"
+    assert (cache.misses, cache.hits) == (misses + 1, hits + 1)
+    assert reload(sessions, second.id).usage["image_tiles"] == [13]
+
+
 def test_undecodable_image_fails_the_job_with_a_code(
     worker_runtime: Any, sessions: Any, storage: ObjectStorage
 ) -> None:

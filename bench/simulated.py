@@ -1,0 +1,130 @@
+"""`internvl-jobs bench service --simulated-device h100`: the service at device speed on a CPU.
+
+Starts the API, a worker whose engine is worker.simulated_device's (the real prepare at
+InternVL3-1B's 448-px, max-12-tile settings; generation timed as on the device, sleeping), and
+the sweeper; submits distinct JPEG photos as caption jobs over HTTP and reports, per image
+size: jobs/s, the simulated device's busy fraction (its generate time over the wall time), and
+host CPU per job split by process. From those: the cores a host needs to keep one device busy.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.prepare import photo_jpeg
+from bench.service import MOTO_CREDENTIALS, _stack_settings, through_service
+from bench.stack import Stack, service_processes
+from core.config import ModelSpec
+from core.tiling import tile_count
+from devtools.harness import free_port, moto_server
+from devtools.tiny_model import PRESETS, build_processor, train_tokenizer
+
+HEARTBEAT_S = 0.5  # the worker's busy time is read from its heartbeat
+
+
+def processor_checkpoint(cache_dir: Path) -> Path:
+    """A checkpoint directory with only InternVL3-1B's processor (no weights), built once."""
+    path = cache_dir / "processor-internvl3-1b"
+    if not (path / "processor_config.json").exists():
+        build_processor(PRESETS["internvl3-1b"], train_tokenizer(2048)).save_pretrained(path)
+    return path
+
+
+def run_simulated_bench(
+    *,
+    device: str,
+    cache_dir: Path,
+    database_url: str,
+    broker_url: str,
+    s3_endpoint_url: str | None,
+    jobs: int,
+    sizes: list[tuple[int, int]],
+    new_tokens: int,
+    max_batch_size: int,
+    log_dir: Path,
+) -> dict[str, Any]:
+    """One round per image size through the whole service with the simulated device."""
+    from core.migrations import upgrade
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec(
+        alias="bench",
+        checkpoint=str(processor_checkpoint(cache_dir)),
+        max_batch_size=max_batch_size,
+    )
+    upgrade(database_url)
+    rows = []
+    with ExitStack() as stack:
+        credentials = {} if s3_endpoint_url else MOTO_CREDENTIALS
+        s3_pid = None
+        if s3_endpoint_url is None:
+            s3_endpoint_url, s3_pid = stack.enter_context(moto_server(log_dir))
+        settings = _stack_settings(
+            spec, database_url, broker_url, s3_endpoint_url, log_dir, credentials
+        ).model_copy(update={"simulated_device": device, "heartbeat_s": HEARTBEAT_S})
+        running = stack.enter_context(
+            service_processes(settings, free_port(), log_dir, credentials, sweeper=True)
+        )
+        if s3_pid is not None:
+            running.pids["s3"] = s3_pid
+        through_service(running.base, [photo_jpeg(64, 48, seed=10**6)], 2)  # warm-up
+        for seed, (width, height) in enumerate(sizes):
+            pictures = [photo_jpeg(width, height, seed=1000 * seed + i) for i in range(jobs)]
+            rows.append(_round(running, pictures, (width, height), new_tokens))
+    return {"device": device, "jobs": jobs, "new_tokens": new_tokens, "rows": rows}
+
+
+def _busy_s(base: str) -> float:
+    workers = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"]
+    return float(workers[0]["stats"].get("busy_s", 0.0))
+
+
+def _round(
+    running: Stack, pictures: list[bytes], size: tuple[int, int], new_tokens: int
+) -> dict[str, Any]:
+    time.sleep(2 * HEARTBEAT_S)
+    busy, before = _busy_s(running.base), running.cpu_seconds()
+    wall_s, jobs = through_service(running.base, pictures, new_tokens, client_threads=16)
+    after = running.cpu_seconds()
+    time.sleep(2 * HEARTBEAT_S)  # the last batch's time reaches the heartbeat
+    busy_s = _busy_s(running.base) - busy
+    cpu_ms = {role: 1000 * (after[role] - before[role]) / len(pictures) for role in after}
+    host_ms = sum(cpu_ms.values())
+    device_ms = 1000 * busy_s / len(pictures)
+    return {
+        "size": f"{size[0]}x{size[1]}",
+        "tiles": tile_count(*size, tile_size=448, max_tiles=12),
+        "succeeded": sum(job["status"] == "succeeded" for job in jobs),
+        "wall_s": round(wall_s, 2),
+        "jobs_per_s": round(len(pictures) / wall_s, 2),
+        "device_busy_fraction": round(busy_s / wall_s, 3),
+        "device_ms_per_job": round(device_ms, 2),
+        "host_cpu_ms_per_job": {role: round(ms, 1) for role, ms in cpu_ms.items()},
+        "cores_per_device": round(host_ms / device_ms, 1) if device_ms else None,
+    }
+
+
+def format_simulated_report(report: dict[str, Any]) -> str:
+    """The figures as a Markdown table."""
+    roles = list(report["rows"][0]["host_cpu_ms_per_job"]) if report["rows"] else []
+    lines = [
+        f"simulated {report['device']}, {report['jobs']} caption jobs per size, "
+        f"{report['new_tokens']} new tokens; host CPU ms per job (PostgreSQL, Redis not counted)",
+        "| image | tiles | ok | jobs/s | device busy | device ms/job | "
+        + " | ".join(roles)
+        + " | cores per device |",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(roles) + "---:|",
+    ]
+    for row in report["rows"]:
+        cpu = " | ".join(str(row["host_cpu_ms_per_job"][role]) for role in roles)
+        lines.append(
+            f"| {row['size']} | {row['tiles']} | {row['succeeded']} | {row['jobs_per_s']} "
+            f"| {row['device_busy_fraction']:.1%} | {row['device_ms_per_job']} | {cpu} "
+            f"| {row['cores_per_device']} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""A worker's cache of prepared image tiles, so one image asked several questions is tiled once.
+
+Keyed by (image SHA-256, max_tiles, model alias): the same bytes at the same grid limit give the
+same tiles for one model. Bounded in bytes (least recently used entries go first); an entry
+larger than the whole bound is not kept. Tensors handed out are shared: readers never write
+them (the engine copies them to the device or concatenates them into a new tensor).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import torch
+
+
+class PrepareCache:
+    """Least-recently-used uint8 tiles, at most max_bytes of them; safe across threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        """The tiles stored under key (now the most recently used), or None."""
+        with self._lock:
+            tiles = self._entries.get(key)
+            if tiles is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return tiles
+
+    def put(self, key: Hashable, tiles: torch.Tensor) -> None:
+        """Keep tiles under key, dropping the least recently used entries to stay in bounds."""
+        size = tiles.numel() * tiles.element_size()
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self.bytes -= previous.numel() * previous.element_size()
+            self._entries[key] = tiles
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self.bytes -= dropped.numel() * dropped.element_size()
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,94 @@
+"""A job's model inputs from its conversation and images, with only the checkpoint's processor.
+
+No model is needed, so preparing can run wherever the CPU is (task threads today, other
+processes later) and benchmarks can measure it alone. The ids are the processor's own (tests
+compare them); the pixels are uint8 tiles (worker.preprocess), normalised later on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from core.prompts import Conversation
+from worker.prepare_cache import PrepareCache
+from worker.preprocess import tile_image
+
+ImageSource = bytes | Image.Image | torch.Tensor  # stored bytes, a decoded picture, or tiles
+
+
+class Preparer:
+    """Tiles and tokenises as the checkpoint's InternVL processor does, at device speed."""
+
+    def __init__(self, processor: Any, *, model_alias: str, cache_bytes: int) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_alias = model_alias
+        self.image_seq_length = int(processor.image_seq_length)
+        self.image_token_ids = (
+            int(self.tokenizer.start_image_token_id),
+            int(self.tokenizer.context_image_token_id),
+            int(self.tokenizer.end_image_token_id),
+        )
+        self.image_placeholder = str(processor.image_token)
+        images = processor.image_processor
+        self.tile_size = int(images.size["height"])
+        self.min_tiles = int(images.min_patches)
+        # The processor's fused rescale-and-normalise: (x - mean/scale) / (std/scale), float32.
+        mean, std = (
+            (torch.tensor(values) * (1.0 / images.rescale_factor)).view(3, 1, 1)
+            for values in (images.image_mean, images.image_std)
+        )
+        self.pixel_mean, self.pixel_std = mean, std
+        self.cache = PrepareCache(cache_bytes)
+
+    def inputs(
+        self, conversation: Conversation, images: Sequence[ImageSource], *, max_tiles: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """(input_ids, uint8 pixel tiles or None, tiles per image) for one conversation."""
+        ordered = [
+            self.image_tiles(images[i], max_tiles=max_tiles) for i in conversation.image_order
+        ]
+        text = self.processor.apply_chat_template(
+            conversation.messages, add_generation_prompt=True, tokenize=False
+        )
+        tiles = [int(image.shape[0]) for image in ordered]
+        pixels = None
+        if ordered:
+            pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
+        return self.token_ids(text, tiles), pixels, tiles
+
+    def image_tiles(self, image: ImageSource, *, max_tiles: int) -> torch.Tensor:
+        """One image's uint8 tiles (tiles, 3, T, T); tiles given are returned as they are."""
+        if isinstance(image, torch.Tensor):
+            return image
+        return tile_image(
+            image, tile_size=self.tile_size, max_tiles=max_tiles, min_tiles=self.min_tiles
+        )
+
+    def cache_key(self, sha256: str, max_tiles: int) -> tuple[str, int, str]:
+        """What identifies an image's tiles in the prepare cache."""
+        return (sha256, max_tiles, self.model_alias)
+
+    def token_ids(self, text: str, tiles: list[int]) -> torch.Tensor:
+        """The prompt's ids with each image placeholder expanded to its image block.
+
+        The same ids the processor makes, without tokenising thousands of repeated placeholder
+        strings: text between placeholders is tokenised on its own (image tokens are special,
+        so no token spans a boundary) and the blocks are spliced in.
+        """
+        parts = text.split(self.image_placeholder)
+        if len(parts) != len(tiles) + 1:
+            raise RuntimeError(
+                f"the prompt has {len(parts) - 1} image slots for {len(tiles)} images"
+            )
+        start, context, end = self.image_token_ids
+        ids: list[int] = []
+        for part, count in zip(parts, [*tiles, 0], strict=True):
+            ids += self.tokenizer.encode(part, add_special_tokens=False) if part else []
+            if count:
+                ids += [start, *[context] * (count * self.image_seq_length), end]
+        return torch.tensor(ids, dtype=torch.long)
