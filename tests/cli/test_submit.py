@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from core.config import Settings
 from devtools.harness import free_port
 from tests.support import ServiceProcess, service_env, wait_http
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
-
-
-def submit(base: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "submit", *args, "--url", base, "--timeout", "180"],
-        env=service_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+from tests.support.cli import submit
+from tests.support.media import EXAMPLES
 
 
 def test_submit_and_wait_on_postgresql_redis_and_s3(

@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 
 from core.config import Settings
-from tests.e2e.test_cli_submit import EXAMPLES, submit
-from tests.e2e.test_tasks import CAT, WIDE, b64
 from tests.support import ServiceProcess, free_port, service_env, wait_http, wait_job
+from tests.support.cli import submit
+from tests.support.media import CAT, EXAMPLES, WIDE, b64
 from tests.support.structured import DOCUMENT_TYPE, TICKET
 
 

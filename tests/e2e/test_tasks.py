@@ -6,15 +6,11 @@ the tiny model in this process: the worker's answer, prompt length and tiles mus
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from core.config import ModelSpec, Settings
 from core.images import load_rgb
@@ -22,24 +18,7 @@ from core.specs import GenerationParams
 from core.tiling import tile_count
 from devtools.harness import free_port
 from tests.support import ServiceProcess, service_env, wait_http, wait_job
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "images"
-CAT = (EXAMPLES / "cat.jpg").read_bytes()
-COFFEE = (EXAMPLES / "coffee.jpg").read_bytes()
-
-
-def png(seed: int, size: tuple[int, int]) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-WIDE = png(1, (300, 90))
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from tests.support.media import CAT, COFFEE, WIDE, b64
 
 
 def user(*parts: dict[str, Any]) -> dict[str, Any]:
