@@ -43,6 +43,9 @@ class BatchStats:
     last_batch_size: int = 0
     last_batch_at: float | None = None
     running_since: float | None = None  # unix time the generate() call (or step) in progress began
+    # Unix time since which the model has had jobs in hand without a break (static: the
+    # generate() call; continuous: rows or a prefill in the running batch); None when idle.
+    generating_since: float | None = None
     oom_splits: int = 0
     scheduler: str = "static"
     steps: int = 0  # continuous batching: model steps, of which prefill_steps prefilled a group
@@ -262,12 +265,13 @@ class Batcher:
         started = time.monotonic()
         try:
             self.stats.running_since = time.time()  # what the stuck-generation watchdog reads
+            self.stats.generating_since = self.stats.running_since
             results = self._generate([item.job for item in batch])
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the jobs' futures
-            self.stats.running_since = None
+            self.stats.running_since = self.stats.generating_since = None
             self._recover(batch, exc)
             return
-        self.stats.running_since = None
+        self.stats.running_since = self.stats.generating_since = None
         elapsed = time.monotonic() - started
         self._record(batch, results, elapsed)
         for item, result in zip(batch, results, strict=True):

@@ -160,6 +160,7 @@ class ContinuousBatcher(Batcher):
         items = [row.item for row in self._rows] + self._prefill_items + admitted
         self._rows, self._prefill, self._prefill_items = [], None, []
         self._batch.keep([])
+        self.stats.generating_since = None
         for item in items:
             if item.future.running():
                 item.future.set_exception(exc)
@@ -176,6 +177,8 @@ class ContinuousBatcher(Batcher):
     def _step(self) -> None:
         started = time.monotonic()
         self.stats.running_since = time.time()  # the stuck-generation watchdog reads it
+        if self.stats.generating_since is None:
+            self.stats.generating_since = self.stats.running_since
         prefilled = self._prefill is not None
         try:
             if self._prefill is not None:
@@ -186,6 +189,8 @@ class ContinuousBatcher(Batcher):
                 self._decode()
         finally:
             self.stats.running_since = None
+            if not self._rows and self._prefill is None:  # the batch ran dry: idle again
+                self.stats.generating_since = None
         self.stats.record_step(rows, prefill=prefilled, elapsed_s=time.monotonic() - started)
         if self.on_step is not None:
             self.on_step(rows, time.monotonic() - started, prefilled)

@@ -59,6 +59,15 @@ class WorkerHealth(Collector):
         since = getattr(getattr(self.batcher, "stats", None), "running_since", None)
         return max(time.time() - since, 0.0) if since is not None else None
 
+    def generating_s(self) -> float | None:
+        """How long the model has had jobs in hand without a break; None when it is idle.
+
+        Continuous batching runs many short steps: one step is what the watchdog times
+        (running_batch_s), this is how long the work around them has gone on.
+        """
+        since = getattr(getattr(self.batcher, "stats", None), "generating_since", None)
+        return max(time.time() - since, 0.0) if since is not None else None
+
     def is_stuck(self) -> bool:
         """True when one generate() call has run longer than the watchdog allows."""
         running = self.running_batch_s()
@@ -76,6 +85,7 @@ class WorkerHealth(Collector):
             "last_batch_at": last,
             "last_batch_age_s": round(time.time() - last, 3) if last else None,
             "running_batch_s": _rounded(self.running_batch_s()),
+            "generating_s": _rounded(self.generating_s()),
             "stuck": self.is_stuck(),
             "pending": self.batcher.pending if self.batcher is not None else 0,
             "jobs_done": self.jobs_done(),

@@ -81,7 +81,7 @@ def generating(stack: Stack, device: str, waiting: int = 0) -> Any:
 
     def check() -> bool:
         report = stack.worker_report(device)
-        return report.get("running_batch_s") is not None and report.get("pending") == waiting
+        return report.get("generating_s") is not None and report.get("pending") == waiting
 
     return check
 

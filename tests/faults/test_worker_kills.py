@@ -129,7 +129,7 @@ class Workers:
                 and process.alive()
                 and all(kills[job_id] < MAX_KILLS_PER_JOB for job_id, _ in held)
                 and any(now - started_at >= timedelta(seconds=1) for _, started_at in held)
-                and (self.stack.worker_report(device).get("running_batch_s") or 0) >= 0.5
+                and (self.stack.worker_report(device).get("generating_s") or 0) >= 0.5
             ):
                 return device, before
         time.sleep(0.1)
@@ -154,7 +154,7 @@ def test_worker_killed_with_claimed_but_unstarted_jobs_loses_none(
     wait_until(
         lambda: (
             (report := stack.worker_report("cpu0")).get("pending") == 3
-            and report.get("running_batch_s") is not None
+            and report.get("generating_s") is not None
         ),
         "one job generates and three wait for the model",
     )

@@ -274,3 +274,15 @@ def test_the_registry_entry_chooses_the_scheduler(engine: InternVLEngine) -> Non
     static = ModelSpec(**{**spec.model_dump(), "scheduler": "static"})
     chosen = make_batcher(engine, static)
     assert type(chosen) is Batcher and chosen.stats.as_dict()["scheduler"] == "static"
+
+
+def test_generating_since_spans_the_steps_of_a_running_batch(engine: InternVLEngine) -> None:
+    b = batcher(engine)
+    seen: list[float | None] = []
+    done = at_step(b, 5, lambda: seen.append(b.stats.generating_since))
+    first = b.submit(vqa(engine, 0, GenerationParams(max_new_tokens=12), "g0"))
+    b.start()
+    first.result(timeout=120)
+    assert done.is_set() and seen[0] is not None
+    b.stop()
+    assert b.stats.generating_since is None  # the batch ran dry: the probe says idle
