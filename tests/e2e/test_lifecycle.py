@@ -96,8 +96,11 @@ def client_conflict(stack: Stack, job_id: str) -> str:
 def test_sigterm_lets_the_running_job_finish_and_hands_back_the_waiting_ones(
     stack: Stack, sessions: Any, tmp_path: Path
 ) -> None:
+    # One row at a time: continuous batching would otherwise admit all three jobs into the
+    # running batch at once, and none would be waiting to hand back.
+    one_row = [spec.model_copy(update={"max_batch_size": 1}) for spec in stack.settings.models]
     stack.settings = stack.settings.model_copy(
-        update={"worker_threads": 3, "shutdown_grace_s": 120.0}
+        update={"worker_threads": 3, "shutdown_grace_s": 120.0, "models": one_row}
     )
     stack.start_api()
     stack.start_sweeper()
