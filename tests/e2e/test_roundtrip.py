@@ -41,7 +41,8 @@ def test_round_trip_on_postgresql_redis_and_s3(service_settings: Settings, tmp_p
             answered = wait_job(client, vqa.json()["id"], timeout=60)
     assert job["status"] == "succeeded", worker.log()[-3000:]
     assert job["result"]["text"]
-    width, height = Image.open(EXAMPLES / "cat.jpg").size
+    with Image.open(EXAMPLES / "cat.jpg") as image:
+        width, height = image.size
     tiles = tile_count(width, height, tile_size=64, max_tiles=12)
     usage = job["usage"]
     assert usage["image_tiles"] == [tiles]
