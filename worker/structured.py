@@ -121,6 +121,12 @@ class RowConstraint:
             mask[[t for t in self.eos_token_ids if t < vocab_size]] = True
         return mask
 
+    def mask(self, vocab_size: int) -> torch.Tensor:
+        """allowed(), or every token once the row finished: it only pads, and that is dropped."""
+        if self.finished:
+            return torch.ones(vocab_size, dtype=torch.bool)
+        return self.allowed(vocab_size)
+
     def restart(self) -> None:
         """Back to the grammar's start, for a row that generates again from its prompt."""
         self.matcher.reset()
@@ -156,10 +162,7 @@ class ConstrainedRows(LogitsProcessor):
             assert row is not None
             if last is not None:
                 row.advance(int(last[i]))
-            # A finished row only pads from here on: anything it is given is discarded.
-            masks.append(
-                row.allowed(vocab) if not row.finished else torch.ones(vocab, dtype=torch.bool)
-            )
+            masks.append(row.mask(vocab))
         if masks:
             allowed = torch.stack(masks).to(scores.device)
             scores[self.constrained] = scores[self.constrained].masked_fill(~allowed, float("-inf"))
@@ -184,9 +187,7 @@ class ConstrainedRow:
         for token in generated[self.consumed :]:
             self.constraint.advance(int(token))
         self.consumed = len(generated)
-        if self.constraint.finished:  # only padding follows: anything it is given is dropped
-            return scores
-        allowed = self.constraint.allowed(scores.shape[-1]).to(scores.device)
+        allowed = self.constraint.mask(scores.shape[-1]).to(scores.device)
         return scores.masked_fill(~allowed[None, :], float("-inf"))
 
 
