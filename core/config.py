@@ -95,6 +95,20 @@ class ModelSpec(BaseModel):
         description="Continuous batching: share of the device's free memory (after loading) "
         "the running batch's KV cache may take; admission keeps within it.",
     )
+    join_waiting_ratio: float = Field(
+        1.2,
+        ge=0.0,
+        le=100.0,
+        description="Continuous batching: a running batch takes new jobs once this many per "
+        "running row wait (or they fill its free rows); 0 joins every arrival at the next step.",
+    )
+    join_max_wait_steps: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description="Continuous batching: decode steps a job may wait to join a running batch "
+        "before it joins alone (max_batch_wait_ms bounds the same wait in time).",
+    )
     vision_chunk_tiles: int = Field(
         0,
         ge=0,

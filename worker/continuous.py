@@ -1,11 +1,13 @@
 """Continuous (iteration-level) batching: jobs join and leave the running batch at every step.
 
 The model thread loops over steps. Each step first admits waiting jobs (up to max_batch_size
-rows, max_batch_tiles tiles per group, and the KV-cache token budget), advances the prefill of
-the newest group by at most prefill_tokens_per_step padded tokens (all at once when nothing is
-decoding, as nobody waits then), moves a finished prefill into the running batch, then decodes
-one token for every running row. A row that ends (end token, its max_new_tokens, a cancel)
-leaves on that step: its job gets its Generation and its cache rows are freed.
+rows, max_batch_tiles tiles per group, and the KV-cache token budget; into a running batch
+only once enough are waiting or the oldest has waited long enough, see `_join_now`), advances
+the prefill of the newest group by at most prefill_tokens_per_step padded tokens (all at once
+when nothing is decoding, as nobody waits then), moves a finished prefill into the running
+batch, then decodes one token for every running row. A row that ends (end token, its
+max_new_tokens, a cancel) leaves on that step: its job gets its Generation and its cache rows
+are freed.
 
 Beam search keeps the static path: a beam job runs through `generate` once the running batch
 has drained (the oldest job decides, so neither kind starves the other).
@@ -67,6 +69,8 @@ class ContinuousBatcher(Batcher):
         prefill_tokens_per_step: int = 1024,
         kv_cache_fraction: float = 0.8,
         kv_budget: int | None = None,
+        join_waiting_ratio: float = 1.2,
+        join_max_wait_steps: int = 20,
     ) -> None:
         super().__init__(
             engine.generate,
@@ -77,6 +81,9 @@ class ContinuousBatcher(Batcher):
         )
         self.engine = engine
         self.prefill_tokens_per_step = prefill_tokens_per_step
+        self.join_waiting_ratio = join_waiting_ratio
+        self.join_max_wait_steps = join_max_wait_steps
+        self._held_steps = 0  # steps run while jobs waited to join, since the last join
         # Measured once the model is loaded, so the weights are not counted as free memory.
         self.kv_budget = kv_budget or kv_budget_tokens(engine, kv_cache_fraction)
         self.stats.scheduler = "continuous"
@@ -130,9 +137,29 @@ class ContinuousBatcher(Batcher):
             if self._prefill is not None or not self._waiting:
                 return []
             chosen = self._compatible()
+            if chosen and not self._join_now(chosen):
+                self._held_steps += 1
+                return []
+            self._held_steps = 0
             for item in chosen:
                 self._waiting.remove(item)
             return chosen
+
+    def _join_now(self, chosen: list[_Waiting]) -> bool:
+        """Whether a group joins the decoding batch on this step or waits for company.
+
+        Each join costs the running rows a prefill step (and a copy of the cache), so a lone
+        arrival is held while a busy batch decodes: it joins once the waiting jobs number
+        join_waiting_ratio x the running rows (or fill the free rows), after
+        join_max_wait_steps steps, or after the batching wait (max_batch_wait_ms), whichever
+        comes first. Text Generation Inference's waiting_served_ratio and max_waiting_tokens
+        are the same policy.
+        """
+        rows = len(self._rows)
+        wanted = min(int(rows * self.join_waiting_ratio), self.max_batch_size - rows)
+        if len(chosen) >= wanted or self._held_steps >= self.join_max_wait_steps:
+            return True
+        return time.monotonic() - chosen[0].arrived >= self.max_wait_s
 
     # -- the model loop ----------------------------------------------------------------------
 
@@ -352,4 +379,6 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
         gap_ms=spec.batch_gap_ms,
         prefill_tokens_per_step=spec.prefill_tokens_per_step,
         kv_cache_fraction=spec.kv_cache_memory_fraction,
+        join_waiting_ratio=spec.join_waiting_ratio,
+        join_max_wait_steps=spec.join_max_wait_steps,
     )

@@ -30,7 +30,7 @@ MIXED = [
 ]
 
 
-def batcher(engine: InternVLEngine, **options: int) -> ContinuousBatcher:
+def batcher(engine: InternVLEngine, **options: float) -> ContinuousBatcher:
     settings = {"max_batch_size": 8, "max_wait_ms": 0, "max_batch_tiles": 1000, **options}
     return ContinuousBatcher(engine, **settings)
 
@@ -108,6 +108,47 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(engine: Intern
     b.stop()
     # the first group prefilled whole (nobody decoding), the photo in 64-token chunks
     assert b.stats.prefill_steps >= 1 + photo.prompt_tokens // 64
+
+
+def prefill_steps_with_late_arrivals(
+    engine: InternVLEngine, late: int, *, running: int = 4, **options: float
+) -> list[int]:
+    """The steps that prefilled when `late` jobs arrive after step 3 of a batch of `running`."""
+    first = [vqa(engine, i, GenerationParams(max_new_tokens=30), f"r{i}") for i in range(running)]
+    then = [vqa(engine, i, GenerationParams(max_new_tokens=4), f"l{i}") for i in range(late)]
+    b = batcher(engine, **{"max_wait_ms": 60_000, "gap_ms": 0, **options})
+    prefilled: list[int] = []
+    late_futures: list[Future[Generation]] = []
+
+    def on_step(rows: int, elapsed_s: float, prefill: bool) -> None:
+        if prefill:
+            prefilled.append(b.stats.steps)
+        if b.stats.steps == 3:
+            late_futures.extend(b.submit(job) for job in then)
+
+    b.on_step = on_step
+    futures = [b.submit(job) for job in first]
+    b.start()
+    results = [future.result(timeout=120) for future in futures]  # after step 3: all arrived
+    results += [future.result(timeout=120) for future in late_futures]
+    b.stop()
+    for job, result in zip(first + then, results, strict=True):
+        assert result == alone(engine, job)  # holding a job back never changes its answer
+    return prefilled
+
+
+def test_a_lone_arrival_waits_for_company_then_joins_after_join_max_wait_steps(
+    engine: InternVLEngine,
+) -> None:
+    # 4 rows decode: 1.2 x 4 = 4 waiting jobs would join at once; one waits 5 steps
+    held = prefill_steps_with_late_arrivals(engine, 1, join_max_wait_steps=5)
+    assert held == [1, 3 + 5 + 1]
+    # enough company joins at the next step
+    assert prefill_steps_with_late_arrivals(engine, 4, join_max_wait_steps=5) == [1, 4]
+    # a ratio of 0 joins every arrival at the next step
+    assert prefill_steps_with_late_arrivals(engine, 1, join_waiting_ratio=0) == [1, 4]
+    # and the batching wait bounds the hold in time
+    assert prefill_steps_with_late_arrivals(engine, 1, max_wait_ms=0) == [1, 4]
 
 
 def test_a_canceled_row_leaves_mid_decode_and_the_others_go_on(engine: InternVLEngine) -> None:
