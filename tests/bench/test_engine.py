@@ -53,9 +53,13 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     figures = json.loads(report.read_text())
     runs = [(run["workload"], run["scheduler"]) for run in figures["runs"]]
     assert runs == [
-        (workload, scheduler)
-        for workload in ("mixed burst", "mixed stream", "uniform")
-        for scheduler in ("static", "continuous")
+        ("mixed burst", "static"),
+        ("mixed burst", "continuous"),
+        ("mixed stream", "static"),
+        ("mixed stream", "continuous"),
+        ("mixed stream", "continuous-eager"),  # joins every arrival at the next step
+        ("uniform", "static"),
+        ("uniform", "continuous"),
     ]
     assert all(figures["identical"].values())
     for run in figures["runs"]:
@@ -66,3 +70,4 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     continuous = figures["runs"][1]["batcher"]
     assert continuous["steps"] > 0 and 0 < continuous["mean_occupancy"] <= 4
     assert "continuous/static: throughput" in result.stdout
+    assert "continuous-eager/static: throughput" in result.stdout
