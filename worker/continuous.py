@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from core.config import ModelSpec
+from worker.admission import Admission
 from worker.batcher import (
     Batcher,
     OutOfMemory,
@@ -46,13 +46,6 @@ class _Row:
     item: _Waiting
     chooser: RowChooser
     tokens: list[int] = field(default_factory=list)
-
-
-def footprint_tokens(jobs: Sequence[PreparedJob]) -> int:
-    """The most cache tokens these jobs can hold together: rows x the longest possible row."""
-    if not jobs:
-        return 0
-    return len(jobs) * max(job.prompt_tokens + job.params.max_new_tokens for job in jobs)
 
 
 class ContinuousBatcher(Batcher):
@@ -81,17 +74,20 @@ class ContinuousBatcher(Batcher):
         )
         self.engine = engine
         self.prefill_tokens_per_step = prefill_tokens_per_step
-        self.join_waiting_ratio = join_waiting_ratio
-        self.join_max_wait_steps = join_max_wait_steps
-        self._held_steps = 0  # steps run while jobs waited to join, since the last join
-        # Measured once the model is loaded, so the weights are not counted as free memory.
-        self.kv_budget = kv_budget or kv_budget_tokens(engine, kv_cache_fraction)
+        self.admission = Admission(
+            max_batch_size=max_batch_size,
+            max_batch_tiles=max_batch_tiles,
+            prefill_tokens_per_step=prefill_tokens_per_step,
+            # Measured once the model is loaded, so the weights are not counted as free memory.
+            kv_budget=kv_budget or kv_budget_tokens(engine, kv_cache_fraction),
+            join_waiting_ratio=join_waiting_ratio,
+            join_max_wait_steps=join_max_wait_steps,
+        )
         self.stats.scheduler = "continuous"
         self._rows: list[_Row] = []
         self._batch = RunningBatch(engine)
         self._prefill: Prefill | None = None
         self._prefill_items: list[_Waiting] = []
-        self._alone: set[str] = set()  # jobs that ran out of memory beside others
 
     # -- admission (under the condition's lock, on the model thread) -------------------------
 
@@ -99,35 +95,14 @@ class ContinuousBatcher(Batcher):
         return bool(self._rows) or self._prefill is not None
 
     def _compatible(self) -> list[_Waiting]:
-        oldest = self._waiting[0]
-        if oldest.key != ROWS:
-            return [] if self._busy() else super()._compatible()
-        jobs = [row.item.job for row in self._rows]
-        chosen: list[_Waiting] = []
-        for item in self._waiting:
-            if len(jobs) + len(chosen) >= self.max_batch_size:
-                break
-            if item.key != ROWS:
-                continue
-            if not self._fits(item, chosen, jobs):
-                break  # first come, first served: a large job is not overtaken forever
-            chosen.append(item)
-            if item.job.job_id in self._alone:
-                break
-        return chosen
+        return self._group()[0]
 
-    def _fits(self, item: _Waiting, chosen: list[_Waiting], running: list[PreparedJob]) -> bool:
-        if not chosen and not running:
-            return True  # alone, a job always gets its chance (an OOM then fails it)
-        if item.job.job_id in self._alone:
-            return False
-        group = [c.job for c in chosen] + [item.job]
-        if chosen and sum(job.tiles for job in group) > self.max_batch_tiles:
-            return False
-        width = max(job.prompt_tokens for job in group)
-        if running and chosen and len(group) * width > self.prefill_tokens_per_step:
-            return False  # a group joining a decoding batch stays within one step's budget
-        return footprint_tokens(running + group) <= self.kv_budget
+    def _group(self) -> tuple[list[_Waiting], int]:
+        """The group that may start now, and how many jobs it was chosen from."""
+        if self._waiting[0].key != ROWS:  # beam search: alone, once the batch has drained
+            return ([] if self._busy() else super()._compatible()), len(self._waiting)
+        rows = [item for item in self._waiting if item.key == ROWS]
+        return self.admission.group(rows, [row.item.job for row in self._rows]), len(rows)
 
     def _admit(self) -> list[_Waiting] | None:
         """Jobs to start now: after the batching wait when idle, at once when busy."""
@@ -136,30 +111,18 @@ class ContinuousBatcher(Batcher):
         with self._cond:
             if self._prefill is not None or not self._waiting:
                 return []
-            chosen = self._compatible()
-            if chosen and not self._join_now(chosen):
-                self._held_steps += 1
+            chosen, waiting = self._group()
+            if chosen and not self.admission.join_now(
+                len(chosen),
+                waiting,
+                len(self._rows),
+                waited_s=time.monotonic() - chosen[0].arrived,
+                max_wait_s=self.max_wait_s,
+            ):
                 return []
-            self._held_steps = 0
             for item in chosen:
                 self._waiting.remove(item)
             return chosen
-
-    def _join_now(self, chosen: list[_Waiting]) -> bool:
-        """Whether a group joins the decoding batch on this step or waits for company.
-
-        Each join costs the running rows a prefill step (and a copy of the cache), so a lone
-        arrival is held while a busy batch decodes: it joins once the waiting jobs number
-        join_waiting_ratio x the running rows (or fill the free rows), after
-        join_max_wait_steps steps, or after the batching wait (max_batch_wait_ms), whichever
-        comes first. Text Generation Inference's waiting_served_ratio and max_waiting_tokens
-        are the same policy.
-        """
-        rows = len(self._rows)
-        wanted = min(int(rows * self.join_waiting_ratio), self.max_batch_size - rows)
-        if len(chosen) >= wanted or self._held_steps >= self.join_max_wait_steps:
-            return True
-        return time.monotonic() - chosen[0].arrived >= self.max_wait_s
 
     # -- the model loop ----------------------------------------------------------------------
 
@@ -322,7 +285,7 @@ class ContinuousBatcher(Batcher):
             return
         self._out_of_memory([item.job for item in items])
         if len(items) == 1:
-            self._alone.add(items[0].job.job_id)  # it runs once the batch has drained
+            self.admission.alone.add(items[0].job.job_id)  # it runs once the batch has drained
         self._requeue(items)
 
     def _decode_failed(self, exc: Exception) -> None:
@@ -346,14 +309,13 @@ class ContinuousBatcher(Batcher):
         self._requeue([row.item for row in rows])
 
     def _out_of_memory(self, jobs: list[PreparedJob]) -> None:
-        # What did not fit sets a lower budget: half of it, so the retry is a split.
         self.stats.oom_splits += 1
         running = [row.item.job for row in self._rows]
-        self.kv_budget = max(footprint_tokens(running + jobs) // 2, 1)
+        budget = self.admission.out_of_memory(running, jobs)
         log.warning(
             "out of memory with %d rows; the KV budget is now %d tokens",
             len(running) + len(jobs),
-            self.kv_budget,
+            budget,
         )
 
     def _requeue(self, items: list[_Waiting]) -> None:

@@ -15,8 +15,9 @@ import torch
 from core.config import ModelSpec
 from core.specs import GenerationParams
 from tests.support.worker import vqa
+from worker.admission import footprint_tokens
 from worker.batcher import Batcher, OutOfMemory
-from worker.continuous import ContinuousBatcher, footprint_tokens, make_batcher
+from worker.continuous import ContinuousBatcher, make_batcher
 from worker.decode import Prefill, RunningBatch
 from worker.engine import Generation, InternVLEngine, PreparedJob
 
