@@ -42,7 +42,10 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lengths", default="8,32,128", help="schedulers: mixed new-token lengths")
     p.add_argument("--uniform-length", type=int, default=32, help="schedulers: uniform length")
     p.add_argument(
-        "--stream-rate", type=float, default=0.0, help="schedulers: jobs/s; 0: 2x static's"
+        "--stream-rate",
+        type=float,
+        default=0.0,
+        help="schedulers: jobs/s; 0: 1.5x the faster burst's",
     )
 
 

@@ -6,8 +6,9 @@ jobs (one-tile images, greedy, each job's length fixed by min_new_tokens = max_n
 - mixed burst: `--jobs` jobs whose lengths are drawn from `--lengths` (8, 32, 128, each as
   often, shuffled), all submitted at once;
 - mixed stream: the same jobs arriving one at a time at a steady rate (`--stream-rate` jobs/s;
-  by default twice the static batcher's throughput on the burst, measured just before, so
-  both schedulers are kept busy and the arrival rate does not cap their throughput);
+  by default 1.5 times the faster scheduler's throughput on the burst, measured just before,
+  so that every scheduler is kept busy and the arrival rate caps none of them: at a rate
+  one of them can keep up with, its "throughput" would only be the arrival rate);
 - uniform burst: every job `--uniform-length` (32) tokens.
 
 On the stream, a third run shows what joining in groups is worth: `continuous-eager` is the
@@ -183,9 +184,9 @@ def compare_schedulers(
         ("uniform", uniform, burst, both),
     ]
     for workload, prepared, arrivals, schedulers in plan:
-        if arrivals is None:  # twice the static burst throughput, unless given
-            static_rate = report["runs"][0]["jobs_per_s"]
-            rate = stream_rate or 2 * static_rate
+        if arrivals is None:  # 1.5x the faster burst throughput, unless given
+            fastest = max(run["jobs_per_s"] for run in report["runs"])
+            rate = stream_rate or 1.5 * fastest
             report["stream_rate"] = round(rate, 2)
             arrivals = [i / rate for i in range(jobs)]
         outputs = []
