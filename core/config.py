@@ -96,7 +96,7 @@ class ModelSpec(BaseModel):
         "the running batch's KV cache may take; admission keeps within it.",
     )
     join_waiting_ratio: float = Field(
-        1.2,
+        0.3,
         ge=0.0,
         le=100.0,
         description="Continuous batching: a running batch takes new jobs once this many per "

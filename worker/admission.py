@@ -41,7 +41,7 @@ class Admission:
     max_batch_tiles: int
     prefill_tokens_per_step: int
     kv_budget: int
-    join_waiting_ratio: float = 1.2
+    join_waiting_ratio: float = 0.3
     join_max_wait_steps: int = 20
     held_steps: int = 0  # steps run while jobs waited to join, since the last join
     alone: set[str] = field(default_factory=set)  # jobs that ran out of memory beside others

@@ -62,7 +62,7 @@ class ContinuousBatcher(Batcher):
         prefill_tokens_per_step: int = 1024,
         kv_cache_fraction: float = 0.8,
         kv_budget: int | None = None,
-        join_waiting_ratio: float = 1.2,
+        join_waiting_ratio: float = 0.3,
         join_max_wait_steps: int = 20,
     ) -> None:
         super().__init__(

@@ -24,7 +24,8 @@ class Waiting:
 
 def policy(**options: float) -> Admission:
     limits = {"max_batch_size": 8, "max_batch_tiles": 100, "prefill_tokens_per_step": 1000}
-    return Admission(**{**limits, "kv_budget": 10_000, **options})  # type: ignore[arg-type]
+    limits |= {"kv_budget": 10_000, "join_waiting_ratio": 1.2}
+    return Admission(**{**limits, **options})  # type: ignore[arg-type]
 
 
 def test_footprint_is_rows_times_the_longest_possible_row() -> None:

@@ -117,7 +117,9 @@ def prefill_steps_with_late_arrivals(
     """The steps that prefilled when `late` jobs arrive after step 3 of a batch of `running`."""
     first = [vqa(engine, i, GenerationParams(max_new_tokens=30), f"r{i}") for i in range(running)]
     then = [vqa(engine, i, GenerationParams(max_new_tokens=4), f"l{i}") for i in range(late)]
-    b = batcher(engine, **{"max_wait_ms": 60_000, "gap_ms": 0, **options})
+    b = batcher(
+        engine, **{"max_wait_ms": 60_000, "gap_ms": 0, "join_waiting_ratio": 1.2, **options}
+    )
     prefilled: list[int] = []
     late_futures: list[Future[Generation]] = []
 
