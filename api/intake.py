@@ -27,7 +27,14 @@ from core.jobs import create_job
 from core.models import Image, Job
 from core.response_format import stored_format
 from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
-from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
+from core.specs import (
+    ImagePart,
+    ImageUrlPart,
+    JobCreate,
+    RequestLimits,
+    VideoRef,
+    validate_job_request,
+)
 from core.storage import store_once
 from core.tasks import preset_format
 from core.video import VideoInfo, VideoLimits, inspect_video, is_video_format
@@ -330,6 +337,8 @@ def submit_job(
         return earlier, True
     settings = runtime.settings
     model = resolve_model(settings, request.model)
+    if video_file is not None and request.video is None:
+        request.video = VideoRef()  # the file alone: sampled with the defaults
     validate_job_request(
         request,
         limits=request_limits(settings),

@@ -93,6 +93,32 @@ def test_multipart_video_file(client: TestClient, runtime: Runtime) -> None:
     assert stored_state(runtime) == (1, 1, 1)
 
 
+def test_a_multipart_video_file_alone_is_sampled_with_the_defaults(
+    client: TestClient, runtime: Runtime
+) -> None:
+    response = client.post(
+        "/v1/jobs",
+        data={"spec": '{"task": "video", "question": "What moves?"}'},
+        files={"video": ("clip.mp4", MP4, "video/mp4")},
+    )
+    assert response.status_code == 202, response.text
+    with runtime.sessions() as session:
+        job = session.get(Job, response.json()["id"])
+        assert job is not None
+        assert job.spec["video"] == {"sha256": sha256_hex(MP4), "num_frames": 8, "fps": None}
+
+
+def test_a_batch_carries_video_jobs(client: TestClient, runtime: Runtime) -> None:
+    jobs = [video_job(MP4, num_frames=4), {**video_job(make_clip("avi")), "custom_id": "b"}]
+    response = client.post("/v1/batches", json={"jobs": jobs})
+    assert response.status_code == 202, response.text
+    assert stored_state(runtime) == (2, 2, 2)
+    refused = client.post("/v1/batches", json={"jobs": [video_job(truncated(MP4))]})
+    assert (refused.status_code, refused.json()["code"]) == (422, "invalid_video")
+    assert refused.json()["job_index"] == 0
+    assert stored_state(runtime) == (2, 2, 2)
+
+
 def test_multipart_video_needs_the_video_task(client: TestClient, runtime: Runtime) -> None:
     response = client.post(
         "/v1/jobs",

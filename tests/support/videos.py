@@ -1,7 +1,8 @@
 """Small clips the tests make with PyAV (no downloads), and hostile video files made from them.
 
 A clip shows a coloured square moving left to right over a background whose grey level encodes
-the frame number (frame i: level 4 * i + 8), so a decoded frame tells which frame it is.
+the frame number (frame i: level 8 + 4 * i, for the first 60 frames), so a decoded frame tells
+which frame it is.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ SQUARE = (220, 30, 30)
 
 
 def frame_level(index: int) -> int:
-    """The background grey of frame `index`."""
-    return 8 + 4 * index
+    """The background grey of frame `index` (repeating every 60 frames)."""
+    return 8 + 4 * (index % 60)
 
 
 def frame_pixels(index: int, count: int, size: tuple[int, int]) -> np.ndarray:
