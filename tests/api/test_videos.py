@@ -285,3 +285,18 @@ def test_a_video_jobs_tiles_are_checked_at_submit(service_settings: Settings) ->
     assert (over.status_code, over.json()["code"]) == (422, "too_many_tiles")
     assert "27 tiles" in over.json()["detail"]
     runtime.close()
+
+
+def test_an_idempotency_key_covers_the_multipart_video(client: TestClient) -> None:
+    def send(clip: bytes) -> Any:
+        return client.post(
+            "/v1/jobs",
+            data={"spec": '{"task": "video"}'},
+            files={"video": ("clip.mp4", clip, "video/mp4")},
+            headers={"Idempotency-Key": "video-1"},
+        )
+
+    first, replay, other = send(MP4), send(MP4), send(make_clip("mp4", seconds=1.0))
+    assert (first.status_code, replay.status_code) == (202, 202), first.text
+    assert replay.json()["id"] == first.json()["id"]
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_key_reused")
