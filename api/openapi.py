@@ -33,14 +33,6 @@ JOB_EXAMPLES: dict[str, Any] = {
             "images": [{"data": EXAMPLE_PNG_BASE64}],
         },
     },
-    "video": {
-        "summary": "Ask about a stored clip, read as 8 evenly spread frames",
-        "value": {
-            "task": "video",
-            "question": "Where does the red square go?",
-            "video": {"video_id": "sha256:" + "cd" * 32, "num_frames": 8},
-        },
-    },
     "chat": {
         "summary": "A multi-turn chat about one image",
         "value": {

@@ -250,7 +250,7 @@ def validate_job_request(
     """
     _check_task_fields(request, len(request.images) + extra_images)
     if request.task == Task.VIDEO or video_file:
-        _check_video(request, limits, max_tiles, extra_images=extra_images, video_file=video_file)
+        _check_video(request, limits, extra_images=extra_images, video_file=video_file)
     image_count = len(request.images) + len(inline_image_parts(request)) + extra_images
     if image_count > limits.max_images_per_job:
         raise InvalidRequest(
@@ -359,12 +359,7 @@ def video_tiles_per_frame(request: JobCreate) -> int:
 
 
 def _check_video(
-    request: JobCreate,
-    limits: RequestLimits,
-    max_tiles: int,
-    *,
-    extra_images: int,
-    video_file: bool,
+    request: JobCreate, limits: RequestLimits, *, extra_images: int, video_file: bool
 ) -> None:
     if request.task != Task.VIDEO:
         raise InvalidRequest(
