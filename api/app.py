@@ -13,7 +13,7 @@ from api.deps import Runtime
 from api.longpoll import JobWaiters
 from api.openapi import publish_schemas
 from api.problems import install_problem_handlers
-from api.routes import batches, images, jobs, metrics, service, webhooks
+from api.routes import batches, images, jobs, metrics, service, videos, webhooks
 from api.schemas import Problem
 from api.telemetry import RequestTelemetryMiddleware
 from core.config import Settings, get_settings
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
     app.include_router(images.router)
+    app.include_router(videos.router)
     app.include_router(batches.router)
     publish_schemas(app, {"JobCreate": JobCreate, "BatchCreate": BatchCreate, "Problem": Problem})
     return app

@@ -14,6 +14,7 @@ from api.fetch import fetch_images, image_urls
 from api.intake import (
     ImageSet,
     collect_images,
+    collect_video,
     forget_objects,
     job_spec,
     put_new_objects,
@@ -145,6 +146,15 @@ def prepare_jobs(
                     settings=settings,
                     fetched=fetched,
                 )
+                collect_video(
+                    request,
+                    images,
+                    None,
+                    session=session,
+                    tenant_id=tenant_id,
+                    settings=settings,
+                    fetched=fetched,
+                )
             except ServiceError as exc:
                 raise _in_job(index, custom_id, exc) from exc
             spec = job_spec(request, images, messages)
@@ -164,7 +174,7 @@ def submit_batch(
     all_images = ImageSet()
     for ready in prepared:
         all_images.new.update(ready.images.new)
-        all_images.shas.extend(ready.images.shas)
+        all_images.shas.extend(ready.images.objects)
     stored = put_new_objects(runtime, all_images)
     try:
         with transaction(runtime.sessions) as session:
@@ -200,7 +210,7 @@ def _create(session: Any, runtime: Runtime, tenant_id: str, batch: Batch, job: P
         tenant_id=tenant_id,
         model=job.model,
         spec=job.spec,
-        image_shas=job.images.shas,
+        image_shas=job.images.objects,
         max_attempts=runtime.settings.max_attempts,
         priority=job.request.priority,
         metadata=job.request.metadata,

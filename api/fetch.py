@@ -1,4 +1,5 @@
-"""Fetching image URLs for jobs: the webhooks' SSRF guard, a byte cap and a total time cap.
+"""Fetching image (and video) URLs for jobs: the webhooks' SSRF guard, a byte cap and a total
+time cap.
 
 A submission's URLs share one time budget (`image_fetch_timeout_s`) that bounds resolving,
 connecting, headers and body together. Fetches run on a pool of their own, never on the
@@ -17,12 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from core.config import Settings
-from core.errors import InvalidImage, InvalidRequest, TooManyRequests, Unavailable
+from core.errors import InvalidImage, InvalidRequest, InvalidVideo, TooManyRequests, Unavailable
 from core.specs import JobCreate
 from core.ssrf import UnsafeAddress, UnsafeUrl, guarded_client, validate_url
 from core.time_budget import time_budget
 
 USER_AGENT = "internvl-jobs image fetcher"
+# The position a video job's clip takes among a request's URLs (images count from 0).
+VIDEO_REF = -1
+
+
+def _what(index: int) -> str:
+    return "the video" if index == VIDEO_REF else f"image {index}"
 
 
 def check_image_url(url: str, settings: Settings, *, index: int) -> str:
@@ -31,12 +38,15 @@ def check_image_url(url: str, settings: Settings, *, index: int) -> str:
     try:
         return validate_url(url, allow_private=settings.image_fetch_allow_private, allow_http=True)
     except UnsafeUrl as exc:
-        raise InvalidRequest(f"image {index}: {exc.detail}", code="invalid_image_url") from exc
+        raise InvalidRequest(f"{_what(index)}: {exc.detail}", code="invalid_image_url") from exc
 
 
 def image_urls(request: JobCreate) -> list[tuple[int, str]]:
-    """(position, url) of the request's images given by URL."""
-    return [(i, ref.url) for i, ref in enumerate(request.images) if ref.url is not None]
+    """(position, url) of the request's images given by URL, and its video's (VIDEO_REF)."""
+    refs = [(i, ref.url) for i, ref in enumerate(request.images) if ref.url is not None]
+    if request.video is not None and request.video.url is not None:
+        refs.append((VIDEO_REF, request.video.url))
+    return refs
 
 
 def fetch_images(refs: list[tuple[int, str]], settings: Settings) -> dict[str, bytes]:
@@ -49,7 +59,7 @@ def fetch_images(refs: list[tuple[int, str]], settings: Settings) -> dict[str, b
         guarded_client(
             allow_private=settings.image_fetch_allow_private,
             timeout_s=settings.image_fetch_timeout_s,
-            headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+            headers={"User-Agent": USER_AGENT, "Accept": "image/*, video/*"},
         ) as client,
         time_budget(settings.image_fetch_timeout_s),  # all URLs, every phase, together
     ):
@@ -64,10 +74,11 @@ def _fetch(client: httpx.Client, url: str, settings: Settings, *, index: int) ->
         with client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise _failed(index, f"the server answered {response.status_code}")
-            return _read_capped(response, settings.max_image_bytes, index)
+            cap = settings.max_video_bytes if index == VIDEO_REF else settings.max_image_bytes
+            return _read_capped(response, cap, index)
     except UnsafeAddress as exc:
         raise InvalidRequest(
-            f"image {index}: the URL resolves to a non-public address ({exc})",
+            f"{_what(index)}: the URL resolves to a non-public address ({exc})",
             code="invalid_image_url",
         ) from exc
     except httpx.TimeoutException as exc:
@@ -91,11 +102,15 @@ def _read_capped(response: httpx.Response, max_bytes: int, index: int) -> bytes:
 
 def _failed(index: int, why: str) -> InvalidRequest:
     return InvalidRequest(
-        f"image {index}: fetching the URL failed: {why}", code="image_fetch_failed"
+        f"{_what(index)}: fetching the URL failed: {why}", code="image_fetch_failed"
     )
 
 
-def _too_large(index: int, max_bytes: int) -> InvalidImage:
+def _too_large(index: int, max_bytes: int) -> InvalidImage | InvalidVideo:
+    if index == VIDEO_REF:
+        return InvalidVideo(
+            f"the video: the URL's file has more than {max_bytes} bytes", code="video_too_large"
+        )
     return InvalidImage(
         f"image {index}: the URL's image has more than {max_bytes} bytes",
         code="image_too_large",

@@ -20,16 +20,24 @@ from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
 from core.deadlines import deadline_of
 from core.dispatch import publish_or_defer
-from core.errors import InvalidImage, InvalidRequest
+from core.errors import InvalidImage, InvalidRequest, InvalidVideo
 from core.idempotency import IdempotentRequest, find_original, remember
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.jobs import create_job
 from core.models import Image, Job
 from core.response_format import stored_format
 from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
-from core.specs import ImagePart, ImageUrlPart, JobCreate, RequestLimits, validate_job_request
+from core.specs import (
+    ImagePart,
+    ImageUrlPart,
+    JobCreate,
+    RequestLimits,
+    VideoRef,
+    validate_job_request,
+)
 from core.storage import store_once
 from core.tasks import preset_format
+from core.video import VideoInfo, VideoLimits, inspect_video, is_video_format
 from core.webhooks import check_webhook_url
 
 log = logging.getLogger("api.intake")
@@ -39,10 +47,17 @@ upsert_dialects = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 @dataclass
 class ImageSet:
-    """The images of one job, in prompt order: new bytes to store, or images already stored."""
+    """The images of one job, in prompt order, and its video: new bytes to store, or objects
+    already stored."""
 
-    new: dict[str, tuple[ImageInfo, bytes]] = field(default_factory=dict)
+    new: dict[str, tuple[ImageInfo | VideoInfo, bytes]] = field(default_factory=dict)
     shas: list[str] = field(default_factory=list)
+    video: str | None = None
+
+    @property
+    def objects(self) -> list[str]:
+        """Every stored object the job refers to (its images, then its video)."""
+        return [*self.shas, self.video] if self.video is not None else list(self.shas)
 
 
 def request_limits(settings: Settings) -> RequestLimits:
@@ -53,12 +68,24 @@ def request_limits(settings: Settings) -> RequestLimits:
         max_text_chars=settings.max_text_chars,
         max_messages_per_job=settings.max_messages_per_job,
         max_tiles_per_job=settings.max_tiles_per_job,
+        max_video_sample_frames=settings.max_video_sample_frames,
     )
 
 
 def image_limits(settings: Settings) -> ImageLimits:
     """The per-image caps from the settings."""
     return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    """The per-video caps from the settings."""
+    return VideoLimits(
+        max_bytes=settings.max_video_bytes,
+        max_duration_s=settings.max_video_duration_s,
+        max_frame_pixels=settings.max_video_frame_pixels,
+        max_frames=settings.max_video_frames,
+        max_streams=settings.max_video_streams,
+    )
 
 
 def resolve_model(settings: Settings, alias: str | None) -> ModelSpec:
@@ -72,13 +99,14 @@ def resolve_model(settings: Settings, alias: str | None) -> ModelSpec:
     return model
 
 
-def decode_base64(text: str, *, index: int) -> bytes:
+def decode_base64(text: str, *, index: int, what: str | None = None) -> bytes:
     """Strict base64 (whitespace allowed); anything else is a clear 422."""
     try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidImage(
-            f"image {index}: 'data' is not valid base64", code="invalid_base64"
+        error = InvalidVideo if what else InvalidImage
+        raise error(
+            f"{what or f'image {index}'}: 'data' is not valid base64", code="invalid_base64"
         ) from exc
 
 
@@ -126,6 +154,36 @@ def collect_images(
     return images, messages
 
 
+def collect_video(
+    request: JobCreate,
+    images: ImageSet,
+    video_file: bytes | None,
+    *,
+    session: Session,
+    tenant_id: str,
+    settings: Settings,
+    fetched: dict[str, bytes] | None = None,
+) -> None:
+    """Check a video job's clip (sent, fetched, or stored) and add it to `images`."""
+    ref = request.video
+    if ref is None:
+        return
+    if ref.video_id is not None:
+        images.video = known_video(session, tenant_id, ref.video_id)
+        return
+    if video_file is not None:
+        data = video_file
+    elif ref.data is not None:
+        data = decode_base64(ref.data, index=0, what="the video")
+    elif ref.url is not None and fetched is not None and ref.url in fetched:
+        data = fetched[ref.url]
+    else:
+        raise InvalidRequest("the video's URL was not fetched")
+    info = inspect_video(data, limits=video_limits(settings))
+    images.new.setdefault(info.sha256, (info, data))
+    images.video = info.sha256
+
+
 def _normalized_messages(
     request: JobCreate, images: ImageSet, add_bytes: Any
 ) -> list[dict[str, Any]] | None:
@@ -151,9 +209,21 @@ def _normalized_messages(
 
 def _known_image(session: Session, tenant_id: str, image_id: str) -> str:
     sha = image_id.removeprefix("sha256:")
-    if session.get(Image, (tenant_id, sha)) is None:
+    row = session.get(Image, (tenant_id, sha))
+    if row is None or is_video_format(row.format):
         raise InvalidRequest(
             f"image {image_id} is not stored for this tenant", code="image_not_found"
+        )
+    return sha
+
+
+def known_video(session: Session, tenant_id: str, video_id: str) -> str:
+    """The content address of one of the tenant's stored videos; 422 video_not_found else."""
+    sha = video_id.removeprefix("sha256:")
+    row = session.get(Image, (tenant_id, sha))
+    if row is None or not is_video_format(row.format):
+        raise InvalidRequest(
+            f"video {video_id} is not stored for this tenant", code="video_not_found"
         )
     return sha
 
@@ -173,6 +243,14 @@ def job_spec(
     for name in ("question", "prompt", "preset"):
         if getattr(request, name) is not None:
             spec[name] = getattr(request, name)
+    if request.video is not None and images.video is not None:
+        spec["video"] = {
+            "sha256": images.video,
+            "num_frames": request.video.num_frames,
+            "fps": request.video.fps,
+        }
+        # A frame is one tile unless the job asks for more.
+        spec["params"]["max_tiles"] = request.params.max_tiles or 1
     if messages is not None:
         spec["messages"] = messages
     return spec
@@ -216,7 +294,7 @@ def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> Non
                 set_={"last_used_at": insert.excluded.last_used_at},
             )
         )
-    referenced = [sha for sha in dict.fromkeys(images.shas) if sha not in images.new]
+    referenced = [sha for sha in dict.fromkeys(images.objects) if sha not in images.new]
     if referenced:
         touched = session.execute(
             update(Image)
@@ -252,14 +330,21 @@ def submit_job(
     files: list[bytes],
     idempotency: IdempotentRequest | None = None,
     fetched: dict[str, bytes] | None = None,
+    video_file: bytes | None = None,
 ) -> tuple[Job, bool]:
     """Validate, store and queue one job; (job, replayed). Nothing is stored when refused."""
     if idempotency is not None and (earlier := original_job(runtime, tenant_id, idempotency)):
         return earlier, True
     settings = runtime.settings
     model = resolve_model(settings, request.model)
+    if video_file is not None and request.video is None:
+        request.video = VideoRef()  # the file alone: sampled with the defaults
     validate_job_request(
-        request, limits=request_limits(settings), max_tiles=model.max_tiles, extra_images=len(files)
+        request,
+        limits=request_limits(settings),
+        max_tiles=model.max_tiles,
+        extra_images=len(files),
+        video_file=video_file is not None,
     )
     if request.webhook is not None:
         request.webhook.url = check_webhook_url(request.webhook.url, settings)
@@ -276,6 +361,15 @@ def submit_job(
         images, messages = collect_images(
             request,
             files,
+            session=session,
+            tenant_id=tenant_id,
+            settings=settings,
+            fetched=fetched,
+        )
+        collect_video(
+            request,
+            images,
+            video_file,
             session=session,
             tenant_id=tenant_id,
             settings=settings,
@@ -316,15 +410,15 @@ def commit_job(
 ) -> Job:
     """In one transaction: image rows, the queued job, its Idempotency-Key."""
     with transaction(runtime.sessions) as session:
-        hold_image_objects(session, images.shas)
-        ensure_stored(runtime.storage, images.shas, images.new)
+        hold_image_objects(session, images.objects)
+        ensure_stored(runtime.storage, images.objects, images.new)
         upsert_image_rows(session, tenant_id, images)
         job = create_job(
             session=session,
             tenant_id=tenant_id,
             model=model,
             spec=spec,
-            image_shas=images.shas,
+            image_shas=images.objects,
             max_attempts=runtime.settings.max_attempts,
             priority=request.priority,
             metadata=request.metadata,

@@ -17,6 +17,7 @@ from core.errors import (
     InvalidImage,
     InvalidJson,
     InvalidRequest,
+    InvalidVideo,
     NotFound,
     PermanentJobError,
     ServiceError,
@@ -77,6 +78,10 @@ _STATUS_BY_CODE = {
     "image_too_many_pixels": 413,
     "unsupported_image_format": 415,
     "unsupported_media_type": 415,
+    "video_too_large": 413,
+    "video_frame_too_large": 413,
+    "unsupported_video_format": 415,
+    "unsupported_video_codec": 415,
 }
 _STATUS_BY_CLASS: tuple[tuple[type[ServiceError], int], ...] = (
     (BadRequest, 400),
@@ -84,6 +89,7 @@ _STATUS_BY_CLASS: tuple[tuple[type[ServiceError], int], ...] = (
     (UnsupportedMediaType, 415),
     (InvalidRequest, 422),
     (InvalidImage, 422),
+    (InvalidVideo, 422),
     (PermanentJobError, 422),
     (NotFound, 404),
     (Conflict, 409),

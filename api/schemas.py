@@ -212,6 +212,17 @@ class ImagePublic(BaseModel):
     tiles: int = Field(examples=[13], description="Tiles the model will see for this image.")
 
 
+class VideoPublic(BaseModel):
+    """An uploaded video: reference it in video jobs as {"video": {"video_id": ...}}."""
+
+    video_id: str = Field(examples=["sha256:" + "cd" * 32])
+    object: str = "video"
+    format: str = Field(examples=["MP4"], description="The container: MP4, MOV, WEBM, MKV, AVI.")
+    width: int = Field(examples=[640], description="Frame width.")
+    height: int = Field(examples=[360])
+    bytes: int
+
+
 class Problem(BaseModel):
     """An error (RFC 9457); `code` is stable and machine-readable."""
 

@@ -1,4 +1,6 @@
-"""Images uploaded on their own (POST /v1/images), for jobs to reference by `image_id`."""
+"""Images and videos uploaded on their own (POST /v1/images, POST /v1/videos), for jobs to
+reference by `image_id` or `video_id`. Both are stored once by SHA-256 and recorded in the
+tenant's images table (a video's format is its container: MP4, WEBM, ...)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,18 @@ from sqlalchemy.orm import Session
 from api.deps import Runtime
 from core.config import ModelSpec
 from core.db import transaction, utcnow
-from core.errors import InvalidImage, NotFound
+from core.errors import InvalidImage, InvalidVideo, NotFound
 from core.images import ImageInfo, ImageLimits, inspect_image
 from core.models import Image
 from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
 from core.storage import store_once
 from core.tiling import tile_count
+from core.video import VideoInfo, VideoLimits, inspect_video, is_video_format
 
 IMAGE_ID_PREFIX = "sha256:"
 
 
-def record_image(session: Session, tenant_id: str, info: ImageInfo) -> bool:
+def record_image(session: Session, tenant_id: str, info: ImageInfo | VideoInfo) -> bool:
     """Record that the tenant may use this image; True if the row is new (races are fine)."""
     values = {
         "tenant_id": tenant_id,
@@ -59,6 +62,20 @@ def register_upload(
 ) -> tuple[ImageInfo, bool]:
     """Check, store (once per content) and record an uploaded image; (info, new for tenant)."""
     info = inspect_image(data, limits=limits)
+    return info, _store_and_record(runtime, tenant_id, info, data)
+
+
+def register_video(
+    runtime: Runtime, *, tenant_id: str, data: bytes, limits: VideoLimits
+) -> tuple[VideoInfo, bool]:
+    """Check, store (once per content) and record an uploaded video; (info, new for tenant)."""
+    info = inspect_video(data, limits=limits)
+    return info, _store_and_record(runtime, tenant_id, info, data)
+
+
+def _store_and_record(
+    runtime: Runtime, tenant_id: str, info: ImageInfo | VideoInfo, data: bytes
+) -> bool:
     _, stored = store_once(runtime.storage, data, content_type=info.content_type)
     try:
         with transaction(runtime.sessions) as session:
@@ -71,7 +88,7 @@ def register_upload(
         if stored:  # another tenant may have recorded the same bytes meanwhile: keep them then
             delete_if_unreferenced(runtime.sessions, runtime.storage, info.sha256)
         raise
-    return info, created
+    return created
 
 
 def find_image(session: Session, tenant_id: str, image_id: str) -> Image:
@@ -79,9 +96,32 @@ def find_image(session: Session, tenant_id: str, image_id: str) -> Image:
     if not image_id.startswith(IMAGE_ID_PREFIX):
         raise NotFound(f"no image {image_id}")
     row = session.get(Image, (tenant_id, image_id.removeprefix(IMAGE_ID_PREFIX)))
-    if row is None:
+    if row is None or is_video_format(row.format):
         raise NotFound(f"no image {image_id}")
     return row
+
+
+def find_video(session: Session, tenant_id: str, video_id: str) -> Image:
+    """One of the tenant's videos by id; NotFound for anyone else's (and for images)."""
+    row = None
+    if video_id.startswith(IMAGE_ID_PREFIX):
+        row = session.get(Image, (tenant_id, video_id.removeprefix(IMAGE_ID_PREFIX)))
+    if row is None or not is_video_format(row.format):
+        raise NotFound(f"no video {video_id}")
+    return row
+
+
+def video_public(row: Image | VideoInfo) -> dict[str, Any]:
+    """A video as clients see it."""
+    sha = row.sha256
+    return {
+        "video_id": IMAGE_ID_PREFIX + sha,
+        "object": "video",
+        "format": row.format,
+        "width": row.width,
+        "height": row.height,
+        "bytes": row.byte_size,
+    }
 
 
 def image_public(
@@ -100,13 +140,14 @@ def image_public(
     }
 
 
-async def read_capped(stream: Any, *, max_bytes: int) -> bytes:
+async def read_capped(stream: Any, *, max_bytes: int, what: str = "image") -> bytes:
     """A raw body read while it streams in, refused as soon as it passes max_bytes."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in stream:
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidImage(f"the image has more than {max_bytes} bytes", code="image_too_large")
+            error = InvalidVideo if what == "video" else InvalidImage
+            raise error(f"the {what} has more than {max_bytes} bytes", code=f"{what}_too_large")
         chunks.append(chunk)
     return b"".join(chunks)

@@ -1,4 +1,5 @@
-"""`internvl-jobs submit IMAGE... --task caption --wait`: a job from the command line.
+"""`internvl-jobs submit IMAGE... --task caption --wait`: a job from the command line
+(`internvl-jobs submit CLIP --task video --question ...` for a video).
 
 It speaks HTTP through the client library (internvl-jobs-client), like any backend service.
 """
@@ -14,22 +15,32 @@ from typing import Any
 
 from core.config import get_settings
 
-TASKS = ("caption", "vqa", "ocr", "compare", "chat", "prompt")
+TASKS = ("caption", "vqa", "ocr", "compare", "chat", "prompt", "video")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Submit images with a task; print the job, or with --wait its result."""
     try:
-        from internvl_jobs_client import APIError, Client, InternVLJobsError
+        from internvl_jobs_client import APIError, Client, InternVLJobsError, video_ref
     except ImportError:
         sys.stderr.write("internvl-jobs submit needs the client library: pip install ./client\n")
+        return 2
+    images, fields = args.images, _fields(args)
+    if args.task == "video":
+        if len(args.images) != 1:
+            sys.stderr.write("internvl-jobs submit: --task video takes one video\n")
+            return 2
+        images = []
+        fields["video"] = video_ref(args.images[0], num_frames=args.num_frames, fps=args.fps)
+    elif args.num_frames is not None or args.fps is not None:
+        sys.stderr.write("internvl-jobs submit: --num-frames and --fps need --task video\n")
         return 2
     settings = get_settings()
     url = args.url or settings.api_url
     api_key = args.api_key or settings.api_key or None
     try:
         with Client(url, api_key=api_key, timeout_s=args.timeout) as client:
-            job = client.submit(args.task, args.images, **_fields(args))
+            job = client.submit(args.task, images, **fields)
             if args.wait:
                 job = client.wait(job.id, timeout_s=args.timeout)
     except APIError as exc:
@@ -63,7 +74,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "response_format": _schema_format(args.json_schema) if args.json_schema else None,
         "expires_after_s": args.expires_after,
-        "question": args.question if args.task == "vqa" else None,
+        "question": args.question if args.task in ("vqa", "video") else None,
         "prompt": args.prompt if args.task != "chat" else None,
         "preset": args.preset,
         "messages": messages,
@@ -83,14 +94,20 @@ def _schema_format(path: str) -> dict[str, Any]:
 def register(sub: Any) -> None:
     """Add the `submit` subcommand to the CLI."""
     p = sub.add_parser("submit", help=cmd_submit.__doc__)
-    p.add_argument("images", nargs="+", help="image files, sha256:... ids or http(s) URLs")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files, sha256:... ids or http(s) URLs (--task video: one video, likewise)",
+    )
     p.add_argument("--task", default="caption", choices=TASKS)
-    p.add_argument("--question", help="the question of a vqa job")
+    p.add_argument("--question", help="the question of a vqa or video job")
     p.add_argument("--prompt", help="instruction of a prompt job (or override; chat: the turn)")
     p.add_argument("--preset", help="a named instruction for --task prompt")
     p.add_argument("--model", help="model alias (default: the service's default model)")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--max-tiles", type=int)
+    p.add_argument("--max-tiles", type=int, help="tile cap per image (per frame for a video)")
+    p.add_argument("--num-frames", type=int, help="frames a video job reads (default 8)")
+    p.add_argument("--fps", type=float, help="video: sample this many frames per second")
     p.add_argument(
         "--json-schema", metavar="FILE", help="answer JSON matching this JSON Schema file"
     )

@@ -210,6 +210,24 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="Largest decoded image (decompression bombs refused)."
     )
+    max_video_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest video file accepted (upload or URL)."
+    )
+    max_video_duration_s: float = Field(
+        600.0, gt=0, description="Longest video accepted, in seconds, as its container declares."
+    )
+    max_video_frame_pixels: int = Field(
+        3840 * 2160, ge=1024, description="Largest video frame accepted (width x height)."
+    )
+    max_video_frames: int = Field(
+        36_000, ge=1, description="Most frames a video may hold (declared, or duration x rate)."
+    )
+    max_video_streams: int = Field(
+        4, ge=1, description="Most streams (video, audio, subtitles) a video file may hold."
+    )
+    max_video_sample_frames: int = Field(
+        32, ge=1, le=256, description="Cap of a video job's `num_frames` (frames the model reads)."
+    )
     max_new_tokens_cap: int = Field(4096, ge=1, description="Largest max_new_tokens a job may ask.")
     max_text_chars: int = Field(
         32_000, ge=1, description="Longest prompt, question or chat text, in characters."

@@ -70,6 +70,14 @@ class InvalidImage(ServiceError):
     title = "Invalid image"
 
 
+class InvalidVideo(ServiceError):
+    """A video is empty, corrupt, too big, too long or in a container the service does not read."""
+
+    permanent = True
+    code = "invalid_video"
+    title = "Invalid video"
+
+
 class NotFound(ServiceError):
     """The resource does not exist, or belongs to another tenant."""
 

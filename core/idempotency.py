@@ -43,12 +43,14 @@ def check_key(key: str) -> str:
     return key
 
 
-def request_fingerprint(spec: Any, files: list[bytes]) -> str:
+def request_fingerprint(spec: Any, files: list[bytes], video: bytes | None = None) -> str:
     """SHA-256 of the request's JSON in canonical form and of each uploaded file, in order."""
     digest = hashlib.sha256()
     digest.update(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
     for data in files:
         digest.update(b"\x00file:" + hashlib.sha256(data).digest())
+    if video is not None:
+        digest.update(b"\x00video:" + hashlib.sha256(video).digest())
     return digest.hexdigest()
 
 

@@ -30,7 +30,7 @@ class Conversation:
 def instruction_for(spec: dict[str, Any]) -> str:
     """The instruction text of a single-turn task."""
     task = Task(spec["task"])
-    if task == Task.VQA:
+    if task in (Task.VQA, Task.VIDEO) and spec.get("question"):
         return str(spec["question"])
     if spec.get("prompt"):
         return str(spec["prompt"])
@@ -42,14 +42,29 @@ def instruction_for(spec: dict[str, Any]) -> str:
     return DEFAULT_INSTRUCTIONS[task]
 
 
-def build_conversation(spec: dict[str, Any], *, control_tokens: list[str]) -> Conversation:
-    """The conversation for a job: images first then the instruction, or the chat as sent."""
+def build_conversation(
+    spec: dict[str, Any], *, control_tokens: list[str], frames: int = 0
+) -> Conversation:
+    """The conversation for a job: images first then the instruction, the chat as sent, or a
+    video's `frames` sampled frames then the instruction."""
     if Task(spec["task"]) == Task.CHAT:
         return _chat_conversation(spec["messages"], control_tokens)
+    if Task(spec["task"]) == Task.VIDEO:
+        return video_conversation(neutralize(instruction_for(spec), control_tokens), frames)
     images = list(range(len(spec["images"])))
     content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
     content.append({"type": "text", "text": neutralize(instruction_for(spec), control_tokens)})
     return Conversation([{"role": "user", "content": content}], images)
+
+
+def video_conversation(instruction: str, frames: int) -> Conversation:
+    """InternVL's video prompt: `Frame1: <image>`, `Frame2: <image>`, ... one line each, then
+    the instruction (the chat template ends each image with a newline)."""
+    content: list[dict[str, Any]] = []
+    for number in range(1, frames + 1):
+        content += [{"type": "text", "text": f"Frame{number}: "}, {"type": "image"}]
+    content.append({"type": "text", "text": instruction})
+    return Conversation([{"role": "user", "content": content}], list(range(frames)))
 
 
 def _chat_conversation(messages: list[dict[str, Any]], control_tokens: list[str]) -> Conversation:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, exists, select, text, tuple_
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,6 +38,9 @@ from core.models import (
     WebhookDelivery,
 )
 from core.storage import ObjectStorage, image_key
+
+if TYPE_CHECKING:
+    from core.video import VideoInfo
 
 log = logging.getLogger("core.retention")
 BATCH_LIMIT = 500
@@ -78,7 +82,7 @@ def hold_image_objects(session: Session, shas: list[str]) -> None:
 
 
 def ensure_stored(
-    storage: ObjectStorage, shas: list[str], new: dict[str, tuple[ImageInfo, bytes]]
+    storage: ObjectStorage, shas: list[str], new: Mapping[str, tuple[ImageInfo | VideoInfo, bytes]]
 ) -> None:
     """Under hold_image_objects: put back bytes deleted since they were checked (from `new`);
     bytes of an image referenced by id that are gone are a 422 image_not_found."""

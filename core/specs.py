@@ -58,6 +58,40 @@ class ImageRef(Strict):
         return self
 
 
+DEFAULT_VIDEO_FRAMES = 8
+
+
+class VideoRef(Strict):
+    """A job's clip (inline base64 bytes, an http(s) URL, or a stored video id) and how it is
+    sampled: `num_frames` frames spread evenly over the clip (the middle frame of as many equal
+    segments), or with `fps`, that many frames a second, still at most `num_frames`."""
+
+    data: str | None = Field(None, description="Base64 of the video file's bytes.")
+    url: str | None = Field(None, max_length=4096)
+    video_id: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    num_frames: int = Field(
+        DEFAULT_VIDEO_FRAMES,
+        ge=1,
+        description="Frames the model reads (at most; capped by the service's "
+        "max_video_sample_frames).",
+    )
+    fps: float | None = Field(
+        None, gt=0, le=60, description="Sample this many frames per second instead of spreading."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VideoRef:
+        given = [name for name in ("data", "url", "video_id") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError("a video needs at most one of data, url or video_id")
+        return self
+
+    @property
+    def has_source(self) -> bool:
+        """Whether the JSON names the clip (else it comes as a multipart file)."""
+        return any(v is not None for v in (self.data, self.url, self.video_id))
+
+
 class TextPart(Strict):
     type: Literal["text"]
     text: str
@@ -132,6 +166,9 @@ class JobCreate(DeadlineFields):
     task: Task
     model: str | None = None
     images: list[ImageRef] = Field(default_factory=list)
+    video: VideoRef | None = Field(
+        None, description="task=video: the clip, and how its frames are sampled."
+    )
     question: str | None = None
     prompt: str | None = None
     preset: str | None = Field(None, description="A named instruction for task=prompt.")
@@ -184,6 +221,7 @@ class RequestLimits(BaseModel):
     max_metadata_bytes: int = 16 * 1024
     max_messages_per_job: int = 64
     max_tiles_per_job: int = 0  # 0: no cap beyond max_images_per_job x the tile cap
+    max_video_sample_frames: int = 32
 
 
 _TASK_FIELDS: dict[Task, set[str]] = {
@@ -193,17 +231,26 @@ _TASK_FIELDS: dict[Task, set[str]] = {
     Task.COMPARE: {"prompt"},
     Task.CHAT: {"messages"},
     Task.PROMPT: {"prompt", "preset"},
+    Task.VIDEO: {"question", "prompt", "video"},
 }
 
 
 def validate_job_request(
-    request: JobCreate, *, limits: RequestLimits, max_tiles: int, extra_images: int = 0
+    request: JobCreate,
+    *,
+    limits: RequestLimits,
+    max_tiles: int,
+    extra_images: int = 0,
+    video_file: bool = False,
 ) -> None:
     """Check the rules a schema cannot express; raise InvalidRequest naming the problem.
 
-    `extra_images` counts images sent beside the JSON (multipart files).
+    `extra_images` counts images sent beside the JSON (multipart files), `video_file` whether
+    the clip came that way.
     """
     _check_task_fields(request, len(request.images) + extra_images)
+    if request.task == Task.VIDEO or video_file:
+        _check_video(request, limits, extra_images=extra_images, video_file=video_file)
     image_count = len(request.images) + len(inline_image_parts(request)) + extra_images
     if image_count > limits.max_images_per_job:
         raise InvalidRequest(
@@ -304,9 +351,58 @@ def _check_image_uses(
         )
 
 
+def video_tiles_per_frame(request: JobCreate) -> int:
+    """Tiles one sampled frame costs at most: params.max_tiles (default 1), plus a thumbnail
+    when a frame may be split."""
+    tiles = request.params.max_tiles or 1
+    return tiles + 1 if tiles > 1 else 1
+
+
+def _check_video(
+    request: JobCreate, limits: RequestLimits, *, extra_images: int, video_file: bool
+) -> None:
+    if request.task != Task.VIDEO:
+        raise InvalidRequest(
+            f"a video file does not apply to task '{request.task}'", code="invalid_params"
+        )
+    video = request.video
+    if request.images or extra_images:
+        raise InvalidRequest(
+            "task 'video' reads its frames from 'video'; send no images", code="invalid_params"
+        )
+    if video is None or not (video.has_source or video_file):
+        raise InvalidRequest(
+            "task 'video' needs a video: 'video' with data, url or video_id, or a multipart "
+            "file named 'video'",
+            code="missing_video",
+        )
+    if video.has_source and video_file:
+        raise InvalidRequest(
+            "give the video either in 'video' or as a multipart file, not both",
+            code="invalid_params",
+        )
+    if video.num_frames > limits.max_video_sample_frames:
+        raise InvalidRequest(
+            f"video.num_frames={video.num_frames} exceeds the limit "
+            f"{limits.max_video_sample_frames}",
+            code="invalid_params",
+        )
+    if request.question is not None and request.prompt is not None:
+        raise InvalidRequest("give either 'question' or 'prompt', not both", code="invalid_params")
+    if request.question is not None and not request.question.strip():
+        raise InvalidRequest("'question' must not be empty", code="missing_question")
+    worst = video.num_frames * video_tiles_per_frame(request)
+    if limits.max_tiles_per_job and worst > limits.max_tiles_per_job:
+        raise InvalidRequest(
+            f"this video job may cost up to {worst} tiles ({video.num_frames} frames); the limit "
+            f"is {limits.max_tiles_per_job} (fewer video.num_frames, or a lower params.max_tiles)",
+            code="too_many_tiles",
+        )
+
+
 def _check_task_fields(request: JobCreate, listed_images: int) -> None:
     allowed = _TASK_FIELDS[request.task]
-    for name in ("question", "prompt", "preset", "messages"):
+    for name in ("question", "prompt", "preset", "messages", "video"):
         if getattr(request, name) is not None and name not in allowed:
             raise InvalidRequest(
                 f"'{name}' does not apply to task '{request.task}'", code="invalid_params"

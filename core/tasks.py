@@ -15,12 +15,14 @@ class Task(StrEnum):
     COMPARE = "compare"
     CHAT = "chat"
     PROMPT = "prompt"
+    VIDEO = "video"
 
 
 # The guide's own instructions for each task.
 DEFAULT_INSTRUCTIONS = {
     Task.CAPTION: "Please describe this image in detail.",
     Task.OCR: "Please extract all text from this image and organize it.",
+    Task.VIDEO: "Describe this video in detail.",
 }
 COMPARE_INSTRUCTION = {
     2: "Compare these two images. Describe their similarities and differences.",

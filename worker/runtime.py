@@ -37,6 +37,8 @@ from worker.batcher import Announcement
 from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine
+from worker.preparer import ImageSource
+from worker.video import sample_frames
 
 log = logging.getLogger("worker.runtime")
 
@@ -115,7 +117,7 @@ class WorkerRuntime:
     def _run_claimed(self, job: Job, held: Held) -> str:
         started = time.monotonic()
         try:
-            generation, prepared_tiles, prompt_tokens = self._generate(job, held)
+            generation, prepared_tiles, prompt_tokens, frames = self._generate(job, held)
         except (CancelledError, WorkerDraining):
             return self._after_stop(job, held, usage=None)
         except Exception as exc:  # noqa: BLE001 - every error ends in a recorded outcome
@@ -124,6 +126,7 @@ class WorkerRuntime:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": generation.completion_tokens,
             "image_tiles": prepared_tiles,
+            **({"frames": len(frames), "frame_indices": frames} if frames is not None else {}),
             "queue_s": round(((job.started_at or utcnow()) - job.created_at).total_seconds(), 3),
             "inference_s": round(time.monotonic() - started, 3),
         }
@@ -207,12 +210,22 @@ class WorkerRuntime:
         )
         return "released"
 
-    def _generate(self, job: Job, held: Held) -> tuple[Generation, list[int], int]:
+    def _generate(
+        self, job: Job, held: Held
+    ) -> tuple[Generation, list[int], int, list[int] | None]:
+        """Generate for one job: (generation, tiles per image, prompt tokens, video frames read)."""
         spec = job.spec
         params = GenerationParams.model_validate(spec["params"])
         max_tiles = params.max_tiles or self.spec.max_tiles
-        images = [self._image_tiles(sha, max_tiles) for sha in spec["images"]]
-        conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
+        frames: list[int] | None = None
+        images: list[ImageSource]
+        if spec.get("video") is not None:
+            frames, images = self._video_frames(spec["video"])
+        else:
+            images = [self._image_tiles(sha, max_tiles) for sha in spec["images"]]
+        conversation = build_conversation(
+            spec, control_tokens=self.engine.control_tokens, frames=len(frames or [])
+        )
         prepared = self.engine.prepare(job.id, conversation, images, params)
         prepared.cancel = held.cancel
         prepared.constraint = self.engine.constraint_for(spec.get("response_format"))
@@ -221,7 +234,21 @@ class WorkerRuntime:
                 raise WorkerDraining(job.id)
             held.future = self.batcher.submit(prepared, announcement=held.announcement)
         generation = held.future.result()
-        return generation, prepared.image_tiles, prepared.prompt_tokens
+        return generation, prepared.image_tiles, prepared.prompt_tokens, frames
+
+    def _video_frames(self, video: dict[str, Any]) -> tuple[list[int], list[ImageSource]]:
+        """The frames a video job reads (their indices, and the pictures), decoded here."""
+        sha = str(video["sha256"])
+        data = self._read_image(sha)
+        try:
+            indices, pictures = sample_frames(
+                data, num_frames=int(video["num_frames"]), fps=video.get("fps")
+            )
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means the clip is unusable
+            raise PermanentJobError(
+                f"video sha256:{sha} could not be decoded: {exc}", code="invalid_video"
+            ) from exc
+        return indices, list(pictures)
 
     def _image_tiles(self, sha: str, max_tiles: int) -> torch.Tensor:
         """An image's uint8 tiles: from the prepare cache, else read, decoded and tiled once."""

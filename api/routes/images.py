@@ -39,22 +39,22 @@ ModelQuery = Annotated[
 ]
 
 
-async def read_image_body(request: Request, max_bytes: int) -> bytes:
-    """The image bytes of a raw or multipart upload."""
+async def read_image_body(request: Request, max_bytes: int, *, what: str = "image") -> bytes:
+    """The file bytes of a raw or multipart upload (`what`: image or video, the field name)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         # The context closes the uploads' temporary files.
         async with request.form(max_files=1, max_fields=1) as form:
-            upload = form.get("image")
+            upload = form.get(what)
             if not isinstance(upload, UploadFile):
-                raise InvalidRequest("multipart uploads need a file field named 'image'")
-            return await read_capped(upload_chunks(upload), max_bytes=max_bytes)
-    if content_type and not content_type.startswith(("image/", "application/octet-stream")):
+                raise InvalidRequest(f"multipart uploads need a file field named '{what}'")
+            return await read_capped(upload_chunks(upload), max_bytes=max_bytes, what=what)
+    if content_type and not content_type.startswith((f"{what}/", "application/octet-stream")):
         raise UnsupportedMediaType(
-            f"unsupported content type {content_type!r}; send the image's bytes "
-            "(image/* or application/octet-stream) or multipart/form-data"
+            f"unsupported content type {content_type!r}; send the {what}'s bytes "
+            f"({what}/* or application/octet-stream) or multipart/form-data"
         )
-    return await read_capped(request.stream(), max_bytes=max_bytes)
+    return await read_capped(request.stream(), max_bytes=max_bytes, what=what)
 
 
 async def upload_chunks(upload: UploadFile, size: int = 1 << 20) -> Any:

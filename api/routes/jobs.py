@@ -52,6 +52,12 @@ _SUBMIT_BODY: dict[str, Any] = {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
                         },
+                        "video": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "task=video: the clip (instead of video.data/url/"
+                            "video_id).",
+                        },
                     },
                 }
             },
@@ -86,6 +92,7 @@ class Submission:
     request: JobCreate
     files: list[bytes]
     raw_spec: Any
+    video: bytes | None = None
 
 
 async def read_submission(request: Request) -> Submission:
@@ -100,7 +107,13 @@ async def read_submission(request: Request) -> Submission:
             files = [
                 await item.read() for item in form.getlist("images") if isinstance(item, UploadFile)
             ]
-        return await run_in_threadpool(parse_submission, spec, files, "'spec'")
+            videos = [v for v in form.getlist("video") if isinstance(v, UploadFile)]
+            if len(videos) > 1:
+                raise InvalidRequest("a job takes one multipart file named 'video'")
+            video = await videos[0].read() if videos else None
+        submission = await run_in_threadpool(parse_submission, spec, files, "'spec'")
+        submission.video = video
+        return submission
     if content_type and not content_type.startswith("application/json"):
         raise UnsupportedMediaType(
             f"unsupported content type {content_type!r}; send application/json or "
@@ -151,7 +164,9 @@ async def create_job(
     if idempotency_key is not None:
         idempotency = IdempotentRequest(
             key=idempotency_key,
-            request_hash=request_fingerprint(submission.raw_spec, submission.files),
+            request_hash=request_fingerprint(
+                submission.raw_spec, submission.files, submission.video
+            ),
             ttl_s=runtime.settings.idempotency_ttl_s,
         )
     fetched = await runtime.image_fetcher().fetch(
@@ -165,6 +180,7 @@ async def create_job(
         files=submission.files,
         idempotency=idempotency,
         fetched=fetched,
+        video_file=submission.video,
     )
     bind_log_context(job_id=job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

@@ -1,6 +1,6 @@
 """Python client of the internvl-jobs HTTP API (depends on httpx only)."""
 
-from internvl_jobs_client._requests import RetryPolicy
+from internvl_jobs_client._requests import RetryPolicy, video_ref
 from internvl_jobs_client.aio import AsyncClient
 from internvl_jobs_client.client import DEFAULT_URL, Client
 from internvl_jobs_client.errors import (
@@ -28,6 +28,7 @@ from internvl_jobs_client.models import (
     Page,
     ResponseFormat,
     Usage,
+    VideoInfo,
     json_schema_format,
 )
 from internvl_jobs_client.webhooks import verify_webhook
@@ -58,7 +59,9 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "Usage",
+    "VideoInfo",
     "WebhookVerificationError",
     "json_schema_format",
     "verify_webhook",
+    "video_ref",
 ]

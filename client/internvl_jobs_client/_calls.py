@@ -17,7 +17,7 @@ from internvl_jobs_client._requests import (
     job_request,
     list_params,
 )
-from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page
+from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page, VideoInfo
 
 # Seconds one long-poll asks the server to hold (the server's cap is 60 by default).
 LONG_POLL_S = 30.0
@@ -93,6 +93,21 @@ def get_image(image_id: str) -> Call:
     return Call("GET", f"/v1/images/{image_id}")
 
 
+def upload_video(video: str | Path | bytes) -> Call:
+    """POST /v1/videos with the raw bytes."""
+    return Call(
+        "POST",
+        "/v1/videos",
+        content=image_bytes(video),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+def get_video(video_id: str) -> Call:
+    """GET /v1/videos/{id}."""
+    return Call("GET", f"/v1/videos/{video_id}")
+
+
 def create_batch(
     jobs: Sequence[Mapping[str, Any]],
     *,
@@ -141,6 +156,11 @@ def job_page(response: httpx.Response) -> Page[Job]:
 def image(response: httpx.Response) -> ImageInfo:
     """An ImageInfo from an answer."""
     return ImageInfo.from_dict(response.json())
+
+
+def video(response: httpx.Response) -> VideoInfo:
+    """A VideoInfo from an answer."""
+    return VideoInfo.from_dict(response.json())
 
 
 def batch(response: httpx.Response) -> Batch:

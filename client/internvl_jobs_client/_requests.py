@@ -125,6 +125,21 @@ def image_ref(image: ImageInput) -> dict[str, Any]:
     return {"data": base64.b64encode(Path(text).read_bytes()).decode()}
 
 
+def video_ref(
+    video: ImageInput, *, num_frames: int | None = None, fps: float | None = None
+) -> dict[str, Any]:
+    """The API's video object (task=video) for a path, bytes, a video id or a URL, with how
+    its frames are sampled (the service's defaults where not given)."""
+    ref = image_ref(video)
+    if "image_id" in ref:
+        ref = {"video_id": ref.pop("image_id"), **ref}
+    if num_frames is not None:
+        ref["num_frames"] = num_frames
+    if fps is not None:
+        ref["fps"] = fps
+    return ref
+
+
 def image_bytes(image: str | Path | bytes) -> bytes:
     """The bytes of an image given as a path or as bytes."""
     return image if isinstance(image, bytes) else Path(image).read_bytes()
@@ -134,6 +149,8 @@ def job_request(task: str, images: Iterable[ImageInput], fields: dict[str, Any])
     """The JSON body of a job: task, images and the fields that were given."""
     body: dict[str, Any] = {"task": task, "images": [image_ref(image) for image in images]}
     body.update({name: value for name, value in fields.items() if value is not None})
+    if "video" in body and not isinstance(body["video"], Mapping):
+        body["video"] = video_ref(body["video"])
     return body
 
 

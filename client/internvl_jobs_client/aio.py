@@ -15,7 +15,15 @@ from internvl_jobs_client import _calls
 from internvl_jobs_client._requests import Call, ImageInput, RetryPolicy, raise_for_problem
 from internvl_jobs_client.client import DEFAULT_URL
 from internvl_jobs_client.errors import APIConnectionError
-from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page, ResponseFormat
+from internvl_jobs_client.models import (
+    Batch,
+    BatchResult,
+    ImageInfo,
+    Job,
+    Page,
+    ResponseFormat,
+    VideoInfo,
+)
 
 
 class AsyncClient:
@@ -146,6 +154,16 @@ class AsyncClient:
     async def get_image(self, image_id: str) -> ImageInfo:
         """An uploaded image's size, format and tile cost."""
         return _calls.image(await self.send(_calls.get_image(image_id)))
+
+    # -- videos ----------------------------------------------------------------------------
+
+    async def upload_video(self, video: str | Path | bytes) -> VideoInfo:
+        """Upload a clip once; pass its video_id as later video jobs' `video`."""
+        return _calls.video(await self.send(_calls.upload_video(video)))
+
+    async def get_video(self, video_id: str) -> VideoInfo:
+        """An uploaded video's container and frame size."""
+        return _calls.video(await self.send(_calls.get_video(video_id)))
 
     # -- batches ---------------------------------------------------------------------------
 

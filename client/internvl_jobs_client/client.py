@@ -13,7 +13,15 @@ import httpx
 from internvl_jobs_client import _calls
 from internvl_jobs_client._requests import Call, ImageInput, RetryPolicy, raise_for_problem
 from internvl_jobs_client.errors import APIConnectionError
-from internvl_jobs_client.models import Batch, BatchResult, ImageInfo, Job, Page, ResponseFormat
+from internvl_jobs_client.models import (
+    Batch,
+    BatchResult,
+    ImageInfo,
+    Job,
+    Page,
+    ResponseFormat,
+    VideoInfo,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -81,7 +89,8 @@ class Client:
         expires_after_s: int | None = None,
         **fields: Any,
     ) -> Job:
-        """Submit a job (fields: question, prompt, messages, params, model, webhook, ...).
+        """Submit a job (fields: question, prompt, messages, params, model, webhook, ...;
+        for task="video", `video`: a path, bytes, URL, video_id or video_ref(...)).
 
         response_format (see json_schema_format) makes the answer JSON, parsed in
         job.result.json; a job not started within expires_after_s ends `expired`.
@@ -143,6 +152,16 @@ class Client:
     def get_image(self, image_id: str) -> ImageInfo:
         """An uploaded image's size, format and tile cost."""
         return _calls.image(self.send(_calls.get_image(image_id)))
+
+    # -- videos ----------------------------------------------------------------------------
+
+    def upload_video(self, video: str | Path | bytes) -> VideoInfo:
+        """Upload a clip once; pass its video_id as later video jobs' `video`."""
+        return _calls.video(self.send(_calls.upload_video(video)))
+
+    def get_video(self, video_id: str) -> VideoInfo:
+        """An uploaded video's container and frame size."""
+        return _calls.video(self.send(_calls.get_video(video_id)))
 
     # -- batches ---------------------------------------------------------------------------
 

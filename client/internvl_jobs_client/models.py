@@ -63,13 +63,16 @@ class JobResult(dict[str, Any]):
 
 @dataclass(frozen=True)
 class Usage:
-    """What a job cost: tokens, tiles per image, and time queued and running."""
+    """What a job cost: tokens, tiles per image (per frame for a video), and time queued and
+    running; a video job also reports the frames it read and which (`frame_indices`)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     image_tiles: list[int] = field(default_factory=list)
     queue_s: float = 0.0
     inference_s: float = 0.0
+    frames: int | None = None
+    frame_indices: list[int] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Usage | None:
@@ -82,6 +85,8 @@ class Usage:
             image_tiles=list(data.get("image_tiles", [])),
             queue_s=float(data.get("queue_s", 0.0)),
             inference_s=float(data.get("inference_s", 0.0)),
+            frames=int(data["frames"]) if "frames" in data else None,
+            frame_indices=list(data["frame_indices"]) if "frame_indices" in data else None,
         )
 
 
@@ -185,6 +190,28 @@ class ImageInfo:
             bytes=int(data["bytes"]),
             tiles=int(data["tiles"]),
             model=data.get("model", ""),
+        )
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """An uploaded video: pass its video_id as a video job's `video`."""
+
+    video_id: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoInfo:
+        """A VideoInfo from the service's JSON."""
+        return cls(
+            video_id=data["video_id"],
+            format=data["format"],
+            width=int(data["width"]),
+            height=int(data["height"]),
+            bytes=int(data["bytes"]),
         )
 
 

@@ -10,6 +10,7 @@ from devtools.harness import free_port
 from tests.support import ServiceProcess, service_env, wait_http
 from tests.support.cli import submit
 from tests.support.media import EXAMPLES
+from tests.support.videos import make_clip
 
 
 def test_submit_and_wait_on_postgresql_redis_and_s3(
@@ -56,3 +57,25 @@ def test_submit_and_wait_in_the_embedded_dev_mode(tmp_path: Path) -> None:
     assert json.loads(queued.stdout)["status"] in ("queued", "running", "succeeded")
     assert refused.returncode == 2
     assert "415 unsupported_image_format" in refused.stderr
+
+
+def test_submit_a_video_and_wait(service_settings: Settings, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.webm"
+    clip.write_bytes(make_clip("webm", seconds=1.0, fps=8))
+    port = free_port()
+    env = service_env(service_settings)
+    api = ServiceProcess(["api", "--port", str(port)], env, tmp_path / "api.log")
+    worker = ServiceProcess(["worker", "--devices", "cpu"], env, tmp_path / "worker.log")
+    with api, worker:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/readyz", process=api)
+        args = ["--task", "video", "--question", "What moves?", "--num-frames", "4"]
+        video = submit(base, str(clip), *args, "--max-new-tokens", "4", "--wait", "--json")
+        two = submit(base, str(clip), str(clip), "--task", "video")
+        stray = submit(base, str(clip), "--fps", "2")
+    job = json.loads(video.stdout)
+    assert (job["status"], job["task"]) == ("succeeded", "video"), video.stderr + worker.log()
+    assert (job["usage"]["frames"], job["usage"]["image_tiles"]) == (4, [1, 1, 1, 1])
+    assert job["usage"]["frame_indices"] == [1, 3, 5, 7]
+    assert (two.returncode, stray.returncode) == (2, 2)
+    assert "one video" in two.stderr and "--task video" in stray.stderr

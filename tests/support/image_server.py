@@ -7,14 +7,18 @@ import time
 from http.server import BaseHTTPRequestHandler
 
 from tests.support.api import png_bytes
+from tests.support.videos import make_clip
 
 IMAGE = png_bytes((80, 60))
+CLIP = make_clip("mp4", seconds=1.0, fps=8)
 
 
 class ImageHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
         if self.path == "/cat.png":
             self._send(200, IMAGE)
+        elif self.path == "/clip.mp4":
+            self._send(200, CLIP, content_type="video/mp4")
         elif self.path == "/big.png":
             self._send(200, IMAGE + b"\0" * 8192)
         elif self.path == "/redirect":
@@ -33,9 +37,9 @@ class ImageHandler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"no")
 
-    def _send(self, status: int, body: bytes) -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "image/png") -> None:
         self.send_response(status)
-        self.send_header("content-type", "image/png")
+        self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

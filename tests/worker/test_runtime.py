@@ -9,7 +9,8 @@ from sqlalchemy import select
 from core.db import transaction
 from core.jobs import claim_job, complete_job, release_job
 from core.models import Job, JobEvent
-from core.storage import ObjectStorage, image_key
+from core.storage import ObjectStorage, image_key, store_once
+from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
 
 
@@ -129,3 +130,38 @@ def test_a_superseded_attempt_cannot_write_its_result(
     with transaction(sessions) as session:
         assert complete_job(session, job.id, attempt=2, result={"text": "ok"}, usage={})
     assert reload(sessions, job.id).result == {"text": "ok"}
+
+
+def test_a_video_job_reads_its_frames_and_reports_them(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    clip = make_clip("mkv", seconds=1.0, fps=12)
+    sha = store_once(storage, clip, content_type="video/x-matroska")[0]
+    video = {"sha256": sha, "num_frames": 3, "fps": None}
+    job = queue_job(
+        sessions,
+        storage,
+        worker_runtime.spec,
+        [],
+        task="video",
+        video=video,
+        params={"max_new_tokens": 3, "max_tiles": 1},
+    )
+    assert worker_runtime.run_job(job.id) == "succeeded"
+    usage = reload(sessions, job.id).usage
+    assert (usage["frames"], usage["frame_indices"], usage["image_tiles"]) == (
+        3,
+        [2, 6, 10],
+        [1] * 3,
+    )
+
+
+def test_an_undecodable_video_fails_the_job_with_a_code(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    sha = store_once(storage, b"\x1a\x45\xdf\xa3 not really Matroska", content_type="video/webm")[0]
+    video = {"sha256": sha, "num_frames": 3, "fps": None}
+    job = queue_job(sessions, storage, worker_runtime.spec, [], task="video", video=video)
+    assert worker_runtime.run_job(job.id) == "failed"
+    failed = reload(sessions, job.id)
+    assert (failed.status, failed.error_code) == ("failed", "invalid_video")
