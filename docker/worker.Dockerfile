@@ -21,8 +21,10 @@ ARG FLASH_ATTN=0
 ARG FLASH_ATTN_VERSION=2.8.3.post2
 # flash-attn compiles for a long time; MAX_JOBS bounds its memory use (about 4 GB per job).
 ARG MAX_JOBS=4
-# cu130: PyPI's torch wheel (CUDA 13.0); cpu: the CPU wheel from PyTorch's own index.
+# cu130: PyPI's torch wheel (CUDA 13.0); cpu: the CPU wheels of torch and torchvision from
+# PyTorch's own index (or a mirror of it, named by TORCH_CPU_INDEX_URL).
 ARG TORCH_FLAVOUR=cu130
+ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Empty by default: pip reads only PyPI (see api.Dockerfile for local wheel folders).
 ARG PIP_EXTRA_INDEX_URL=""
 ARG PIP_FIND_LINKS=""
@@ -44,13 +46,14 @@ COPY cli ./cli
 COPY bench ./bench
 COPY devtools ./devtools
 # torch==2.14.1 from PyPI is the CUDA 13.0 build (its wheels pull nvidia-*-cu13 libraries);
-# the +cpu build satisfies the same pin and pulls none of them.
+# the +cpu build satisfies the same pin, sorts above it and pulls none of them. The CPU index
+# joins the extra indexes already given (a local wheel folder stays in reach).
 RUN case "$TORCH_FLAVOUR" in \
-        cu130) index=""; cuda="13.0" ;; \
-        cpu) index="--extra-index-url=https://download.pytorch.org/whl/cpu"; cuda="None" ;; \
+        cu130) cuda="13.0" ;; \
+        cpu) cuda="None"; PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX_URL $PIP_EXTRA_INDEX_URL" ;; \
         *) echo "TORCH_FLAVOUR must be cu130 or cpu" >&2; exit 2 ;; \
     esac \
-    && pip install $index --constraint constraints.txt ".[worker]" \
+    && PIP_EXTRA_INDEX_URL="$PIP_EXTRA_INDEX_URL" pip install --constraint constraints.txt ".[worker]" \
     && python -c "import sys, torch; v = str(torch.version.cuda); assert v.startswith(sys.argv[1]), v" "$cuda"
 RUN if [ "$FLASH_ATTN" = "1" ]; then \
         MAX_JOBS="$MAX_JOBS" pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"; \

@@ -7,9 +7,9 @@ restart and stop_grace_period. `up SERVICE...` starts those services and what th
 in order, waiting on each condition as compose does: service_healthy runs the service's own
 health check (`podman healthcheck run`, since no systemd timer runs it here) until it passes;
 service_completed_successfully waits for the one-shot to exit 0. `down` removes the project's
-containers, its network and, with --volumes, its volumes. Files merge like `compose -f a -f b`
-(mappings merge, other values are replaced), after ${VAR} interpolation from --env-file and
-the environment.
+containers (dependents first, as compose stops them), its network and, with --volumes, its
+volumes. Files merge like `compose -f a -f b` (mappings merge, other values are replaced),
+after ${VAR} interpolation from --env-file and the environment.
 
   scripts/compose_podman.py -f docker/compose.yaml --env-file docker/.env up api
 """
@@ -145,6 +145,24 @@ def run_args(project: str, name: str, service: dict[str, Any], directory: str) -
     return [*args, service["image"], *service.get("command", [])]
 
 
+def stop_order(project: str, services: dict[str, Any], containers: list[str]) -> list[str]:
+    """`containers` in the order compose stops them: every service before what it depends on
+    (a worker before its broker and database, so its shutdown can still hand jobs back)."""
+    order: list[str] = []
+
+    def visit(name: str, chain: list[str]) -> None:
+        if name in order or name in chain or name not in services:
+            return
+        for dependency in services[name].get("depends_on") or {}:
+            visit(dependency, [*chain, name])
+        order.append(name)
+
+    for name in services:
+        visit(name, [])
+    rank = {f"{project}-{name}": index for index, name in enumerate(order)}
+    return sorted(containers, key=lambda container: -rank.get(container, len(order)))
+
+
 class Project:
     """The containers of one compose project, driven through the podman command."""
 
@@ -232,8 +250,10 @@ class Project:
         return out.split()
 
     def down(self, volumes: bool) -> None:
-        """Stop (each within its grace period) and remove everything the project made."""
-        for container in self.containers():
+        """Stop (each within its grace period, dependents first) and remove everything the
+        project made."""
+        services = self.model.get("services") or {}
+        for container in stop_order(self.name, services, self.containers()):
             self._podman("stop", container, check=False)
             self._podman("rm", "--force", container, check=False)
         self._podman("network", "rm", "--force", f"{self.name}_default", check=False)

@@ -210,6 +210,29 @@ def test_api_image_installs_no_torch_and_worker_image_matches_torch_cuda() -> No
     assert "ARG FLASH_ATTN=0" in worker
 
 
+def torch_flavour(flavour: str, extra_index: str) -> subprocess.CompletedProcess[str]:
+    """The worker build's flavour switch, run by sh as the build runs it."""
+    worker = (DOCKER / "worker.Dockerfile").read_text().replace("\\\n", "\n")
+    switch = re.search(r'case "\$TORCH_FLAVOUR" in.*?esac', worker, re.S)
+    assert switch is not None
+    script = f'{switch.group(0)}\necho "$cuda|$PIP_EXTRA_INDEX_URL"'
+    env = {"TORCH_FLAVOUR": flavour, "PIP_EXTRA_INDEX_URL": extra_index}
+    env["TORCH_CPU_INDEX_URL"] = "https://mirror.example/whl/cpu"
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+
+
+def test_torch_flavour_picks_the_index_and_the_expected_cuda() -> None:
+    assert torch_flavour("cu130", "file:///opt/pypi/simple").stdout == (
+        "13.0|file:///opt/pypi/simple\n"
+    )
+    cpu = torch_flavour("cpu", "file:///opt/pypi/simple")
+    assert cpu.stdout == "None|https://mirror.example/whl/cpu file:///opt/pypi/simple\n"
+    other = torch_flavour("rocm", "")
+    assert other.returncode == 2 and "cu130 or cpu" in other.stderr
+    worker = (DOCKER / "worker.Dockerfile").read_text()
+    assert "ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu" in worker
+
+
 def copied_packages(dockerfile: str) -> set[str]:
     copies = re.findall(r"^COPY (?!--from)(.+?) \S+$", (DOCKER / dockerfile).read_text(), re.M)
     return {source for line in copies for source in line.split() if (ROOT / source).is_dir()}

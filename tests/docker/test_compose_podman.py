@@ -114,3 +114,18 @@ def test_the_overlay_swaps_images_not_the_start_order(cp: ModuleType) -> None:
 def test_a_missing_required_variable_stops_before_podman(cp: ModuleType) -> None:
     with pytest.raises(cp.ComposeError, match="POSTGRES_PASSWORD"):
         cp.load(FILES, {})
+
+
+def test_down_stops_each_service_before_what_it_depends_on(
+    cp: ModuleType, model: dict[str, Any]
+) -> None:
+    services = model["services"]
+    running = ["redis", "postgres", "minio", "create-bucket", "migrate", "tiny-model"]
+    running += ["api", "worker-cpu", "webhooks", "sweeper"]
+    names = [f"p-{name}" for name in running] + ["p-left-over"]
+    order = [name.removeprefix("p-") for name in cp.stop_order("p", services, names)]
+    assert sorted(order) == sorted([*running, "left-over"])
+    for name in running:
+        for dependency in services[name].get("depends_on") or {}:
+            assert order.index(name) < order.index(dependency), (name, dependency)
+    assert order[0] == "left-over"
