@@ -58,8 +58,9 @@ class JobPublic(BaseModel):
     )
     queue_reason: str | None = Field(
         None,
-        description="Why nothing moves: no_worker (no worker serves the model) or "
-        "workers_starting (its workers are still loading the model); null otherwise.",
+        description="Why it waits: tenant_limit (its tenant already runs as many jobs as its "
+        "running limit allows), no_worker (no worker serves the model) or workers_starting "
+        "(its workers are still loading the model); null otherwise.",
     )
 
 

@@ -7,6 +7,7 @@ also runs exactly N steps (cut, finish_reason "length"): the ratio of the two is
 masking per step. `mixed`: half the rows constrained. `document_json`: the structured preset,
 whose rows end when their JSON does: tokens per second over the tokens actually made.
 Also printed: the time to compile a new schema, and to reuse a cached one.
+`--compare-libraries` measures the grammar libraries instead (bench.structured_libraries).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from bench.engine import bench_checkpoint, bench_images
+from bench.structured_libraries import compare, large_tokenizer
 from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams
@@ -112,10 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=8, help="jobs in the batch")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--compare-libraries",
+        action="store_true",
+        help="instead: llguidance against xgrammar and outlines-core where installed "
+        "(compile and mask times on the checkpoint's tokenizer; bench.structured_libraries)",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=0,
+        help="with --compare-libraries: use a byte-level BPE tokenizer of this many tokens "
+        "(151643: InternVL's), trained once into --cache-dir, instead of the checkpoint's",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     checkpoint = bench_checkpoint(args.preset, args.cache_dir)
-    report = run(str(checkpoint), args.rows, args.new_tokens, args.repeats)
+    if args.compare_libraries:
+        source = large_tokenizer(args.vocab_size, args.cache_dir) if args.vocab_size else checkpoint
+        report = compare(str(source), args.rows)
+    else:
+        report = run(str(checkpoint), args.rows, args.new_tokens, args.repeats)
     print(json.dumps(report, indent=2))  # noqa: T201 - the command's output
     return 0
 

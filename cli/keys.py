@@ -1,4 +1,8 @@
-"""`internvl-jobs keys create|list|revoke --tenant NAME`: API keys, managed on the database."""
+"""`internvl-jobs keys create|list|revoke|limit --tenant NAME`: tenants' API keys and limits.
+
+Managed on the database: `limit --max-running-jobs N` sets how many of the tenant's jobs may
+run at once (0: no limit, `default`: follow max_running_jobs_per_tenant).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,15 @@ from sqlalchemy.orm import Session
 from core.config import get_settings
 from core.db import make_engine, make_session_factory, transaction
 from core.errors import NotFound
-from core.tenants import create_api_key, ensure_tenant, find_tenant, list_api_keys, revoke_api_key
+from core.running_limits import effective_limit
+from core.tenants import (
+    create_api_key,
+    ensure_tenant,
+    find_tenant,
+    list_api_keys,
+    revoke_api_key,
+    set_running_limit,
+)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -39,6 +51,7 @@ def _create(session: Session, args: argparse.Namespace) -> None:
 
 def _list(session: Session, args: argparse.Namespace) -> None:
     tenant = find_tenant(session, args.tenant)
+    _err(f"tenant {tenant.name}: {_limit_text(tenant.max_running_jobs)}\n")
     _out(_row("id", "prefix", "name", "created", "last used", "revoked"))
     for key in list_api_keys(session, tenant.id):
         _out(_row(key.id, key.prefix, key.name, key.created_at, key.last_used_at, key.revoked_at))
@@ -50,10 +63,36 @@ def _revoke(session: Session, args: argparse.Namespace) -> None:
     _err(f"key {key.id} ({key.prefix}) of tenant {tenant.name} is revoked\n")
 
 
+def _limit(session: Session, args: argparse.Namespace) -> None:
+    tenant = set_running_limit(session, args.tenant, args.max_running_jobs)
+    _err(f"tenant {tenant.name}: {_limit_text(tenant.max_running_jobs)}\n")
+
+
+def _limit_text(own: int | None) -> str:
+    default = get_settings().max_running_jobs_per_tenant
+    limit = effective_limit(own, default)
+    running = "no limit" if limit is None else str(limit)
+    origin = "default, max_running_jobs_per_tenant" if own is None else "its own"
+    return f"max running jobs {running} ({origin})"
+
+
+def _running_limit(value: str) -> int | None:
+    if value == "default":
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError("give a whole number >= 0 (0: no limit) or 'default'")
+    return limit
+
+
 ACTIONS: dict[str, Callable[[Session, argparse.Namespace], None]] = {
     "create": _create,
     "list": _list,
     "revoke": _revoke,
+    "limit": _limit,
 }
 
 
@@ -87,6 +126,15 @@ def register(sub: Any) -> None:
     actions.add_parser("list", help="the tenant's keys (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="key id (key_...) or prefix (ivj_...)")
-    for action in (create, actions.choices["list"], revoke):
+    limit = actions.add_parser("limit", help="set how many of the tenant's jobs may run at once")
+    limit.add_argument(
+        "--max-running-jobs",
+        type=_running_limit,
+        required=True,
+        metavar="N|default",
+        help="jobs running at once, across workers (0: no limit; default: the setting "
+        "max_running_jobs_per_tenant)",
+    )
+    for action in (create, actions.choices["list"], revoke, limit):
         action.add_argument("--tenant", required=True, help="tenant name")
     parser.set_defaults(func=cmd_keys)

@@ -289,6 +289,19 @@ class Settings(BaseSettings):
     stale_queued_s: float = Field(
         300.0, gt=0, description="A queued job unclaimed this long is published again."
     )
+    max_running_jobs_per_tenant: int = Field(
+        0,
+        ge=0,
+        description="Jobs one tenant may have running at once, across workers; a claim over it "
+        "leaves the job queued (queue_reason tenant_limit). 0: no limit. A tenant's own limit "
+        "(`internvl-jobs keys limit`) overrides it.",
+    )
+    tenant_limit_hold_s: float = Field(
+        2.0,
+        gt=0,
+        description="How long a job held back by its tenant's running limit waits before it is "
+        "published again (the sweeper publishes it; attempts are not used).",
+    )
     retry_backoff_s: float = Field(
         2.0,
         ge=0,

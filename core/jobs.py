@@ -6,18 +6,22 @@ two workers, a sweeper and a cancel request can race without a job completing tw
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.config import ModelSpec
 from core.db import utcnow
 from core.ids import new_id
 from core.models import Job, JobEvent, JobImage, JobStatus
+from core.running_limits import at_limit
 from core.webhooks import record_job_event
+
+log = logging.getLogger("core.jobs")
 
 EVENT_FOR_STATUS = {
     JobStatus.QUEUED: "job.queued",
@@ -123,36 +127,67 @@ def _record(
 
 
 def claim_job(
-    session: Session, job_id: str, *, worker_id: str, lease_s: float, now: datetime | None = None
+    session: Session,
+    job_id: str,
+    *,
+    worker_id: str,
+    lease_s: float,
+    now: datetime | None = None,
+    running_limit: int = 0,
+    hold_s: float = 2.0,
 ) -> Job | None:
     """Take a queued job for one attempt; None when it is not claimable (duplicate delivery).
 
-    A job whose deadline has passed is never started: it ends expired here instead.
+    A job whose deadline has passed is never started: it ends expired here instead. A job whose
+    tenant already runs as many jobs as its limit allows (its own, else `running_limit`; 0: no
+    limit) is not started either: it stays queued, available again `hold_s` from now (the
+    sweeper publishes it then), and no attempt is used.
     """
     now = now or utcnow()
-    claimed = transition(
-        session,
-        job_id,
-        to=JobStatus.RUNNING,
-        expect=[JobStatus.QUEUED],
-        where=[
-            Job.attempts < Job.max_attempts,
-            Job.cancel_requested_at.is_(None),
-            # A job waiting out its retry backoff is published again by the sweeper when due.
-            or_(Job.available_at.is_(None), Job.available_at <= now),
-            or_(Job.expires_at.is_(None), Job.expires_at > now),
-        ],
-        values={
-            "attempts": Job.attempts + 1,
-            "worker_id": worker_id,
-            "lease_expires_at": now + timedelta(seconds=lease_s),
-            "started_at": now,
-            "available_at": None,
-        },
-    )
+    claimable = [
+        Job.attempts < Job.max_attempts,
+        Job.cancel_requested_at.is_(None),
+        # A job waiting out its retry backoff is published again by the sweeper when due.
+        or_(Job.available_at.is_(None), Job.available_at <= now),
+        or_(Job.expires_at.is_(None), Job.expires_at > now),
+    ]
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant_id is not None and at_limit(session, tenant_id, running_limit, lock=True):
+        if _hold(session, job_id, claimable, until=now + timedelta(seconds=hold_s)):
+            log.info("job %s held: its tenant %s is at its running limit", job_id, tenant_id)
+            return None
+        claimed = None
+    else:
+        claimed = transition(
+            session,
+            job_id,
+            to=JobStatus.RUNNING,
+            expect=[JobStatus.QUEUED],
+            where=claimable,
+            values={
+                "attempts": Job.attempts + 1,
+                "worker_id": worker_id,
+                "lease_expires_at": now + timedelta(seconds=lease_s),
+                "started_at": now,
+                "available_at": None,
+            },
+        )
     if claimed is None:
         expire_job(session, job_id, now=now)
     return claimed
+
+
+def _hold(
+    session: Session, job_id: str, claimable: list[ColumnElement[bool]], *, until: datetime
+) -> bool:
+    """Leave a claimable queued job queued until `until`, for the sweeper to publish again."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, *claimable)
+        .values(available_at=until, published_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def expire_job(session: Session, job_id: str, *, now: datetime) -> Job | None:

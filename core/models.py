@@ -105,6 +105,8 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # Jobs it may have running at once: NULL follows max_running_jobs_per_tenant, 0 is no limit.
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -6,6 +6,8 @@ that many index entries whatever the queue holds. The model figures (queued and 
 counts, jobs finished in the last THROUGHPUT_WINDOW_S, fresh workers by state) are three
 grouped queries on indexed columns, shared by every request of an API process for
 Settings.model_stats_ttl_s; `GET /v1/models` and every job poll read that cached snapshot.
+Whether the job's tenant is at its running limit is one primary-key read and, for a limited
+tenant, one count on the (tenant_id, status) index stopped at the limit (core.running_limits).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db import utcnow
 from core.models import Job, JobStatus, Worker
+from core.running_limits import at_limit
 
 POSITION_CAP = 10_000
 THROUGHPUT_WINDOW_S = 300.0
@@ -49,7 +52,7 @@ class QueueInfo:
 
     position: int
     estimated_start_s: float | None
-    reason: str | None  # no_worker | workers_starting | None while the queue moves
+    reason: str | None  # tenant_limit | no_worker | workers_starting | None while it moves
 
 
 class ModelStatsCache:
@@ -140,9 +143,19 @@ def explain_wait(position: int, stats: ModelStats) -> QueueInfo:
     return QueueInfo(position, round(position / rate, 1), None)
 
 
-def waiting_fields(session: Session, job: Job, stats: dict[str, ModelStats]) -> dict[str, object]:
-    """The queue fields of a queued job's public view (api.md): position, estimate, reason."""
-    info = explain_wait(queue_position(session, job), stats.get(job.model, ModelStats()))
+def waiting_fields(
+    session: Session, job: Job, stats: dict[str, ModelStats], *, running_limit: int = 0
+) -> dict[str, object]:
+    """The queue fields of a queued job's public view (api.md): position, estimate, reason.
+
+    `running_limit`: max_running_jobs_per_tenant, for tenants without a limit of their own.
+    """
+    position = queue_position(session, job)
+    if at_limit(session, job.tenant_id, running_limit):
+        # Its tenant's running jobs hold it back: the model's pace says nothing of its start.
+        info = QueueInfo(position, None, "tenant_limit")
+    else:
+        info = explain_wait(position, stats.get(job.model, ModelStats()))
     return {
         "queue_position": info.position,
         "estimated_start_s": info.estimated_start_s,

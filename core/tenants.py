@@ -39,6 +39,15 @@ def find_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
+def set_running_limit(session: Session, name: str, limit: int | None) -> Tenant:
+    """Set how many jobs the named tenant may run at once (None: the default; 0: no limit)."""
+    if limit is not None and limit < 0:
+        raise ValueError("a running limit is 0 (no limit) or more")
+    tenant = find_tenant(session, name)
+    tenant.max_running_jobs = limit
+    return tenant
+
+
 def ensure_default_tenant(session: Session) -> Tenant:
     """The tenant every request belongs to when authentication is disabled (development)."""
     return ensure_tenant(session, DEFAULT_TENANT_NAME, tenant_id=DEFAULT_TENANT_ID)

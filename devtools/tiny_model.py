@@ -8,6 +8,7 @@ InternVLProcessor, GotOcr2ImageProcessor, Qwen2Tokenizer): only sizes and weight
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,9 @@ crosses slowly. Several birds rest on the railing, and a runner with headphones 
 """
 
 
-def _train_bpe(bpe_vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_bpe(
+    bpe_vocab_size: int, texts: Iterable[str] | None = None
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Same normalizer and pre-tokenizer as Qwen2Tokenizer, so the BPE splits text the way it will.
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -158,14 +161,14 @@ def _train_bpe(bpe_vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS.splitlines(), trainer)
+    bpe.train_from_iterator(_CORPUS.splitlines() if texts is None else texts, trainer)
     trained = json.loads(bpe.to_str())["model"]
     return dict(trained["vocab"]), [(left, right) for left, right in trained["merges"]]
 
 
-def train_tokenizer(bpe_vocab_size: int) -> Qwen2Tokenizer:
-    """Train a byte-level BPE on the built-in corpus and wrap it as InternVL's Qwen2 tokenizer."""
-    vocab, merges = _train_bpe(bpe_vocab_size)
+def train_tokenizer(bpe_vocab_size: int, texts: Iterable[str] | None = None) -> Qwen2Tokenizer:
+    """Train a byte-level BPE (on the built-in corpus, else on texts) as InternVL's tokenizer."""
+    vocab, merges = _train_bpe(bpe_vocab_size, texts)
     for token in (*_SPECIAL_TOKENS, *_IMAGE_TOKENS.values()):
         vocab[token] = len(vocab)
     options: dict[str, Any] = {

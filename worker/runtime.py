@@ -95,7 +95,8 @@ class WorkerRuntime:
     def _claim_and_run(self, job_id: str, announcement: Announcement) -> str:
         job = retry_transient(lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60)
         if job is None:
-            log.info("job %s is not claimable; duplicate or late delivery ignored", job_id)
+            # Duplicate or late delivery, or held back by its tenant's running limit (logged).
+            log.info("job %s is not claimable now; message dropped", job_id)
             return "duplicate"
         held = Held(attempt=job.attempts, announcement=announcement)
         with self._held_lock:
@@ -111,7 +112,12 @@ class WorkerRuntime:
     def _claim(self, job_id: str) -> Job | None:
         with transaction(self.sessions) as session:
             return claim_job(
-                session, job_id, worker_id=self.worker_id, lease_s=self.settings.lease_s
+                session,
+                job_id,
+                worker_id=self.worker_id,
+                lease_s=self.settings.lease_s,
+                running_limit=self.settings.max_running_jobs_per_tenant,
+                hold_s=self.settings.tenant_limit_hold_s,
             )
 
     def _run_claimed(self, job: Job, held: Held) -> str:

@@ -255,7 +255,8 @@ def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
         public = job_public(job)
         if job.status == JobStatus.QUEUED.value:
             stats = runtime.model_stats.get(session, runtime.settings)
-            public.update(waiting_fields(session, job, stats))
+            limit = runtime.settings.max_running_jobs_per_tenant
+            public.update(waiting_fields(session, job, stats, running_limit=limit))
         return public
 
 

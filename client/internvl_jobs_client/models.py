@@ -120,7 +120,7 @@ class Job:
     expires_at: str | None = None
     queue_position: int | None = None  # while queued (GET of one job): jobs ahead of it
     estimated_start_s: float | None = None
-    queue_reason: str | None = None  # no_worker | workers_starting while nothing moves
+    queue_reason: str | None = None  # tenant_limit | no_worker | workers_starting, or None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:

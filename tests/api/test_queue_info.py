@@ -11,8 +11,10 @@ from api.app import create_app
 from api.deps import Runtime
 from core.config import Settings
 from core.db import transaction, utcnow
+from core.jobs import claim_job
 from core.models import Worker
 from core.queue_info import THROUGHPUT_WINDOW_S
+from core.tenants import DEFAULT_TENANT_NAME, set_running_limit
 from tests.support.api import caption_body, finish_job
 
 
@@ -70,6 +72,40 @@ def test_reason_says_no_worker_then_workers_starting(
     assert job["queue_reason"] == "no_worker" and job["estimated_start_s"] is None
     add_worker(fresh_runtime, "w1", "starting")
     assert fresh.get(f"/v1/jobs/{job_id}").json()["queue_reason"] == "workers_starting"
+
+
+def test_reason_says_tenant_limit_while_its_tenant_runs_its_limit(
+    fresh: TestClient, fresh_runtime: Runtime
+) -> None:
+    add_worker(fresh_runtime, "w1", "ready")
+    running, waiting = submit(fresh), submit(fresh)
+    with transaction(fresh_runtime.sessions) as session:
+        set_running_limit(session, DEFAULT_TENANT_NAME, 1)
+        assert claim_job(session, running, worker_id="w1", lease_s=60) is not None
+    job = fresh.get(f"/v1/jobs/{waiting}").json()
+    assert (job["status"], job["queue_reason"], job["estimated_start_s"]) == (
+        "queued", "tenant_limit", None,
+    )  # fmt: skip
+    assert job["queue_position"] == 0
+    with transaction(fresh_runtime.sessions) as session:
+        set_running_limit(session, DEFAULT_TENANT_NAME, 2)
+    assert fresh.get(f"/v1/jobs/{waiting}").json()["queue_reason"] is None
+
+
+def test_the_default_running_limit_applies_to_the_reason(service_settings: Settings) -> None:
+    settings = service_settings.model_copy(
+        update={"model_stats_ttl_s": 0, "max_running_jobs_per_tenant": 1}
+    )
+    runtime = Runtime.from_settings(settings)
+    try:
+        with TestClient(create_app(runtime=runtime)) as limited:
+            running, waiting = submit(limited), submit(limited)
+            assert limited.get(f"/v1/jobs/{waiting}").json()["queue_reason"] == "no_worker"
+            with transaction(runtime.sessions) as session:
+                assert claim_job(session, running, worker_id="w1", lease_s=60) is not None
+            assert limited.get(f"/v1/jobs/{waiting}").json()["queue_reason"] == "tenant_limit"
+    finally:
+        runtime.close()
 
 
 def test_estimate_follows_recent_throughput(fresh: TestClient, fresh_runtime: Runtime) -> None:

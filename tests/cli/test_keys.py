@@ -1,4 +1,4 @@
-"""`internvl-jobs keys create|list|revoke`: keys made on the command line work over HTTP."""
+"""`internvl-jobs keys create|list|revoke|limit`: keys and limits set on the command line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from fastapi.testclient import TestClient
 
 from api.deps import Runtime
+from core.tenants import find_tenant
 from tests.support import service_env
 
 
@@ -54,3 +55,29 @@ def test_listing_an_unknown_tenant_fails_clearly(auth_runtime: Runtime) -> None:
     result = keys(auth_runtime, "list", "--tenant", "nobody")
     assert result.returncode == 1
     assert "no tenant named 'nobody'" in result.stderr
+
+
+def test_a_tenants_running_limit_is_set_shown_and_reset(auth_runtime: Runtime) -> None:
+    keys(auth_runtime, "create", "--tenant", "acme")
+    assert (
+        "max running jobs no limit (default"
+        in keys(auth_runtime, "list", "--tenant", "acme").stderr
+    )
+    assert (
+        keys(auth_runtime, "limit", "--tenant", "acme", "--max-running-jobs", "2").returncode == 0
+    )
+    with auth_runtime.sessions() as session:
+        assert find_tenant(session, "acme").max_running_jobs == 2
+    assert "max running jobs 2 (its own)" in keys(auth_runtime, "list", "--tenant", "acme").stderr
+    reset = keys(auth_runtime, "limit", "--tenant", "acme", "--max-running-jobs", "default")
+    assert reset.returncode == 0, reset.stderr
+    with auth_runtime.sessions() as session:
+        assert find_tenant(session, "acme").max_running_jobs is None
+
+
+def test_a_bad_running_limit_is_refused(auth_runtime: Runtime) -> None:
+    keys(auth_runtime, "create", "--tenant", "acme")
+    refused = keys(auth_runtime, "limit", "--tenant", "acme", "--max-running-jobs", "-1")
+    assert refused.returncode == 2 and ">= 0 (0: no limit) or 'default'" in refused.stderr
+    unknown = keys(auth_runtime, "limit", "--tenant", "nobody", "--max-running-jobs", "1")
+    assert unknown.returncode == 1 and "no tenant named 'nobody'" in unknown.stderr

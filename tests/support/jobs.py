@@ -16,18 +16,25 @@ from core.jobs import claim_job, create_job
 from core.models import Job, JobEvent
 from core.queue import queue_keys
 from core.specs import GenerationParams
-from core.tenants import ensure_default_tenant
+from core.tenants import ensure_default_tenant, ensure_tenant
 
 
-def new_job(sessions: Any, model: ModelSpec, *, priority: int = 0, max_attempts: int = 3) -> str:
-    """A committed queued job (no images: nothing here runs it)."""
+def new_job(
+    sessions: Any,
+    model: ModelSpec,
+    *,
+    priority: int = 0,
+    max_attempts: int = 3,
+    tenant: str | None = None,
+) -> str:
+    """A committed queued job of the named tenant, else the default one (no images)."""
     params = GenerationParams().model_dump()
     spec = {"task": "prompt", "prompt": "hi", "images": [], "params": params}
     with transaction(sessions) as session:
-        tenant = ensure_default_tenant(session)
+        tenant_row = ensure_tenant(session, tenant) if tenant else ensure_default_tenant(session)
         job = create_job(
             session=session,
-            tenant_id=tenant.id,
+            tenant_id=tenant_row.id,
             model=model,
             spec=spec,
             image_shas=[],

@@ -165,3 +165,20 @@ def test_an_undecodable_video_fails_the_job_with_a_code(
     assert worker_runtime.run_job(job.id) == "failed"
     failed = reload(sessions, job.id)
     assert (failed.status, failed.error_code) == ("failed", "invalid_video")
+
+
+def test_a_job_over_the_default_running_limit_is_held_not_run(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    worker_runtime.settings = worker_runtime.settings.model_copy(
+        update={"max_running_jobs_per_tenant": 1, "tenant_limit_hold_s": 30.0}
+    )
+    running = queue_job(sessions, storage, worker_runtime.spec, [photo()])
+    held = queue_job(sessions, storage, worker_runtime.spec, [photo(seed=2)])
+    with transaction(sessions) as session:
+        assert claim_job(session, running.id, worker_id="other", lease_s=60) is not None
+    assert worker_runtime.run_job(held.id) == "duplicate"  # its message is dropped
+    job = reload(sessions, held.id)
+    assert (job.status, job.attempts, job.published_at) == ("queued", 0, None)
+    assert job.available_at is not None and job.available_at > job.created_at
+    assert events(sessions, held.id) == ["job.queued"]
