@@ -7,7 +7,8 @@ worker.preparer its ids and uint8 tiles, normalised as the engine does. The weig
 (devtools/tiny_seeing.safetensors) with a key hashing this code and its configuration; a
 checkpoint is built from them when the key matches and retrained otherwise.
 
-    python -m devtools.tiny_training --ship   # retrain, print accuracies, rewrite the shipped file
+    python -m devtools.tiny_training --ship      # retrain, rewrite the shipped file, print accuracy
+    python -m devtools.tiny_training --evaluate  # the shipped weights' held-out accuracy
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def evaluate(
         for start in range(0, len(examples), 50):
             chunk = examples[start : start + 50]
             inputs = batcher.prompts(chunk)
-            out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+            out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
             texts = processor.tokenizer.batch_decode(
                 out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
             )
@@ -277,13 +278,24 @@ def _timed_training(config: TrainConfig) -> dict[str, torch.Tensor]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train (--ship: and rewrite the shipped weights), then print held-out accuracy per kind."""
+    """Train (--ship: and rewrite the shipped weights), then print held-out accuracy per kind.
+
+    --evaluate: print the shipped weights' accuracy, without training.
+    """
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--ship", action="store_true")
+    parser.add_argument("--evaluate", action="store_true")
     parser.add_argument("--steps", type=int, default=CONFIG.steps)
     args = parser.parse_args(argv)
     config = TrainConfig(**{**asdict(CONFIG), "steps": args.steps})
-    if args.ship:
+    shipped = shipped_state() if args.evaluate else None
+    if args.evaluate and shipped is None:
+        parser.error("the shipped weights were not trained by this code; train with --ship")
+    if shipped is not None:
+        model, processor = _new_model(PRESET)
+        model.load_state_dict(shipped)
+        accuracy = evaluate(model, processor, config)
+    elif args.ship:
         accuracy = ship(config)
     else:
         state = _timed_training(config)
