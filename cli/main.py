@@ -114,9 +114,14 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     """Build the small offline InternVL checkpoint used by tests, the demo and CPU benchmarks."""
-    from devtools.tiny_model import build_tiny_model
+    if args.trained:
+        from devtools.tiny_training import build_seeing_model
 
-    path = build_tiny_model(args.directory, preset=args.preset, seed=args.seed)
+        path = build_seeing_model(args.directory)
+    else:
+        from devtools.tiny_model import build_tiny_model
+
+        path = build_tiny_model(args.directory, preset=args.preset, seed=args.seed)
     print(path)  # noqa: T201 - the command's output
     return 0
 
@@ -178,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.add_argument("--preset", default="test", help="test | bench | internvl3-1b")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--trained",
+        action="store_true",
+        help="the checkpoint trained on drawn shapes and words (ignores --preset and --seed)",
+    )
     p.set_defaults(func=cmd_tiny_model)
 
     _add_bench_parsers(sub)

@@ -60,12 +60,17 @@ def _python(*args: str) -> list[str]:
 
 
 def ensure_tiny_model(settings: Settings) -> None:
-    """Build the tiny checkpoint once (a few seconds, no network)."""
+    """Build the trained tiny checkpoint, again whenever its training code has changed.
+
+    Seconds from the shipped weights; minutes of CPU when they are out of date and it trains.
+    """
+    from devtools.tiny_training import is_current
+
     target = tiny_model_dir(settings)
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() and is_current(target):
         return
-    log.info("building the tiny InternVL checkpoint in %s", target)
-    subprocess.run(_python("tiny-model", str(target)), check=True)  # noqa: S603
+    log.info("building the trained tiny InternVL checkpoint in %s", target)
+    subprocess.run(_python("tiny-model", "--trained", str(target)), check=True)  # noqa: S603
 
 
 def run_dev(*, host: str, port: int, auth: bool, devices: str) -> int:

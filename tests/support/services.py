@@ -140,6 +140,14 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-internvl", preset="test")
 
 
+@pytest.fixture(scope="session")
+def seeing_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny InternVL trained on drawn shapes and words (shipped weights), built once."""
+    from devtools.tiny_training import build_seeing_model
+
+    return build_seeing_model(tmp_path_factory.mktemp("seeing") / "tiny-seeing")
+
+
 @pytest.fixture
 def tiny_spec(tiny_model_path: Path) -> ModelSpec:
     """A registry entry for the tiny model."""

@@ -1,0 +1,84 @@
+"""The trained tiny InternVL: shipped for this code, deterministic, and a real "-hf" checkpoint."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from core.config import Settings
+from devtools import seeing_data, tiny_training
+from devtools.embedded import ensure_tiny_model, tiny_model_dir
+from devtools.seeing_data import KINDS
+from devtools.tiny_training import CONFIG, Batcher, build_seeing_model, is_current
+from tests.support.seeing import RELIABLE
+
+
+def test_the_shipped_weights_were_trained_by_this_code() -> None:
+    # Changing the drawing, preparing or training code changes the key: retrain and ship with
+    # `python -m devtools.tiny_training --ship`.
+    assert tiny_training.shipped_state() is not None
+    assert tiny_training.SHIPPED.stat().st_size <= 2_000_000
+
+
+def test_training_is_deterministic() -> None:
+    config = replace(CONFIG, steps=2, batch=2, warmup=1)
+    first = tiny_training.train(config, log_every=0)
+    second = tiny_training.train(config, log_every=0)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_training_examples_are_the_service_prompts_with_the_answer_to_learn() -> None:
+    _, processor = tiny_training._new_model(tiny_training.PRESET)
+    batcher = Batcher(processor)
+    example = seeing_data.example("colour", random.Random(3))
+    batch = batcher.training([example])
+    labels = batch["labels"][0]
+    learned = batch["input_ids"][0][labels != -100].tolist()
+    assert processor.tokenizer.decode(learned) == f"{example.answer}<|im_end|>"
+    prompt = processor.tokenizer.decode(batch["input_ids"][0][labels == -100])
+    assert prompt.endswith(f"{seeing_data.COLOUR_QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    assert batch["pixel_values"].shape == (1, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_seeing_model(tmp_path_factory.mktemp("seeing"))
+
+
+def test_the_built_checkpoint_loads_and_knows_its_key(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert is_current(checkpoint)
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32)
+    assert processor.image_processor.size["height"] == 64
+    assert model.config.vision_config.image_size == [64, 64]
+    (checkpoint / tiny_training.KEY_FILE).write_text("0123\n")
+    assert not is_current(checkpoint)
+    (checkpoint / tiny_training.KEY_FILE).write_text(tiny_training.training_key() + "\n")
+
+
+def test_held_out_accuracy_of_the_shipped_weights(checkpoint: Path) -> None:
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32)
+    accuracy = tiny_training.evaluate(model, processor, replace(CONFIG, eval_per_kind=20))
+    assert set(accuracy) == set(KINDS)
+    assert {kind: accuracy[kind] for kind in RELIABLE} == dict.fromkeys(RELIABLE, 1.0)
+
+
+@pytest.mark.slow  # two checkpoint builds in child processes
+def test_dev_mode_rebuilds_a_checkpoint_the_training_code_has_left_behind(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    target = tiny_model_dir(settings)
+    ensure_tiny_model(settings)
+    assert is_current(target)
+    (target / tiny_training.KEY_FILE).write_text("from older training code\n")
+    ensure_tiny_model(settings)
+    assert is_current(target)
