@@ -4,8 +4,11 @@ The random-weight presets of devtools.tiny_model say nothing true about an image
 trains one tiny checkpoint, deterministically on one CPU thread, on pictures devtools.seeing_data
 draws, through the service's own path: core.prompts builds each job's conversation and
 worker.preparer its ids and uint8 tiles, normalised as the engine does. The weights are shipped
-(devtools/tiny_seeing.safetensors) with a key hashing this code and its configuration; a
-checkpoint is built from them when the key matches and retrained otherwise.
+(devtools/tiny_seeing.safetensors) with a key hashing this code, its configuration, and what
+devtools.tiny_model builds for it (the tokenizer's vocabulary and merges, the model config),
+so that a change there which alters the model also retrains it, and one that does not (a
+refactor) does not; a checkpoint is built from the weights when the key matches and
+retrained otherwise.
 
     python -m devtools.tiny_training --ship      # retrain, rewrite the shipped file, print accuracy
     python -m devtools.tiny_training --evaluate  # the shipped weights' held-out accuracy
@@ -67,11 +70,18 @@ CONFIG = TrainConfig()
 
 
 def training_key(config: TrainConfig = CONFIG) -> str:
-    """A hash of the code that draws, prepares and trains, and of the configuration."""
+    """A hash of the code that draws and trains, its configuration, and the model it starts from.
+
+    The starting model enters by what the builder makes (the tokenizer, the model config; a
+    few tens of milliseconds), not by the builder's source.
+    """
     digest = hashlib.sha256()
-    for module in ("tiny_training.py", "seeing_data.py", "tiny_model.py"):
+    for module in ("tiny_training.py", "seeing_data.py"):
         digest.update(Path(__file__).with_name(module).read_bytes())
     digest.update(repr((asdict(config), PRESET)).encode())
+    tokenizer = train_tokenizer(PRESET.bpe_vocab_size)
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(model_config(PRESET, tokenizer).to_json_string(use_diff=False).encode())
     return digest.hexdigest()[:16]
 
 
