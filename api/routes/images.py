@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import RuntimeDep, SessionDep, TenantDep
 from api.intake import image_limits, resolve_model
+from api.multipart import is_multipart, read_form
 from api.openapi import problem_responses
 from api.schemas import ImagePublic
 from api.strict_json import StrictJsonRoute
@@ -42,9 +43,9 @@ ModelQuery = Annotated[
 async def read_image_body(request: Request, max_bytes: int) -> bytes:
     """The image bytes of a raw or multipart upload."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The context closes the uploads' temporary files.
-        async with request.form(max_files=1, max_fields=1) as form:
+    if is_multipart(request):
+        # Parsed on worker threads; the context closes the uploads' temporary files.
+        async with read_form(request, max_files=1, max_fields=1) as form:
             upload = form.get("image")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("multipart uploads need a file field named 'image'")

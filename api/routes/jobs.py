@@ -16,6 +16,7 @@ from api import strict_json
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
 from api.fetch import image_urls
 from api.intake import submit_job
+from api.multipart import is_multipart, read_form
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.schemas import JobPublic, JobsPublic
 from api.strict_json import StrictJsonRoute
@@ -91,9 +92,9 @@ class Submission:
 async def read_submission(request: Request) -> Submission:
     """The job spec and any uploaded files, from a JSON or a multipart body."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The context closes the uploads' temporary files.
-        async with request.form(max_files=1000, max_fields=20) as form:
+    if is_multipart(request):
+        # Parsed on worker threads; the context closes the uploads' temporary files.
+        async with read_form(request, max_files=1000, max_fields=20) as form:
             spec = form.get("spec")
             if not isinstance(spec, str):
                 raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
