@@ -18,11 +18,11 @@ import python_multipart
 from fastapi.concurrency import run_in_threadpool
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from core.errors import BadRequest
+from core.errors import BadRequest, InvalidRequest
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -41,9 +41,9 @@ class ThreadedMultiPartParser(MultiPartParser):
 
     async def parse(self) -> FormData:
         """The form, parsed off the event loop; files rewound, ready to read."""
-        parser = await run_in_threadpool(self._start)
         pending = bytearray()
         try:
+            parser = await run_in_threadpool(self._start)
             async for chunk in self.stream:
                 pending.extend(chunk)
                 if len(pending) >= FEED_BYTES:
@@ -107,14 +107,37 @@ def _charset_name(charset: str | bytes) -> str:
 
 @asynccontextmanager
 async def read_form(
-    request: Request, *, max_files: int, max_fields: int
+    request: Request,
+    *,
+    files: frozenset[str],
+    texts: frozenset[str],
+    max_files: int,
+    max_fields: int,
 ) -> AsyncIterator[FormData]:
-    """The request's multipart form, parsed on worker threads; its files closed on exit."""
+    """The request's multipart form, parsed on worker threads; its files closed on exit.
+
+    Only the named parts are accepted: `files` as files, `texts` as plain fields (422 else).
+    """
     parser = ThreadedMultiPartParser(
         request.headers, request.stream(), max_files=max_files, max_fields=max_fields
     )
     form = await parser.parse()
     try:
+        check_parts(form, files=files, texts=texts)
         yield form
     finally:
         await form.close()
+
+
+def check_parts(form: FormData, *, files: frozenset[str], texts: frozenset[str]) -> None:
+    """422 for a part the route does not take, or a file where text belongs (or the reverse)."""
+    for name, value in form.multi_items():
+        if name not in files | texts:
+            expected = ", ".join(f"'{n}'" for n in sorted(files | texts))
+            raise InvalidRequest(
+                f"unknown multipart field {name[:64]!r}; this route takes {expected}",
+                code="invalid_params",
+            )
+        if (name in files) != isinstance(value, UploadFile):
+            kind = "a file" if name in files else "a plain field (no filename)"
+            raise InvalidRequest(f"multipart field '{name}' must be {kind}", code="invalid_params")

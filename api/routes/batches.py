@@ -72,7 +72,9 @@ async def read_batch(request: Request, max_jobs: int) -> BatchCreate:
     content_type = request.headers.get("content-type", "")
     if is_multipart(request):
         # Parsed on worker threads; the context closes the uploads' temporary files.
-        async with read_form(request, max_files=1, max_fields=2) as form:
+        async with read_form(
+            request, files=frozenset({"file"}), texts=frozenset({"spec"}), max_files=1, max_fields=2
+        ) as form:
             upload, spec = form.get("file"), form.get("spec")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("multipart batches need a JSONL file field named 'file'")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -16,6 +16,7 @@ from api.schemas import ImagePublic
 from api.strict_json import StrictJsonRoute
 from api.uploads import find_image, image_public, read_capped, register_upload
 from core.errors import InvalidRequest, UnsupportedMediaType
+from core.specs import IMAGE_ID_PATTERN
 
 router = APIRouter(prefix="/v1/images", tags=["images"], route_class=StrictJsonRoute)
 
@@ -35,6 +36,9 @@ _UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+ImageIdPath = Annotated[
+    str, Path(pattern=IMAGE_ID_PATTERN, description="The `image_id` an upload answered with.")
+]
 ModelQuery = Annotated[
     str | None, Query(max_length=64, description="Quote tiles for this model (default model).")
 ]
@@ -45,7 +49,9 @@ async def read_image_body(request: Request, max_bytes: int) -> bytes:
     content_type = request.headers.get("content-type", "")
     if is_multipart(request):
         # Parsed on worker threads; the context closes the uploads' temporary files.
-        async with read_form(request, max_files=1, max_fields=1) as form:
+        async with read_form(
+            request, files=frozenset({"image"}), texts=frozenset(), max_files=1, max_fields=1
+        ) as form:
             upload = form.get("image")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("multipart uploads need a file field named 'image'")
@@ -100,7 +106,7 @@ async def upload_image(
 
 @router.get("/{image_id}", response_model=ImagePublic, responses=problem_responses(401, 404, 422))
 def get_image(
-    image_id: str,
+    image_id: ImageIdPath,
     session: SessionDep,
     runtime: RuntimeDep,
     tenant_id: TenantDep,

@@ -24,7 +24,7 @@ from core import listing
 from core.cancellation import request_cancel
 from core.db import transaction
 from core.errors import InvalidRequest, NotFound, ServiceError, UnsupportedMediaType
-from core.idempotency import IdempotentRequest, check_key, request_fingerprint
+from core.idempotency import KEY_PATTERN, IdempotentRequest, check_key, request_fingerprint
 from core.listing import JobFilter
 from core.logs import bind_log_context
 from core.models import Job, JobStatus
@@ -94,7 +94,13 @@ async def read_submission(request: Request) -> Submission:
     content_type = request.headers.get("content-type", "")
     if is_multipart(request):
         # Parsed on worker threads; the context closes the uploads' temporary files.
-        async with read_form(request, max_files=1000, max_fields=20) as form:
+        async with read_form(
+            request,
+            files=frozenset({"images"}),
+            texts=frozenset({"spec"}),
+            max_files=1000,
+            max_fields=20,
+        ) as form:
             spec = form.get("spec")
             if not isinstance(spec, str):
                 raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
@@ -121,6 +127,7 @@ IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        json_schema_extra={"pattern": KEY_PATTERN},  # checked by check_key: a 400
         description="Retry-safe submission: the same key and body return the original job "
         "instead of running it again; the same key with another body is a 409.",
     ),
