@@ -42,6 +42,33 @@ def state_validation(schema: dict[str, Any], settings: Settings) -> None:
     wait = _parameter(paths["/v1/jobs/{job_id}"]["get"], "wait")
     wait["schema"]["maximum"] = settings.max_wait_s
     _multipart(paths, settings)
+    _refuse_nul(components)
+    for item in paths.values():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                _refuse_nul(parameter)
+
+
+# No string the API reads may hold a NUL (PostgreSQL's text cannot): 400 in a path or query,
+# 422 in a body (api.strict_json). Patterns that exist already exclude it.
+NO_NUL = "^[^\\u0000]*$"
+
+
+def _refuse_nul(node: Any) -> None:
+    """Add NO_NUL to every string schema (and object keys) under node that has no pattern."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "string" and not {"pattern", "enum", "const", "format"} & set(item):
+            item["pattern"] = NO_NUL
+        if item.get("type") == "object" and "propertyNames" not in item:
+            item["propertyNames"] = {"pattern": NO_NUL}
+        stack.extend(item.values())
 
 
 def _job_limits(components: dict[str, Any], settings: Settings) -> None:

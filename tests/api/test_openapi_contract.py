@@ -160,3 +160,16 @@ def test_statuses_each_operation_answers_are_documented(client: TestClient) -> N
     assert "409" in documented("/v1/jobs/{job_id}/webhooks/replay", "post")
     assert "409" in documented("/v1/batches/{batch_id}/cancel", "post")
     assert "401" not in documented("/healthz", "get")  # outside the auth gate
+
+
+def test_strings_the_api_reads_are_described_without_nul(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    replay = spec["components"]["schemas"]["WebhookReplay"]["properties"]["delivery_id"]
+    assert replay["anyOf"][0]["pattern"] == "^[^\\u0000]*$"
+    params = spec["paths"]["/v1/jobs"]["get"]["parameters"]
+    cursor = next(p for p in params if p["name"] == "cursor")["schema"]["anyOf"][0]
+    assert re.fullmatch(cursor["pattern"], "abc")
+    assert not re.fullmatch(cursor["pattern"], "a\x00c")
+    assert client.get("/v1/jobs?cursor=a%00c").status_code == 400
+    nul = client.post("/v1/webhooks/secret/rotate", content=b'{"overlap_s": 1, "x\\u0000": 1}')
+    assert nul.status_code == 422
