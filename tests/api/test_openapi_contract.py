@@ -173,3 +173,11 @@ def test_strings_the_api_reads_are_described_without_nul(client: TestClient) -> 
     assert client.get("/v1/jobs?cursor=a%00c").status_code == 400
     nul = client.post("/v1/webhooks/secret/rotate", content=b'{"overlap_s": 1, "x\\u0000": 1}')
     assert nul.status_code == 422
+
+
+def test_rotate_takes_integers_as_json_schema_defines_them(client: TestClient) -> None:
+    # 3600.0 is an integer to JSON Schema; a bool or a fraction is not.
+    assert client.post("/v1/webhooks/secret/rotate", json={"overlap_s": 3600.0}).status_code == 200
+    for value in (True, 1.5, "60"):
+        response = client.post("/v1/webhooks/secret/rotate", json={"overlap_s": value})
+        assert response.status_code == 422, value
