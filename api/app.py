@@ -22,7 +22,7 @@ from core.hooks import install_job_hooks
 from core.images import set_pixel_limit
 from core.job_telemetry import install_job_telemetry
 from core.metrics import BUILD_INFO
-from core.specs import BatchCreate, JobCreate
+from core.specs import BatchCreate, BatchOptions, JobCreate
 from core.tenants import ensure_default_tenant
 
 DESCRIPTION = """Asynchronous InternVL inference: submit images and a task, poll the job or
@@ -71,5 +71,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.include_router(images.router)
     app.include_router(videos.router)
     app.include_router(batches.router)
-    publish_schemas(app, {"JobCreate": JobCreate, "BatchCreate": BatchCreate, "Problem": Problem})
+    publish_schemas(
+        app,
+        {
+            "JobCreate": JobCreate,
+            "BatchCreate": BatchCreate,
+            "BatchOptions": BatchOptions,
+            "Problem": Problem,
+        },
+        settings,
+    )
     return app

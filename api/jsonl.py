@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-
-from starlette.datastructures import UploadFile
+from typing import BinaryIO
 
 from api.batch_intake import too_many_jobs
 
@@ -15,27 +14,46 @@ _JOB_LINE = re.compile(rb"^[^\S\n]*\S", re.MULTILINE)
 CHUNK_BYTES = 1 << 20
 
 
+class JsonlCounter:
+    """The bytes of a JSONL upload, chunk by chunk, with its job lines counted as they come."""
+
+    def __init__(self, max_jobs: int) -> None:
+        self.max_jobs = max_jobs
+        self.received = bytearray()
+        self.counted_to = 0  # job lines before this offset are counted
+        self.lines = 0
+
+    def add(self, chunk: bytes) -> None:
+        """Take one more chunk; 422 too_many_jobs once the lines complete so far pass the cap."""
+        self.received.extend(chunk)
+        end = self.received.rfind(b"\n") + 1
+        if end > self.counted_to:
+            self.lines += len(_JOB_LINE.findall(self.received, self.counted_to, end))
+            self.counted_to = end
+            if self.lines > self.max_jobs:
+                raise too_many_jobs(self.max_jobs)
+
+    def finish(self) -> bytes:
+        """The whole upload, once its last (unterminated) line is counted too."""
+        if _JOB_LINE.search(self.received, self.counted_to):
+            self.lines += 1
+        if self.lines > self.max_jobs:
+            raise too_many_jobs(self.max_jobs)
+        return bytes(self.received)
+
+
 async def read_jsonl(chunks: AsyncIterator[bytes], *, max_jobs: int) -> bytes:
     """The whole upload, refused (422 too_many_jobs) once it has more than max_jobs lines."""
-    received = bytearray()
-    counted_to = 0  # job lines before this offset are counted
-    lines = 0
+    counter = JsonlCounter(max_jobs)
     async for chunk in chunks:
-        received.extend(chunk)
-        end = received.rfind(b"\n") + 1
-        if end > counted_to:
-            lines += len(_JOB_LINE.findall(received, counted_to, end))
-            counted_to = end
-            if lines > max_jobs:
-                raise too_many_jobs(max_jobs)
-    if _JOB_LINE.search(received, counted_to):
-        lines += 1
-    if lines > max_jobs:
-        raise too_many_jobs(max_jobs)
-    return bytes(received)
+        counter.add(chunk)
+    return counter.finish()
 
 
-async def upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    """An uploaded file's bytes, a chunk at a time."""
-    while chunk := await upload.read(CHUNK_BYTES):
-        yield chunk
+def read_jsonl_file(file: BinaryIO, *, max_jobs: int) -> bytes:
+    """An uploaded JSONL file (a multipart part), read and counted the same way; blocking,
+    for a worker thread."""
+    counter = JsonlCounter(max_jobs)
+    while chunk := file.read(CHUNK_BYTES):
+        counter.add(chunk)
+    return counter.finish()

@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from api.contract import state_validation
 from api.problems import PROBLEM_JSON
+from core.config import Settings
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # An 8x8 red PNG: request examples that the service really accepts.
@@ -76,8 +78,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def publish_schemas(app: FastAPI, models: dict[str, type[BaseModel]]) -> None:
-    """Add schemas of bodies that routes read by hand (JSON or multipart) to the description."""
+def publish_schemas(app: FastAPI, models: dict[str, type[BaseModel]], settings: Settings) -> None:
+    """Add schemas of bodies that routes read by hand (JSON or multipart) to the description,
+    with the limits and rules validation applies under these settings."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -89,6 +92,7 @@ def publish_schemas(app: FastAPI, models: dict[str, type[BaseModel]]) -> None:
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[name] = definition
+        state_validation(schema, settings)
         _drop_default_validation_errors(schema)
         _document_problems(schema)
         app.openapi_schema = schema
@@ -110,15 +114,21 @@ def _drop_default_validation_errors(schema: dict[str, Any]) -> None:
 
 
 def _document_problems(schema: dict[str, Any]) -> None:
-    # Errors any operation can answer: auth, validation, limits, outages; plus 404 on paths
-    # with ids and body errors on writes. Statuses a route documents itself are kept.
+    # The errors each operation can answer; statuses a route documents itself are kept.
+    # Every request: 400 for a NUL (%00) in its path or query, 413 for a body over the cap.
+    # /v1/: 401 and 429 (the auth gate: keys and their rate), 503 (a dependency is down).
+    # Parameters or a body: 422; a body: 400 and 415; an id in the path: 404.
     for path, item in schema.get("paths", {}).items():
-        for method, operation in item.items():
-            statuses = [400, 401, 422, 429, 503]  # 400: a NUL (%00) in the path or query
+        for operation in item.values():
+            statuses = [400, 413]
+            if path.startswith("/v1/"):
+                statuses += [401, 429, 503]
+            if operation.get("parameters") or "requestBody" in operation:
+                statuses.append(422)
+            if "requestBody" in operation:
+                statuses.append(415)
             if "{" in path:
                 statuses.append(404)
-            if method in ("post", "put", "patch"):
-                statuses += [413, 415]
             responses = operation.setdefault("responses", {})
             for status, response in problem_responses(*statuses).items():
                 responses.setdefault(str(status), response)

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction (3.0 included); a bool is none.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema defines it, for strict models (no bool -> int, no "3" -> 3).
+AS_JSON_INT = BeforeValidator(_integral)
 
 
 class JobError(BaseModel):
@@ -154,10 +165,8 @@ class SecretRotate(BaseModel):
 
     model_config = {"extra": "forbid", "strict": True}  # as documented: no bool -> int
 
-    overlap_s: int | None = Field(
+    overlap_s: Annotated[int, Field(ge=0, le=30 * 86400), AS_JSON_INT] | None = Field(
         None,
-        ge=0,
-        le=30 * 86400,
         description="How long the old secret keeps signing; 0 revokes it at once. "
         "Default: the service's webhook_secret_overlap_s.",
     )

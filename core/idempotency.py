@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,8 @@ from core.errors import Conflict, InvalidRequest
 from core.models import IdempotencyKey
 
 MAX_KEY_LENGTH = 255
+# Printable ASCII, neither starting nor ending with a space (HTTP trims those off a header).
+KEY_PATTERN = rf"^[!-~](?:[ -~]{{0,{MAX_KEY_LENGTH - 2}}}[!-~])?$"
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,11 @@ class IdempotentRequest:
 
 
 def check_key(key: str) -> str:
-    """The key if it is 1-255 printable ASCII characters; else a 400 problem."""
-    if not 0 < len(key) <= MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key):
+    """The key if it is 1-255 printable ASCII characters (KEY_PATTERN); else a 400 problem."""
+    if re.fullmatch(KEY_PATTERN, key) is None:
         raise InvalidRequest(
-            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
+            "not starting or ending with a space",
             code="invalid_idempotency_key",
         )
     return key

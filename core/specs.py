@@ -17,6 +17,7 @@ EventType = Literal[
 ]
 TERMINAL_EVENTS: list[EventType] = ["job.succeeded", "job.failed", "job.canceled", "job.expired"]
 MAX_PARTS_PER_MESSAGE = 256
+IMAGE_ID_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
 class Strict(BaseModel):
@@ -48,7 +49,7 @@ class ImageRef(Strict):
 
     data: str | None = Field(None, description="Base64 of the image file's bytes.")
     url: str | None = Field(None, max_length=4096)
-    image_id: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    image_id: str | None = Field(None, pattern=IMAGE_ID_PATTERN)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ImageRef:

@@ -21,7 +21,8 @@ from api.batch_intake import (
     too_many_jobs,
 )
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep
-from api.jsonl import read_jsonl, upload_chunks
+from api.jsonl import read_jsonl, read_jsonl_file
+from api.multipart import is_multipart, read_form
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.routes.jobs import invalid_from
 from api.schemas import BatchPublic
@@ -69,13 +70,15 @@ _SUBMIT_BODY: dict[str, Any] = {
 async def read_batch(request: Request, max_jobs: int) -> BatchCreate:
     """The batch from a JSON body, a JSONL body, or a multipart JSONL file plus `spec`."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The context closes the uploads' temporary files.
-        async with request.form(max_files=1, max_fields=2) as form:
+    if is_multipart(request):
+        # Parsed on worker threads; the context closes the uploads' temporary files.
+        async with read_form(
+            request, files=frozenset({"file"}), texts=frozenset({"spec"}), max_files=1, max_fields=2
+        ) as form:
             upload, spec = form.get("file"), form.get("spec")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("multipart batches need a JSONL file field named 'file'")
-            text = await read_jsonl(upload_chunks(upload), max_jobs=max_jobs)
+            text = await run_in_threadpool(read_jsonl_file, upload.file, max_jobs=max_jobs)
             raw_spec = spec if isinstance(spec, str) else None
         return await run_in_threadpool(parse_jsonl_batch, text, raw_spec, max_jobs)
     if content_type.startswith(JSONL_TYPES):

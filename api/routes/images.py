@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api.deps import RuntimeDep, SessionDep, TenantDep
 from api.intake import image_limits, resolve_model
+from api.multipart import is_multipart, read_form
 from api.openapi import problem_responses
 from api.schemas import ImagePublic
 from api.strict_json import StrictJsonRoute
 from api.uploads import find_image, image_public, read_capped, register_upload
 from core.errors import InvalidRequest, UnsupportedMediaType
+from core.specs import IMAGE_ID_PATTERN
 
 router = APIRouter(prefix="/v1/images", tags=["images"], route_class=StrictJsonRoute)
 
@@ -34,6 +36,9 @@ _UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+ImageIdPath = Annotated[
+    str, Path(pattern=IMAGE_ID_PATTERN, description="The `image_id` an upload answered with.")
+]
 ModelQuery = Annotated[
     str | None, Query(max_length=64, description="Quote tiles for this model (default model).")
 ]
@@ -42,9 +47,11 @@ ModelQuery = Annotated[
 async def read_image_body(request: Request, max_bytes: int, *, what: str = "image") -> bytes:
     """The file bytes of a raw or multipart upload (`what`: image or video, the field name)."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The context closes the uploads' temporary files.
-        async with request.form(max_files=1, max_fields=1) as form:
+    if is_multipart(request):
+        # Parsed on worker threads; the context closes the uploads' temporary files.
+        async with read_form(
+            request, files=frozenset({what}), texts=frozenset(), max_files=1, max_fields=1
+        ) as form:
             upload = form.get(what)
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest(f"multipart uploads need a file field named '{what}'")
@@ -99,7 +106,7 @@ async def upload_image(
 
 @router.get("/{image_id}", response_model=ImagePublic, responses=problem_responses(401, 404, 422))
 def get_image(
-    image_id: str,
+    image_id: ImageIdPath,
     session: SessionDep,
     runtime: RuntimeDep,
     tenant_id: TenantDep,

@@ -16,6 +16,7 @@ from api import strict_json
 from api.deps import Runtime, RuntimeDep, SessionDep, TenantDep, WaitersDep
 from api.fetch import image_urls
 from api.intake import submit_job
+from api.multipart import is_multipart, read_form
 from api.openapi import JOB_EXAMPLES, problem_responses
 from api.schemas import JobPublic, JobsPublic
 from api.strict_json import StrictJsonRoute
@@ -23,7 +24,7 @@ from core import listing
 from core.cancellation import request_cancel
 from core.db import transaction
 from core.errors import InvalidRequest, NotFound, ServiceError, UnsupportedMediaType
-from core.idempotency import IdempotentRequest, check_key, request_fingerprint
+from core.idempotency import KEY_PATTERN, IdempotentRequest, check_key, request_fingerprint
 from core.listing import JobFilter
 from core.logs import bind_log_context
 from core.models import Job, JobStatus
@@ -98,9 +99,15 @@ class Submission:
 async def read_submission(request: Request) -> Submission:
     """The job spec and any uploaded files, from a JSON or a multipart body."""
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        # The context closes the uploads' temporary files.
-        async with request.form(max_files=1000, max_fields=20) as form:
+    if is_multipart(request):
+        # Parsed on worker threads; the context closes the uploads' temporary files.
+        async with read_form(
+            request,
+            files=frozenset({"images", "video"}),
+            texts=frozenset({"spec"}),
+            max_files=1000,
+            max_fields=20,
+        ) as form:
             spec = form.get("spec")
             if not isinstance(spec, str):
                 raise InvalidRequest("multipart uploads need a 'spec' field holding the job JSON")
@@ -133,6 +140,7 @@ IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        json_schema_extra={"pattern": KEY_PATTERN},  # checked by check_key: a 400
         description="Retry-safe submission: the same key and body return the original job "
         "instead of running it again; the same key with another body is a 409.",
     ),
