@@ -71,6 +71,12 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
     )
+    p.add_argument(
+        "--prepare-processes",
+        type=int,
+        default=-1,
+        help="the worker's prepare processes (0: prepare in its task threads; -1: automatic)",
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -208,6 +214,7 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
         new_tokens=args.new_tokens,
         max_batch_size=args.max_batch_size,
         log_dir=Path(args.log_dir),
+        prepare_processes=args.prepare_processes,
     )
     print(format_simulated_report(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
