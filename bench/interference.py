@@ -8,9 +8,9 @@ RunningBatch (refilled, untimed, every `steps_per_batch` steps). The load: 640x4
 `rate` jobs/s by four task threads, either in this process (prepare_processes = 0) or through
 a PreparePool of `processes` processes. Phases of `seconds` each run interleaved (idle,
 threads, pool) for `rounds` rounds in one run, so machine noise hits each alike; the figure
-is each loaded phase's median step time over idle's. The model process's CPU time per job
-(its CPU in a loaded phase minus idle's, over the jobs prepared) says what preparing still
-costs it.
+is each loaded phase's median step time over idle's. The model process's CPU per job (its
+CPU outside the decode loop's thread, over the jobs prepared) says what preparing still
+costs that process.
 """
 
 from __future__ import annotations
@@ -98,19 +98,21 @@ class Feeder:
             self.done += 1
 
     def _run(self) -> None:
-        with ThreadPoolExecutor(max_workers=4) as threads:
-            due = time.perf_counter()
-            while not self._stop.is_set():
-                threads.submit(self._one)
-                due += 1.0 / self.rate
-                self._stop.wait(max(0.0, due - time.perf_counter()))
+        threads = ThreadPoolExecutor(max_workers=4)
+        due = time.perf_counter()
+        while not self._stop.is_set():
+            threads.submit(self._one)
+            due += 1.0 / self.rate
+            self._stop.wait(max(0.0, due - time.perf_counter()))
+        threads.shutdown(wait=True, cancel_futures=True)  # jobs not started are dropped
 
 
 def _phase(
     loop: DecodeLoop, preparing: Preparing | None, job: Any, seconds: float, rate: float
-) -> tuple[list[float], int, float, float]:
-    """(step seconds, jobs prepared, this process's CPU seconds, wall seconds) of one phase."""
-    cpu = time.process_time()
+) -> dict[str, Any]:
+    """One phase: step seconds, jobs prepared, wall seconds, and this process's CPU seconds
+    outside the decode loop's thread (the task threads' share of preparing)."""
+    cpu, loop_cpu = time.process_time(), time.thread_time()
     started = time.perf_counter()
     if preparing is None:
         steps = loop.run(started + seconds)
@@ -118,8 +120,11 @@ def _phase(
     else:
         with Feeder(lambda: preparing.run(*job, max_tiles=12), rate) as feeder:
             steps = loop.run(started + seconds)
-        jobs = feeder.done
-    return steps, jobs, time.process_time() - cpu, time.perf_counter() - started
+            jobs = feeder.done  # in the window; a backlog left is dropped, not counted
+    wall = time.perf_counter() - started
+    loop_cpu = time.thread_time() - loop_cpu
+    other_cpu = time.process_time() - cpu - loop_cpu
+    return {"steps": steps, "jobs": jobs, "wall": wall, "cpu": other_cpu}
 
 
 def run_interference_bench(
@@ -162,11 +167,9 @@ def run_interference_bench(
             }
             for _ in range(rounds):
                 for mode in MODES:
-                    steps, jobs, cpu, wall = _phase(loop, preparers[mode], job, seconds, rate)
-                    measured[mode]["steps"] += steps
-                    measured[mode]["jobs"] += jobs
-                    measured[mode]["cpu"] += cpu
-                    measured[mode]["wall"] += wall
+                    phase = _phase(loop, preparers[mode], job, seconds, rate)
+                    for key, value in phase.items():
+                        measured[mode][key] += value
         finally:
             pool.close()
     return _report(measured, load_before, rate, rows, processes)
@@ -179,15 +182,12 @@ def _report(
     rows: int,
     processes: int,
 ) -> dict[str, Any]:
-    idle = measured["idle"]
-    idle_median = statistics.median(idle["steps"])
-    idle_cpu_per_s = idle["cpu"] / idle["wall"]
+    idle_median = statistics.median(measured["idle"]["steps"])
     report_rows = []
     for mode in MODES:
         figures = measured[mode]
         steps = sorted(figures["steps"])
         median = statistics.median(steps)
-        extra_cpu = figures["cpu"] - idle_cpu_per_s * figures["wall"]
         report_rows.append(
             {
                 "mode": mode,
@@ -197,7 +197,7 @@ def _report(
                 "ratio_to_idle": round(median / idle_median, 2),
                 "jobs_per_s": round(figures["jobs"] / figures["wall"], 1),
                 "model_process_cpu_ms_per_job": (
-                    round(extra_cpu / figures["jobs"] * 1000, 1) if figures["jobs"] else None
+                    round(figures["cpu"] / figures["jobs"] * 1000, 1) if figures["jobs"] else None
                 ),
             }
         )
