@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 import torch
 
-from core.config import ModelSpec, Settings
+from core.config import ModelSpec
 from core.prompts import build_conversation
 from tests.support.prepare import die, stop_once, wait_for_pid
 from tests.support.worker import photo
-from worker.launcher import Slot, child_env, prepare_processes_per_worker
 from worker.prepare_pool import PrepareFailed, PreparePool
 from worker.preparer import ImageUndecodable
 
@@ -130,15 +129,3 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"  # a zombie has exited; its reaper is gone with the killed owner
-
-
-def test_prepare_processes_default_to_the_workers_cores_but_one() -> None:
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert prepare_processes_per_worker(settings, cpu_threads=8) == 7
-    assert prepare_processes_per_worker(settings, cpu_threads=1) == 1  # never zero by default
-    env = child_env(settings, Slot("a", "gpu0", "0"), {}, cpu_threads=4)
-    assert env["INTERNVL_JOBS_PREPARE_PROCESSES"] == "3"
-    threads = Settings(_env_file=None, prepare_processes=0)  # type: ignore[call-arg]
-    assert prepare_processes_per_worker(threads, cpu_threads=8) == 0
-    fixed = Settings(_env_file=None, prepare_processes=2)  # type: ignore[call-arg]
-    assert prepare_processes_per_worker(fixed, cpu_threads=8) == 2
