@@ -74,6 +74,12 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
     )
+    p.add_argument(
+        "--prepare-processes",
+        type=int,
+        default=-1,
+        help="the worker's prepare processes (0: prepare in its task threads; -1: automatic)",
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -82,14 +88,45 @@ def prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=7, help="interleaved runs; the median is given")
     p.add_argument("--max-tiles", type=int, default=12)
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    p.add_argument(
+        "--interference",
+        action="store_true",
+        help="instead: the model loop's decode-step time (bench preset, fp32) while jobs are "
+        "prepared beside it, idle vs in-process threads vs prepare processes",
+    )
+    _model_arguments(p)
+    p.add_argument("--rate", type=float, default=20.0, help="interference: jobs/s prepared")
+    p.add_argument("--seconds", type=float, default=5.0, help="interference: seconds per phase")
+    p.add_argument("--rounds", type=int, default=3, help="interference: interleaved rounds")
+    p.add_argument("--rows", type=int, default=8, help="interference: rows being decoded")
+    p.add_argument("--processes", type=int, default=1, help="interference: prepare processes")
 
 
 def cmd_bench_prepare(args: argparse.Namespace) -> int:
     """Preparing one job, CPU ms per image on one thread: the processor's way against ours."""
+    if args.interference:
+        return _bench_interference(args)
     from bench.prepare import format_prepare_report, run_prepare_bench
 
     report = run_prepare_bench(repeats=args.repeats, max_tiles=args.max_tiles)
     print(format_prepare_report(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0
+
+
+def _bench_interference(args: argparse.Namespace) -> int:
+    from bench.engine import bench_checkpoint
+    from bench.interference import format_interference_report, run_interference_bench
+
+    report = run_interference_bench(
+        checkpoint=args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir))),
+        rate=args.rate,
+        seconds=args.seconds,
+        rounds=args.rounds,
+        rows=args.rows,
+        processes=args.processes,
+    )
+    print(format_interference_report(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
     return 0
 
@@ -180,6 +217,7 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
         new_tokens=args.new_tokens,
         max_batch_size=args.max_batch_size,
         log_dir=Path(args.log_dir),
+        prepare_processes=args.prepare_processes,
     )
     print(format_simulated_report(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)

@@ -47,6 +47,7 @@ def run_simulated_bench(
     new_tokens: int,
     max_batch_size: int,
     log_dir: Path,
+    prepare_processes: int = -1,
 ) -> dict[str, Any]:
     """One round per image size through the whole service with the simulated device."""
     from core.migrations import upgrade
@@ -66,7 +67,13 @@ def run_simulated_bench(
             s3_endpoint_url, s3_pid = stack.enter_context(moto_server(log_dir))
         settings = _stack_settings(
             spec, database_url, broker_url, s3_endpoint_url, log_dir, credentials
-        ).model_copy(update={"simulated_device": device, "heartbeat_s": HEARTBEAT_S})
+        ).model_copy(
+            update={
+                "simulated_device": device,
+                "heartbeat_s": HEARTBEAT_S,
+                "prepare_processes": prepare_processes,
+            }
+        )
         running = stack.enter_context(
             service_processes(settings, free_port(), log_dir, credentials, sweeper=True)
         )
@@ -76,7 +83,13 @@ def run_simulated_bench(
         for seed, (width, height) in enumerate(sizes):
             pictures = [photo_jpeg(width, height, seed=1000 * seed + i) for i in range(jobs)]
             rows.append(_round(running, pictures, (width, height), new_tokens))
-    return {"device": device, "jobs": jobs, "new_tokens": new_tokens, "rows": rows}
+    return {
+        "device": device,
+        "jobs": jobs,
+        "new_tokens": new_tokens,
+        "prepare_processes": prepare_processes,
+        "rows": rows,
+    }
 
 
 def _busy_s(base: str) -> float:

@@ -29,14 +29,47 @@ class Stack:
     pids: dict[str, int] = field(default_factory=dict)
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system) each process has used so far."""
-        return {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+        """CPU time (user + system) each process has used so far; "prepare" is the worker's
+        prepare processes (its descendants: the fork server and the processes it forked)."""
+        seconds = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+        if "worker" in self.pids:
+            seconds["prepare"] = sum(_cpu_if_alive(pid) for pid in descendants(self.pids["worker"]))
+        return seconds
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid (children, their children, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").exists()
+
+
+def _cpu_if_alive(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, IndexError, ValueError):  # it exited meanwhile
+        return 0.0
 
 
 @contextmanager

@@ -371,6 +371,15 @@ class Settings(BaseSettings):
         description="CPU threads one worker process uses for torch, OpenMP and BLAS; 0: the "
         "launcher divides the host's cores among its worker processes.",
     )
+    prepare_processes: int = Field(
+        -1,
+        ge=-1,
+        le=256,
+        description="Processes per worker process that decode images, tile and tokenise its "
+        "jobs, so the model's process runs the batch loop only; -1: the worker's share of "
+        "the host's cores minus one where that share is 4 cores or more, else 0; 0: none, jobs "
+        "prepare in the worker's task threads.",
+    )
 
     # Webhooks
     webhook_allow_private: bool = Field(

@@ -1,8 +1,9 @@
 """The InternVL engine: loads a checkpoint once, prepares jobs, and generates for a batch of them.
 
-`prepare` (chat template, tiling, tokenising) runs in the Celery task threads, in parallel, and
-leaves pixels uint8; `_pixels` normalises them on the device, in the model's dtype;
-`generate` runs on the one thread that owns the model and takes several prepared jobs at once,
+`prepare` (chat template, tiling, tokenising) leaves pixels uint8; the worker runs the same
+work in its prepare processes (worker.prepare_pool) and builds the job with `prepared`.
+`_pixels` normalises pixels on the device, in the model's dtype; `generate` runs on the one
+thread that owns the model and takes several prepared jobs at once,
 left-padded, so the device works on a batch instead of one image at a time.
 """
 
@@ -171,6 +172,17 @@ class InternVLEngine:
         """
         max_tiles = params.max_tiles or self.spec.max_tiles
         input_ids, pixels, tiles = self.preparer.inputs(conversation, images, max_tiles=max_tiles)
+        return self.prepared(job_id, input_ids, pixels, tiles, params)
+
+    def prepared(
+        self,
+        job_id: str,
+        input_ids: torch.Tensor,
+        pixels: torch.Tensor | None,
+        tiles: list[int],
+        params: GenerationParams,
+    ) -> PreparedJob:
+        """A job from inputs prepared elsewhere (a prepare process); a sampled job gets its seed."""
         seed = None
         if params.do_sample:
             seed = params.seed if params.seed is not None else secrets.randbits(32)

@@ -104,6 +104,24 @@ def cpu_threads_per_worker(settings: Settings, workers: int, cores: int | None =
     return max(1, available // max(1, workers))
 
 
+# Below this many cores a worker prepares in its task threads: a prepare process would take
+# cores from the model loop itself (measured on 2 cores: decode steps 1.33x slower beside a
+# prepare process, 1.10x beside task threads; docs/benchmarks.md).
+POOL_MIN_CORES = 4
+
+
+def prepare_processes_per_worker(settings: Settings, cpu_threads: int | None = None) -> int:
+    """Prepare processes of one worker: the setting, else its share of the cores minus one.
+
+    The one core left is the model loop's; each prepare process runs one thread. With fewer
+    than POOL_MIN_CORES cores, or 0 set explicitly, jobs prepare in the task threads instead.
+    """
+    if settings.prepare_processes >= 0:
+        return settings.prepare_processes
+    share = cpu_threads or settings.worker_cpu_threads or len(os.sched_getaffinity(0))
+    return share - 1 if share >= POOL_MIN_CORES else 0
+
+
 def child_env(
     settings: Settings, slot: Slot, base: dict[str, str], *, cpu_threads: int | None = None
 ) -> dict[str, str]:
@@ -115,6 +133,8 @@ def child_env(
     env = {**base, **settings.as_env()}
     if cpu_threads is not None:
         env["INTERNVL_JOBS_WORKER_CPU_THREADS"] = str(cpu_threads)
+        processes = prepare_processes_per_worker(settings, cpu_threads)
+        env["INTERNVL_JOBS_PREPARE_PROCESSES"] = str(processes)
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(cpu_threads)
     if slot.visible_devices is None:

@@ -1,8 +1,9 @@
 """A worker's cache of prepared image tiles, so one image asked several questions is tiled once.
 
 Keyed by (image SHA-256, max_tiles, model alias): the same bytes at the same grid limit give the
-same tiles for one model. Bounded in bytes (least recently used entries go first); an entry
-larger than the whole bound is not kept. Tensors handed out are shared: readers never write
+same tiles for one model. Bounded in bytes (least recently used entries go first), and in
+entries when they hold shared memory (each keeps a file descriptor open); an entry larger than
+the whole bound is not kept. Tensors handed out are shared: readers never write
 them (the engine copies them to the device or concatenates them into a new tensor).
 """
 
@@ -18,8 +19,9 @@ import torch
 class PrepareCache:
     """Least-recently-used uint8 tiles, at most max_bytes of them; safe across threads."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, max_entries: int | None = None) -> None:
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -48,7 +50,8 @@ class PrepareCache:
                 self.bytes -= previous.numel() * previous.element_size()
             self._entries[key] = tiles
             self.bytes += size
-            while self.bytes > self.max_bytes:
+            limit = self.max_entries
+            while self.bytes > self.max_bytes or (limit is not None and len(self._entries) > limit):
                 _, dropped = self._entries.popitem(last=False)
                 self.bytes -= dropped.numel() * dropped.element_size()
 

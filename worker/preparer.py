@@ -1,13 +1,15 @@
 """A job's model inputs from its conversation and images, with only the checkpoint's processor.
 
-No model is needed, so preparing can run wherever the CPU is (task threads today, other
-processes later) and benchmarks can measure it alone. The ids are the processor's own (tests
-compare them); the pixels are uint8 tiles (worker.preprocess), normalised later on the device.
+No model is needed, so preparing runs wherever the CPU is (the worker's prepare processes,
+worker.prepare_pool, or its task threads) and benchmarks can measure it alone. The ids are the
+processor's own (tests compare them); the pixels are uint8 tiles (worker.preprocess),
+normalised later on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +20,27 @@ from worker.prepare_cache import PrepareCache
 from worker.preprocess import tile_image
 
 ImageSource = bytes | Image.Image | torch.Tensor  # stored bytes, a decoded picture, or tiles
+
+
+class ImageUndecodable(ValueError):
+    """A job's image could not be decoded; `index` is its position among the job's images."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(index, reason)  # both in args: the error crosses processes pickled
+        self.index = index
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"image {self.index}: {self.reason}"
+
+
+@dataclass
+class JobInputs:
+    """A job's prompt ids and the tiles of the images it was given undecoded."""
+
+    input_ids: torch.Tensor  # (prompt_tokens,) int64
+    tiles: list[torch.Tensor | None]  # per job image: its uint8 tiles; None if given as a count
+    counts: list[int]  # per job image: its tiles
 
 
 class Preparer:
@@ -52,14 +75,44 @@ class Preparer:
         ordered = [
             self.image_tiles(images[i], max_tiles=max_tiles) for i in conversation.image_order
         ]
-        text = self.processor.apply_chat_template(
-            conversation.messages, add_generation_prompt=True, tokenize=False
-        )
+        text = self.prompt_text(conversation)
         tiles = [int(image.shape[0]) for image in ordered]
         pixels = None
         if ordered:
             pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
         return self.token_ids(text, tiles), pixels, tiles
+
+    def job_inputs(
+        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+    ) -> JobInputs:
+        """Tile every image given as a source and tokenise the prompt around all of them.
+
+        An int stands for an image tiled before (a cache hit): its tile count is all the
+        prompt needs. A decoder's failure is raised as ImageUndecodable, naming the image.
+        """
+        tiles: list[torch.Tensor | None] = []
+        counts: list[int] = []
+        for index, image in enumerate(images):
+            if isinstance(image, int):
+                tiles.append(None)
+                counts.append(image)
+                continue
+            try:
+                tiled = self.image_tiles(image, max_tiles=max_tiles)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure: the image is unusable
+                raise ImageUndecodable(index, f"{type(exc).__name__}: {exc}") from None
+            tiles.append(tiled)
+            counts.append(int(tiled.shape[0]))
+        text = self.prompt_text(conversation)
+        ids = self.token_ids(text, [counts[i] for i in conversation.image_order])
+        return JobInputs(ids, tiles, counts)
+
+    def prompt_text(self, conversation: Conversation) -> str:
+        """The conversation through the checkpoint's chat template, placeholders unexpanded."""
+        text: str = self.processor.apply_chat_template(
+            conversation.messages, add_generation_prompt=True, tokenize=False
+        )
+        return text
 
     def image_tiles(self, image: ImageSource, *, max_tiles: int) -> torch.Tensor:
         """One image's uint8 tiles (tiles, 3, T, T); tiles given are returned as they are."""

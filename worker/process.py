@@ -86,6 +86,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         heartbeat.state = health.state = WorkerState.STOPPING
         health.stop_watchdog()
         runtime.batcher.stop()
+        runtime.preparing.close()
         heartbeat.stop(final_state=WorkerState.STOPPED)
         if probes is not None:
             probes.stop()
@@ -132,12 +133,22 @@ def _load_runtime(
     assert spec is not None
     if settings.worker_cpu_threads:  # the launcher's share of the host's cores
         torch.set_num_threads(settings.worker_cpu_threads)
+    pool = _prepare_pool(settings, spec)  # its processes load the processor while the model loads
     try:
         engine = _engine(settings, spec, device)
+        if pool is not None:
+            pool.wait_ready()
+            engine.prepare_cache.max_entries = pool.cache_entries
     except Exception:
         log.exception("loading %s failed", spec.checkpoint)
+        if pool is not None:
+            pool.close()
         heartbeat.stop(final_state=WorkerState.DEFUNCT)
         raise
+    log.info(
+        "jobs prepare in %s",
+        f"{pool.processes} prepare processes" if pool is not None else "the task threads",
+    )
     return WorkerRuntime(
         settings=settings,
         spec=spec,
@@ -145,7 +156,21 @@ def _load_runtime(
         storage=storage,
         engine=engine,
         worker_id=name,
+        preparing=pool,
     )
+
+
+def _prepare_pool(settings: Settings, spec: Any) -> Any:
+    """The worker's prepare processes, started (None: jobs prepare in the task threads)."""
+    from worker.launcher import prepare_processes_per_worker
+    from worker.prepare_pool import PreparePool
+
+    processes = prepare_processes_per_worker(settings)
+    if processes == 0:
+        return None
+    pool = PreparePool(spec, processes=processes, pixel_limit=settings.max_image_pixels)
+    pool.start()
+    return pool
 
 
 def _engine(settings: Settings, spec: Any, device: str) -> Any:

@@ -29,7 +29,7 @@ from core.errors import PermanentJobError, ServiceError
 from core.jobs import cancel_job, claim_job, complete_job, fail_job, release_job
 from core.leases import LeaseCheck
 from core.models import Job
-from core.prompts import build_conversation
+from core.prompts import Conversation, build_conversation
 from core.retry import is_transient, retry_transient
 from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
@@ -37,7 +37,8 @@ from worker.batcher import Announcement
 from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine
-from worker.preparer import ImageSource
+from worker.prepare_pool import InProcessPreparing, Preparing
+from worker.preparer import ImageSource, ImageUndecodable
 from worker.video import sample_frames
 
 log = logging.getLogger("worker.runtime")
@@ -61,6 +62,7 @@ class WorkerRuntime:
         engine: InternVLEngine,
         worker_id: str,
         celery: Celery | None = None,
+        preparing: Preparing | None = None,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -70,6 +72,8 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
         self.batcher = make_batcher(engine, spec)
+        # Prepare processes (worker.prepare_pool), or else this process's task threads.
+        self.preparing = preparing or InProcessPreparing(engine.preparer)
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
         self.draining = False
@@ -224,15 +228,16 @@ class WorkerRuntime:
         params = GenerationParams.model_validate(spec["params"])
         max_tiles = params.max_tiles or self.spec.max_tiles
         frames: list[int] | None = None
-        images: list[ImageSource]
-        if spec.get("video") is not None:
-            frames, images = self._video_frames(spec["video"])
+        if spec.get("video") is not None:  # frames decode and prepare here, not in the pool
+            frames, pictures = self._video_frames(spec["video"])
+            conversation = build_conversation(
+                spec, control_tokens=self.engine.control_tokens, frames=len(frames)
+            )
+            prepared = self.engine.prepare(job.id, conversation, pictures, params)
         else:
-            images = [self._image_tiles(sha, max_tiles) for sha in spec["images"]]
-        conversation = build_conversation(
-            spec, control_tokens=self.engine.control_tokens, frames=len(frames or [])
-        )
-        prepared = self.engine.prepare(job.id, conversation, images, params)
+            conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
+            input_ids, pixels, tiles = self._inputs(spec["images"], conversation, max_tiles)
+            prepared = self.engine.prepared(job.id, input_ids, pixels, tiles, params)
         prepared.cancel = held.cancel
         prepared.constraint = self.engine.constraint_for(spec.get("response_format"))
         with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
@@ -256,22 +261,40 @@ class WorkerRuntime:
             ) from exc
         return indices, list(pictures)
 
-    def _image_tiles(self, sha: str, max_tiles: int) -> torch.Tensor:
-        """An image's uint8 tiles: from the prepare cache, else read, decoded and tiled once."""
+    def _inputs(
+        self, shas: list[str], conversation: Conversation, max_tiles: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+        """(ids, uint8 pixels, tiles per image) of a job, in its conversation's image order.
+
+        Images in the prepare cache are not read again; the others are read here, then decoded,
+        tiled and tokenised around by the prepare processes (or this thread), and cached.
+        """
         cache = self.engine.prepare_cache
-        key = self.engine.cache_key(sha, max_tiles)
-        tiles = cache.get(key)
-        if tiles is not None:
-            return tiles
-        data = self._read_image(sha)
+        keys = [self.engine.cache_key(sha, max_tiles) for sha in shas]
+        cached = [cache.get(key) for key in keys]
+        sources: list[bytes | int] = [
+            self._read_image(sha) if tiles is None else int(tiles.shape[0])
+            for sha, tiles in zip(shas, cached, strict=True)
+        ]
         try:
-            tiles = self.engine.image_tiles(data, max_tiles=max_tiles)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the image is unusable
+            inputs = self.preparing.run(conversation, sources, max_tiles=max_tiles)
+        except ImageUndecodable as exc:
             raise PermanentJobError(
-                f"image sha256:{sha} could not be decoded: {exc}", code="invalid_image"
+                f"image sha256:{shas[exc.index]} could not be decoded: {exc.reason}",
+                code="invalid_image",
             ) from exc
-        cache.put(key, tiles)
-        return tiles
+        images: list[torch.Tensor] = []
+        for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
+            if new is not None:
+                cache.put(key, new)
+            tiles = old if old is not None else new
+            assert tiles is not None
+            images.append(tiles)
+        ordered = [images[i] for i in conversation.image_order]
+        pixels = None
+        if ordered:
+            pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
+        return inputs.input_ids, pixels, [inputs.counts[i] for i in conversation.image_order]
 
     def _read_image(self, sha: str) -> bytes:
         try:

@@ -102,6 +102,8 @@ def test_one_worker_service_per_gpu_each_pinned(compose: dict[str, Any]) -> None
         pinned.append(gpu)
         assert "models:/models" in service["volumes"]
         assert service["command"][:2] == ["internvl-jobs", "worker"]
+        # Prepared tiles travel through /dev/shm: Docker's 64 MB would not hold the cache.
+        assert service["shm_size"] == "2gb"
     assert len(set(pinned)) == len(pinned)
 
 

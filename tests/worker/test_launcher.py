@@ -17,6 +17,7 @@ from worker.launcher import (
     cpu_threads_per_worker,
     parse_devices,
     plan_slots,
+    prepare_processes_per_worker,
     visible_gpus,
 )
 
@@ -133,3 +134,18 @@ def test_workers_share_the_hosts_cores_through_thread_caps() -> None:
     assert env["INTERNVL_JOBS_WORKER_CPU_THREADS"] == "4"
     fixed = Settings(_env_file=None, models=[model("a")], worker_cpu_threads=3)  # type: ignore[call-arg]
     assert cpu_threads_per_worker(fixed, workers=4, cores=16) == 3
+
+
+def test_prepare_processes_default_to_the_workers_cores_but_one() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert prepare_processes_per_worker(settings, cpu_threads=8) == 7
+    assert prepare_processes_per_worker(settings, cpu_threads=4) == 3
+    # on fewer cores a prepare process would compete with the model loop: task threads
+    assert prepare_processes_per_worker(settings, cpu_threads=3) == 0
+    assert prepare_processes_per_worker(settings, cpu_threads=1) == 0
+    env = child_env(settings, Slot("a", "gpu0", "0"), {}, cpu_threads=4)
+    assert env["INTERNVL_JOBS_PREPARE_PROCESSES"] == "3"
+    threads = Settings(_env_file=None, prepare_processes=0)  # type: ignore[call-arg]
+    assert prepare_processes_per_worker(threads, cpu_threads=8) == 0
+    fixed = Settings(_env_file=None, prepare_processes=2)  # type: ignore[call-arg]
+    assert prepare_processes_per_worker(fixed, cpu_threads=8) == 2

@@ -126,3 +126,11 @@ def test_prepare_cache_is_bounded_in_bytes_and_least_recently_used_goes() -> Non
     assert cache.get("b") is None and cache.get("a") is block and cache.get("d") is block
     cache.put("huge", torch.zeros(5000, dtype=torch.uint8))  # larger than the bound: not kept
     assert cache.get("huge") is None and cache.bytes == 3000 and len(cache) == 3
+
+
+def test_prepare_cache_holding_shared_memory_is_bounded_in_entries_too() -> None:
+    cache = PrepareCache(max_bytes=10_000, max_entries=2)  # each entry: one open file
+    block = torch.zeros(10, dtype=torch.uint8)
+    for key in "abc":
+        cache.put(key, block)
+    assert len(cache) == 2 and cache.get("a") is None and cache.bytes == 20

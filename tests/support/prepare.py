@@ -1,0 +1,49 @@
+"""Work for prepare processes in tests: one that stops mid-way to be killed, one that dies.
+
+Module-level functions, so a prepare process (started by the fork server, with this
+repository on its path) can import them; bound to their arguments with functools.partial.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.prompts import Conversation
+from worker.prepare_pool import prepare_job
+from worker.preparer import ImageSource, JobInputs
+
+
+def stop_once(
+    marker: str, conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+) -> JobInputs:
+    """The first call writes its process id to `marker` and waits there to be killed; the
+    calls after it (the marker exists) prepare as a prepare process does."""
+    path = Path(marker)
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_text(str(os.getpid()))
+        partial.rename(path)
+        time.sleep(110)  # killed long before
+    return prepare_job(conversation, images, max_tiles)
+
+
+def die(
+    conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+) -> JobInputs:
+    """A prepare process that dies while preparing (a decoder crash, the OOM killer)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("a killed process returns nothing")
+
+
+def wait_for_pid(marker: Path, timeout: float = 60.0) -> int:
+    """The process id `stop_once` wrote, once it is there."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no prepare process reached {marker}")
+        time.sleep(0.05)
+    return int(marker.read_text())

@@ -1,0 +1,137 @@
+"""Jobs prepared in prepare processes: the same results and codes, and no job lost or run twice
+when a prepare process is killed mid-prepare."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core.config import Settings
+from core.models import Job, JobEvent
+from core.storage import ObjectStorage, image_key
+from tests.support.prepare import die, stop_once, wait_for_pid
+from tests.support.worker import photo, queue_job
+from worker.prepare_pool import PreparePool, Work, prepare_job
+
+
+@contextmanager
+def pooled_runtime(
+    settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, work: Work
+) -> Iterator[Any]:
+    from worker.runtime import WorkerRuntime
+
+    engine.prepare_cache.clear()
+    pool = PreparePool(settings.default_model, processes=1, work=work)
+    runtime = WorkerRuntime(
+        settings=settings,
+        spec=settings.default_model,
+        sessions=sessions,
+        storage=storage,
+        engine=engine,
+        worker_id="cpu0.tiny@test",
+        preparing=pool,
+    )
+    runtime.batcher.start()
+    yield runtime
+    runtime.batcher.stop()
+    pool.close()
+
+
+@pytest.fixture
+def runtime(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any
+) -> Iterator[Any]:
+    with pooled_runtime(service_settings, sessions, storage, engine, prepare_job) as pooled:
+        yield pooled
+
+
+def job_row(sessions: Any, job_id: str) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def event_types(sessions: Any, job_id: str) -> list[str]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            )
+        )
+
+
+def test_a_job_prepared_in_a_process_succeeds_and_its_tiles_are_cached(
+    runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    cache = runtime.engine.prepare_cache
+    image = photo(11, size=(640, 480))
+    first = queue_job(sessions, storage, runtime.spec, [image], params={"max_new_tokens": 3})
+    pair = [image, photo(12, size=(64, 64))]
+    params = {"max_new_tokens": 3}
+    second = queue_job(
+        sessions, storage, runtime.spec, pair, task="vqa", question="Same?", params=params
+    )
+    assert runtime.run_job(first.id) == "succeeded"
+    cached = cache.get(runtime.engine.cache_key(first.spec["images"][0], 12))
+    assert cached is not None and cached.is_shared()  # the prepare process's memory, kept
+    storage.delete(image_key(first.spec["images"][0]))  # a cached image is not read again
+    assert runtime.run_job(second.id) == "succeeded"
+    assert job_row(sessions, first.id).usage["image_tiles"] == [13]
+    assert job_row(sessions, second.id).usage["image_tiles"] == [13, 1]
+
+
+def test_an_undecodable_image_fails_the_job_with_its_code(
+    runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, runtime.spec, [photo(13)])
+    sha = job.spec["images"][0]
+    storage.put(image_key(sha), b"\xff\xd8\xff garbage that no decoder reads")
+    assert runtime.run_job(job.id) == "failed"
+    failed = job_row(sessions, job.id)
+    assert (failed.error_code, sha in (failed.error_message or "")) == ("invalid_image", True)
+
+
+def test_a_prepare_process_killed_mid_job_loses_nothing_and_runs_it_once(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "preparing"
+    work = partial(stop_once, str(marker))
+    with pooled_runtime(service_settings, sessions, storage, engine, work) as runtime:
+        job = queue_job(sessions, storage, runtime.spec, [photo(14)], params={"max_new_tokens": 3})
+        outcome: list[str] = []
+        task = threading.Thread(target=lambda: outcome.append(runtime.run_job(job.id)))
+        task.start()
+        os.kill(wait_for_pid(marker), signal.SIGKILL)
+        task.join(120)
+        assert outcome == ["succeeded"]
+        assert runtime.preparing.restarts == 1
+    done = job_row(sessions, job.id)
+    assert (done.status, done.attempts) == ("succeeded", 1)
+    assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
+
+
+def test_prepare_processes_that_keep_dying_hand_the_job_back(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any
+) -> None:
+    with pooled_runtime(service_settings, sessions, storage, engine, die) as runtime:
+        job = queue_job(sessions, storage, runtime.spec, [photo(15)], params={"max_new_tokens": 3})
+        assert runtime.run_job(job.id) == "released"
+    handed_back = job_row(sessions, job.id)
+    assert (handed_back.status, handed_back.attempts) == ("queued", 1)
+    assert handed_back.result is None and handed_back.available_at is not None  # a backoff
+    assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.queued"]
+    with sessions() as session:
+        reason = session.scalars(
+            select(JobEvent.data).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc())
+        ).first()
+    assert reason is not None and reason["reason"].startswith("PrepareFailed")

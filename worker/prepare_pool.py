@@ -1,0 +1,230 @@
+"""Preparing jobs in processes of their own, so the model's process runs the batch loop only.
+
+Decoding, tiling and tokenising (Preparer.job_inputs) hold the GIL for several milliseconds a
+job; in the model's process they would delay the decode loop's kernel launches. A pool of
+prepare processes does them instead. Each loads only the checkpoint's processor (no weights),
+one torch thread, the worker's pixel limit, and ignores SIGTERM and SIGINT: the model's process
+decides when they stop (after its jobs are drained) and they exit on their own if it dies.
+
+The processes start with 'forkserver' (the model's process has threads, so it must not fork;
+the fork server is a fresh single-threaded process that imports torch and transformers once,
+so a replacement process starts in about a second). Tensors come back through
+torch.multiprocessing's reductions, which ProcessPoolExecutor's ForkingPickler applies: the
+uint8 tiles and the ids travel as shared memory (a file descriptor passed over a Unix socket),
+never as pickled bytes; the image bytes go the other way pickled, once.
+
+Every shared tensor the model's process keeps holds a file descriptor open, so the pool raises
+the soft limit on open files to the hard one and the prepare cache is bounded in entries too.
+
+A prepare process that dies breaks the executor: every job in it sees BrokenProcessPool. A job
+prepares once more in a new pool; if that one breaks too, PrepareFailed hands the job back
+(a transient error: retried with a backoff, within the job's attempts).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait
+from typing import Protocol
+
+import torch
+import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
+from transformers import AutoProcessor
+
+from core.config import ModelSpec
+from core.images import set_pixel_limit
+from core.prompts import Conversation
+from worker.preparer import ImageSource, JobInputs, Preparer
+
+log = logging.getLogger("worker.prepare_pool")
+
+START_METHOD = "forkserver"
+# Cache entries per open file allowed: each shared entry holds one, jobs in flight hold more.
+CACHE_ENTRIES_PER_FD = 0.25
+MAX_FD_LIMIT = 1 << 20
+
+Work = Callable[[Conversation, Sequence[ImageSource | int], int], JobInputs]
+
+
+class PrepareFailed(RuntimeError):
+    """The prepare processes died twice while preparing one job."""
+
+
+class Preparing(Protocol):
+    """Where a worker prepares its jobs: in a pool of processes or in its own threads."""
+
+    def run(
+        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+    ) -> JobInputs:
+        """One job's ids and the tiles of the images given as sources."""
+
+    def close(self) -> None:
+        """Stop preparing; jobs still preparing fail."""
+
+
+class InProcessPreparing:
+    """Prepares in the calling thread (prepare_processes = 0), with the engine's preparer."""
+
+    def __init__(self, preparer: Preparer) -> None:  # noqa: D107
+        self.preparer = preparer
+
+    def run(
+        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+    ) -> JobInputs:
+        """One job's ids and the tiles of the images given as sources."""
+        return self.preparer.job_inputs(conversation, images, max_tiles=max_tiles)
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+# -- inside a prepare process ----------------------------------------------------------------
+
+_preparer: Preparer | None = None
+
+
+def _start_process(
+    checkpoint: str, revision: str | None, alias: str, pixel_limit: int | None, threads: int
+) -> None:
+    """A prepare process's start: its signals, limits and the checkpoint's processor."""
+    global _preparer  # noqa: PLW0603 - one preparer per process, made once
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    torch.set_num_threads(threads)
+    raise_open_files_limit()
+    if pixel_limit:
+        set_pixel_limit(pixel_limit)
+    processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
+    _preparer = Preparer(processor, model_alias=alias, cache_bytes=0)
+
+
+def _exit_with_parent() -> None:
+    """Exit as soon as the process that started this one is gone (even killed)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def prepare_job(
+    conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+) -> JobInputs:
+    """A prepare process's work: one job's inputs, by its processor."""
+    if _preparer is None:
+        raise RuntimeError("this process was not started as a prepare process")
+    return _preparer.job_inputs(conversation, images, max_tiles=max_tiles)
+
+
+def _process_id() -> int:
+    return os.getpid()
+
+
+# -- in the worker's process -------------------------------------------------------------------
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_FD_LIMIT if hard == resource.RLIM_INFINITY else min(hard, MAX_FD_LIMIT)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return MAX_FD_LIMIT if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft
+    return wanted
+
+
+class PreparePool:
+    """`processes` prepare processes for one model; jobs prepare in whichever is free."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        processes: int,
+        pixel_limit: int | None = None,
+        threads: int = 1,
+        work: Work = prepare_job,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("a prepare pool has at least one process")
+        self.spec = spec
+        self.processes = processes
+        self.restarts = 0  # pools replaced after a process died
+        self._initargs = (spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads)
+        self._work = work
+        self._context = multiprocessing.get_context(START_METHOD)
+        self._context.set_forkserver_preload([__name__])
+        self._lock = threading.Lock()
+        self.open_files_limit = raise_open_files_limit()
+        self._executor = self._new_executor()
+        self._warming: list[Future[int]] = []
+
+    @property
+    def cache_entries(self) -> int:
+        """Prepare-cache entries this process can keep open (each one file descriptor)."""
+        return max(64, int(self.open_files_limit * CACHE_ENTRIES_PER_FD))
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=self._context,
+            initializer=_start_process,
+            initargs=self._initargs,
+        )
+
+    def start(self) -> None:
+        """Start every process now (each loads the processor), without waiting for them."""
+        self._warming = [self._executor.submit(_process_id) for _ in range(self.processes)]
+
+    def wait_ready(self, timeout_s: float | None = None) -> list[int]:
+        """Wait until the processes `start` began are up; their process ids (some repeated)."""
+        return [future.result(timeout_s) for future in self._warming]
+
+    def run(
+        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+    ) -> JobInputs:
+        """One job's ids and the tiles of the images given as sources, from a prepare process.
+
+        The tensors are shared memory. A decoding error comes back as ImageUndecodable; a
+        process that died makes the job prepare once more in a new pool, then PrepareFailed.
+        """
+        for attempt in (1, 2):
+            executor = self._executor
+            try:
+                future = executor.submit(self._work, conversation, images, max_tiles)
+                return future.result()
+            except BrokenProcessPool as exc:
+                self._replace(executor)
+                if attempt == 2:
+                    raise PrepareFailed(f"prepare processes died twice: {exc}") from exc
+                log.warning("a prepare process died (%s); preparing the job again", exc)
+        raise AssertionError("unreachable")
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """A new executor for a broken one; jobs that saw the same break replace it once."""
+        with self._lock:
+            if self._executor is not broken:
+                return
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            self.restarts += 1
+
+    def close(self) -> None:
+        """Stop the processes after the jobs they have; jobs not yet started fail."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
