@@ -65,15 +65,7 @@ class ContinuousBatcher(Batcher):
         join_waiting_ratio: float = 0.3,
         join_max_wait_steps: int = 20,
     ) -> None:
-        super().__init__(
-            engine.generate,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            max_batch_tiles=max_batch_tiles,
-            gap_ms=gap_ms,
-        )
-        self.engine = engine
-        self.prefill_tokens_per_step = prefill_tokens_per_step
+        # The policy holds the batch limits (the properties below), so it exists first.
         self.admission = Admission(
             max_batch_size=max_batch_size,
             max_batch_tiles=max_batch_tiles,
@@ -83,11 +75,38 @@ class ContinuousBatcher(Batcher):
             join_waiting_ratio=join_waiting_ratio,
             join_max_wait_steps=join_max_wait_steps,
         )
+        super().__init__(
+            engine.generate,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_batch_tiles=max_batch_tiles,
+            gap_ms=gap_ms,
+        )
+        self.engine = engine
+        self.prefill_tokens_per_step = prefill_tokens_per_step
         self.stats.scheduler = "continuous"
         self._rows: list[_Row] = []
         self._batch = RunningBatch(engine)
         self._prefill: Prefill | None = None
         self._prefill_items: list[_Waiting] = []
+
+    @property
+    def max_batch_size(self) -> int:
+        """Rows the running batch may hold (the admission policy's; settable, as on Batcher)."""
+        return self.admission.max_batch_size
+
+    @max_batch_size.setter
+    def max_batch_size(self, value: int) -> None:
+        self.admission.max_batch_size = value
+
+    @property
+    def max_batch_tiles(self) -> int:
+        """Tiles one joining group may hold (the admission policy's)."""
+        return self.admission.max_batch_tiles
+
+    @max_batch_tiles.setter
+    def max_batch_tiles(self, value: int) -> None:
+        self.admission.max_batch_tiles = value
 
     # -- admission (under the condition's lock, on the model thread) -------------------------
 

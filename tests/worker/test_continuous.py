@@ -320,6 +320,13 @@ def test_the_registry_entry_chooses_the_scheduler(engine: InternVLEngine) -> Non
     assert type(chosen) is Batcher and chosen.stats.as_dict()["scheduler"] == "static"
 
 
+def test_the_batch_limits_are_the_admission_policys(engine: InternVLEngine) -> None:
+    b = batcher(engine, max_batch_size=8, max_batch_tiles=100)
+    assert (b.admission.max_batch_size, b.admission.max_batch_tiles) == (8, 100)
+    b.max_batch_size, b.max_batch_tiles = 1, 10  # as a shutdown test narrows a running worker
+    assert (b.admission.max_batch_size, b.admission.max_batch_tiles) == (1, 10)
+
+
 def test_generating_since_spans_the_steps_of_a_running_batch(engine: InternVLEngine) -> None:
     b = batcher(engine)
     seen: list[float | None] = []
