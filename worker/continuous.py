@@ -2,7 +2,7 @@
 
 The model thread loops over steps. Each step first admits waiting jobs (up to max_batch_size
 rows, max_batch_tiles tiles per group, and the KV-cache token budget; into a running batch
-only once enough are waiting or the oldest has waited long enough, see `_join_now`), advances
+only once enough are waiting or the oldest has waited long enough: worker.admission), advances
 the prefill of the newest group by at most prefill_tokens_per_step padded tokens (all at once
 when nothing is decoding, as nobody waits then), moves a finished prefill into the running
 batch, then decodes one token for every running row. A row that ends (end token, its
@@ -83,7 +83,6 @@ class ContinuousBatcher(Batcher):
             gap_ms=gap_ms,
         )
         self.engine = engine
-        self.prefill_tokens_per_step = prefill_tokens_per_step
         self.stats.scheduler = "continuous"
         self._rows: list[_Row] = []
         self._batch = RunningBatch(engine)
@@ -210,7 +209,7 @@ class ContinuousBatcher(Batcher):
         assert prefill is not None
         columns = prefill.width
         if self._rows:  # others are decoding: bound how long they wait for this step
-            columns = max(self.prefill_tokens_per_step // prefill.rows, 1)
+            columns = max(self.admission.prefill_tokens_per_step // prefill.rows, 1)
         try:
             logits = self._prefill_chunk(prefill, columns)
         except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
