@@ -109,6 +109,19 @@ class ModelSpec(BaseModel):
         description="Continuous batching: decode steps a job may wait to join a running batch "
         "before it joins alone (max_batch_wait_ms bounds the same wait in time).",
     )
+    join_order: Literal["shortest", "arrival"] = Field(
+        "shortest",
+        description="Continuous batching: which waiting jobs join first; shortest: smallest "
+        "max_new_tokens first (a job overtaken for join_overtake_max_ms then goes first); "
+        "arrival: first come, first served.",
+    )
+    join_overtake_max_ms: int = Field(
+        30_000,
+        ge=0,
+        le=3_600_000,
+        description="Continuous batching, join_order shortest: how long shorter jobs may "
+        "overtake a waiting job; after that it joins in order of arrival.",
+    )
     vision_chunk_tiles: int = Field(
         0,
         ge=0,

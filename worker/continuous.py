@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from core.config import ModelSpec
-from worker.admission import Admission
+from worker.admission import Admission, PrefillCost
 from worker.batcher import (
     Batcher,
     OutOfMemory,
@@ -30,7 +30,7 @@ from worker.batcher import (
     _Waiting,
     is_out_of_memory,
 )
-from worker.decode import Prefill, RunningBatch, kv_budget_tokens
+from worker.decode import Prefill, RunningBatch, kv_budget_tokens, prefill_cost
 from worker.engine import InternVLEngine, PreparedJob
 from worker.sampling import RowChooser, choose_tokens
 from worker.structured import ConstrainedRow
@@ -64,6 +64,9 @@ class ContinuousBatcher(Batcher):
         kv_budget: int | None = None,
         join_waiting_ratio: float = 0.3,
         join_max_wait_steps: int = 20,
+        shortest_first: bool = True,
+        overtake_max_ms: int = 30_000,
+        cost: PrefillCost | None = None,
     ) -> None:
         # The policy holds the batch limits (the properties below), so it exists first.
         self.admission = Admission(
@@ -74,6 +77,9 @@ class ContinuousBatcher(Batcher):
             kv_budget=kv_budget or kv_budget_tokens(engine, kv_cache_fraction),
             join_waiting_ratio=join_waiting_ratio,
             join_max_wait_steps=join_max_wait_steps,
+            shortest_first=shortest_first,
+            overtake_max_s=overtake_max_ms / 1000,
+            prefill_cost=cost or prefill_cost(engine),
         )
         super().__init__(
             engine.generate,
@@ -120,7 +126,8 @@ class ContinuousBatcher(Batcher):
         if self._waiting[0].key != ROWS:  # beam search: alone, once the batch has drained
             return ([] if self._busy() else super()._compatible()), len(self._waiting)
         rows = [item for item in self._waiting if item.key == ROWS]
-        return self.admission.group(rows, [row.item.job for row in self._rows]), len(rows)
+        ordered = self.admission.order(rows, time.monotonic())
+        return self.admission.group(ordered, [row.item.job for row in self._rows]), len(rows)
 
     def _admit(self) -> list[_Waiting] | None:
         """Jobs to start now: after the batching wait when idle, at once when busy."""
@@ -134,7 +141,7 @@ class ContinuousBatcher(Batcher):
                 len(chosen),
                 waiting,
                 len(self._rows),
-                waited_s=time.monotonic() - chosen[0].arrived,
+                waited_s=time.monotonic() - min(item.arrived for item in chosen),
                 max_wait_s=self.max_wait_s,
             ):
                 return []
@@ -188,6 +195,7 @@ class ContinuousBatcher(Batcher):
         if self.stats.generating_since is None:
             self.stats.generating_since = self.stats.running_since
         prefilled = self._prefill is not None
+        splits = self.stats.oom_splits
         try:
             if self._prefill is not None:
                 self._advance_prefill()
@@ -199,9 +207,16 @@ class ContinuousBatcher(Batcher):
             self.stats.running_since = None
             if not self._rows and self._prefill is None:  # the batch ran dry: idle again
                 self.stats.generating_since = None
+        if self.stats.oom_splits == splits:
+            self._clean_step()
         self.stats.record_step(rows, prefill=prefilled, elapsed_s=time.monotonic() - started)
         if self.on_step is not None:
             self.on_step(rows, time.monotonic() - started, prefilled)
+
+    def _clean_step(self) -> None:
+        if self.admission.clean_step():
+            budget = self.admission.kv_budget
+            log.info("no out of memory for a while: the KV budget grows to %d tokens", budget)
 
     @torch.inference_mode()
     def _advance_prefill(self) -> None:
@@ -361,4 +376,6 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
         kv_cache_fraction=spec.kv_cache_memory_fraction,
         join_waiting_ratio=spec.join_waiting_ratio,
         join_max_wait_steps=spec.join_max_wait_steps,
+        shortest_first=spec.join_order == "shortest",
+        overtake_max_ms=spec.join_overtake_max_ms,
     )

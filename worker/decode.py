@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from worker.admission import PrefillCost
 from worker.engine import InternVLEngine, PreparedJob
 
 
@@ -199,3 +200,39 @@ def kv_budget_tokens(engine: InternVLEngine, fraction: float) -> int:
     """Cache tokens (rows x padded length) the running batch may hold: a fraction of free memory."""
     per_token = kv_bytes_per_token(engine.model, engine.dtype)
     return max(int(free_memory_bytes(engine.device) * fraction) // per_token, 1)
+
+
+def activation_elements(config: Any) -> int:
+    """Elements one token's activations take inside one layer of a transformer (its config).
+
+    The documented factor, 3 x hidden + 3 x intermediate: the residual stream, its normed
+    copy and the attention (or MLP) output, plus the MLP's two projections and their product
+    (SwiGLU; a GELU MLP keeps two, so this errs on the large side). Layers run one at a time,
+    so one layer's worth is live at once. Attention scores are not counted: the SDPA and flash
+    kernels do not materialise them.
+    """
+    hidden = int(config.hidden_size)
+    return 3 * hidden + 3 * int(getattr(config, "intermediate_size", 4 * hidden))
+
+
+def prefill_cost(engine: InternVLEngine) -> PrefillCost:
+    """A prefill's transient activations in KV-cache tokens, from the model's config."""
+    config = engine.model.config
+    text = config.get_text_config()
+    element = torch.tensor([], dtype=engine.dtype).element_size()
+    per_token = kv_bytes_per_token(engine.model, engine.dtype) / element  # in elements
+    vision = getattr(config, "vision_config", None)
+    encoder = 0.0
+    if vision is not None:
+        image = vision.image_size
+        patch = vision.patch_size
+        side = image[0] if isinstance(image, (list, tuple)) else image
+        step = patch[0] if isinstance(patch, (list, tuple)) else patch
+        encoder = ((side // step) ** 2 + 1) * activation_elements(vision) / per_token
+    return PrefillCost(
+        held_per_token=int(text.hidden_size) / per_token,
+        chunk_per_token=activation_elements(text) / per_token,
+        per_tile=engine.image_seq_length * int(text.hidden_size) / per_token,
+        encoder_per_tile=encoder,
+        chunk_tiles=engine.vision_chunk_tiles,
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.specs import GenerationParams
-from worker.admission import Admission, footprint_tokens
+from worker.admission import Admission, PrefillCost, footprint_tokens
 from worker.engine import PreparedJob
 
 
@@ -20,6 +20,7 @@ def job(name: str, prompt: int = 10, new: int = 10, tiles: int = 1) -> PreparedJ
 @dataclass
 class Waiting:
     job: PreparedJob
+    arrived: float = 0.0
 
 
 def policy(**options: float) -> Admission:
@@ -93,3 +94,55 @@ def test_out_of_memory_halves_the_budget_to_what_was_tried() -> None:
     admission = policy()
     assert admission.out_of_memory([job("r")], [job("a"), job("b")]) == 3 * 20 // 2
     assert admission.kv_budget == 30
+
+
+def test_a_lowered_budget_grows_back_gradually_up_to_the_computed_one() -> None:
+    admission = policy(kv_budget=1000, recover_after_steps=3, recover_factor=1.5)
+    assert not admission.clean_step()  # at the computed budget: nothing to recover
+    admission.out_of_memory([], [job(f"j{i}") for i in range(10)])  # 10 rows x 20 -> 100
+    grown = [admission.clean_step() for _ in range(6)]
+    assert grown == [False, False, True, False, False, True]
+    assert admission.kv_budget == 225  # 100 -> 150 -> 225
+    for _ in range(30):
+        admission.clean_step()
+    assert admission.kv_budget == admission.computed_budget == 1000
+    admission.out_of_memory([], [job("a", 1000, 1000)])  # a new failure starts the count again
+    assert admission.kv_budget == 1000 and admission.clean_steps == 0
+
+
+def test_shortest_jobs_join_first_until_a_job_has_been_overtaken_too_long() -> None:
+    lengths = {"a": 128, "b": 8, "c": 32, "d": 8}
+    queue = [
+        Waiting(job(name, new=new), arrived=i) for i, (name, new) in enumerate(lengths.items())
+    ]
+    admission = policy(overtake_max_s=10.0)
+    assert [w.job.job_id for w in admission.order(queue, now=5.0)] == ["b", "d", "c", "a"]
+    # at 11 s "a" (arrived at 0) has waited 11 s and "b" 10 s: both go first, oldest first
+    assert [w.job.job_id for w in admission.order(queue, now=11.0)] == ["a", "b", "d", "c"]
+    assert admission.order(queue, now=5.0) != queue
+    assert policy(shortest_first=False).order(queue, now=5.0) == queue
+
+
+def test_the_prefill_cost_counts_columns_tiles_and_one_vision_chunk() -> None:
+    cost = PrefillCost(
+        held_per_token=0.5, chunk_per_token=2.0, per_tile=3.0, encoder_per_tile=100.0, chunk_tiles=2
+    )
+    jobs = [job("a", prompt=10, tiles=1), job("b", prompt=20, tiles=3)]
+    # 2 rows x 20 padded columns x (0.5 held + 2.0 in the chunk) + 4 tiles x 3 + 2 x 100
+    assert cost.tokens(jobs) == 100 + 12 + 200
+    assert cost.tokens(jobs, columns=5) == 2 * (20 * 0.5 + 5 * 2.0) + 12 + 200
+    assert cost.tokens([]) == 0
+
+
+def test_a_group_must_fit_with_its_prefill_activations() -> None:
+    cost = PrefillCost(chunk_per_token=1.0)
+    queue = [Waiting(job(f"j{i}")) for i in range(4)]  # 10 prompt + 10 new tokens each
+    # cache: 4 x 20 = 80; prefill of all four at once: 4 x 10 = 40 more
+    assert len(policy(kv_budget=120, prefill_cost=cost).group(queue, [])) == 4
+    assert len(policy(kv_budget=119, prefill_cost=cost).group(queue, [])) == 3
+    # beside a running row a long prompt is prefilled in chunks of prefill_tokens_per_step
+    long = [Waiting(job("long", prompt=100))]  # cache 2 rows x 110; 16 of 100 columns at once
+    chunked = policy(kv_budget=220 + 16, prefill_cost=cost, prefill_tokens_per_step=16)
+    assert len(chunked.group(long, [job("r")])) == 1
+    chunked.kv_budget -= 1
+    assert chunked.group(long, [job("r")]) == []

@@ -15,10 +15,10 @@ import torch
 from core.config import ModelSpec
 from core.specs import GenerationParams
 from tests.support.worker import vqa
-from worker.admission import footprint_tokens
+from worker.admission import PrefillCost, footprint_tokens
 from worker.batcher import Batcher, OutOfMemory
 from worker.continuous import ContinuousBatcher, make_batcher
-from worker.decode import Prefill, RunningBatch
+from worker.decode import Prefill, RunningBatch, prefill_cost
 from worker.engine import Generation, InternVLEngine, PreparedJob
 
 MIXED = [
@@ -206,7 +206,7 @@ def test_a_sampled_job_reproduces_with_its_seed_whenever_it_joins(engine: Intern
 def test_admission_keeps_the_cache_within_its_token_budget(engine: InternVLEngine) -> None:
     jobs = [vqa(engine, i, GenerationParams(max_new_tokens=10), f"k{i}") for i in range(5)]
     budget = footprint_tokens(jobs[:2])  # room for two of these rows at most
-    b = batcher(engine, kv_budget=budget)
+    b = batcher(engine, kv_budget=budget, cost=PrefillCost())  # the cache alone counts here
     rows_seen: list[int] = []
     b.on_step = lambda rows, elapsed_s, prefilled: rows_seen.append(rows)
     futures = [b.submit(job) for job in jobs]
@@ -216,6 +216,30 @@ def test_admission_keeps_the_cache_within_its_token_budget(engine: InternVLEngin
     for job, result in zip(jobs, results, strict=True):
         assert result == alone(engine, job)
     assert max(rows_seen) <= 2 and 2 in rows_seen
+
+
+def rows_per_step(engine: InternVLEngine, jobs: list[PreparedJob], budget: int) -> list[int]:
+    b = batcher(engine, kv_budget=budget)
+    rows_seen: list[int] = []
+    b.on_step = lambda rows, elapsed_s, prefilled: rows_seen.append(rows)
+    futures = [b.submit(job) for job in jobs]
+    b.start()
+    for job, future in zip(jobs, futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    return rows_seen
+
+
+def test_admission_counts_the_prefill_activations_beside_the_cache(
+    engine: InternVLEngine,
+) -> None:
+    jobs = [vqa(engine, 1, GenerationParams(max_new_tokens=10), f"a{i}") for i in range(3)]
+    cost = prefill_cost(engine)
+    assert cost.chunk_per_token > 0 and cost.per_tile > 0 and cost.encoder_per_tile > 0
+    # two rows of cache, and the activations of one job prefilled beside a running row
+    needed = footprint_tokens(jobs[:2]) + cost.tokens(jobs[:1], 1024)
+    assert max(rows_per_step(engine, jobs, needed)) == 2
+    assert max(rows_per_step(engine, jobs, needed - 1)) == 1  # the cache alone would fit
 
 
 class FullDevice(ContinuousBatcher):
@@ -236,7 +260,10 @@ class FullDevice(ContinuousBatcher):
 
 
 def run_full(engine: InternVLEngine, jobs: list[PreparedJob], **limits: object) -> FullDevice:
-    b = FullDevice(engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000)
+    # The cache alone counts: the budget halves by rows, as the assertions below count them.
+    b = FullDevice(
+        engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000, cost=PrefillCost()
+    )
     for name, value in limits.items():
         setattr(b, name, value)
     b.futures = [b.submit(job) for job in jobs]  # type: ignore[attr-defined]
@@ -337,3 +364,47 @@ def test_generating_since_spans_the_steps_of_a_running_batch(engine: InternVLEng
     assert done.is_set() and seen[0] is not None
     b.stop()
     assert b.stats.generating_since is None  # the batch ran dry: the probe says idle
+
+
+def test_the_budget_lowered_by_out_of_memory_grows_back_after_clean_steps(
+    engine: InternVLEngine,
+) -> None:
+    jobs = [vqa(engine, i, GenerationParams(max_new_tokens=12), f"r{i}") for i in range(1, 5)]
+    b = FullDevice(engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000)
+    b.max_rows = 2
+    b.admission.recover_after_steps = 3
+    budgets: list[int] = []
+    b.on_step = lambda rows, elapsed_s, prefilled: budgets.append(b.admission.kv_budget)
+    futures = [b.submit(job) for job in jobs]
+    b.start()
+    for job, future in zip(jobs, futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    lowest = budgets.index(min(budgets))
+    assert b.stats.oom_splits >= 1 and min(budgets) < b.admission.computed_budget
+    assert max(budgets[lowest:]) > min(budgets)  # it grew back ...
+    assert max(budgets) <= b.admission.computed_budget  # ... never past the computed budget
+
+
+def finishing_order(engine: InternVLEngine, **options: object) -> list[str]:
+    """Jobs of 30, 12 and 4 new tokens, queued together, through a batch of one row."""
+    jobs = [
+        vqa(engine, i, GenerationParams(max_new_tokens=n)) for i, n in ((1, 30), (2, 12), (3, 4))
+    ]
+    b = batcher(engine, max_batch_size=1, **options)  # type: ignore[arg-type]
+    finished: list[str] = []
+    futures = [b.submit(job) for job in jobs]
+    for job, future in zip(jobs, futures, strict=True):
+        future.add_done_callback(lambda _, name=job.job_id: finished.append(name))
+    b.start()
+    for job, future in zip(jobs, futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    return finished
+
+
+def test_waiting_jobs_join_shortest_first_unless_told_arrival_order(engine: InternVLEngine) -> None:
+    assert finishing_order(engine) == ["job-3", "job-2", "job-1"]
+    assert finishing_order(engine, shortest_first=False) == ["job-1", "job-2", "job-3"]
+    # a job overtaken for overtake_max_ms goes first: at 0 ms, every job has been
+    assert finishing_order(engine, overtake_max_ms=0) == ["job-1", "job-2", "job-3"]
