@@ -29,7 +29,13 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiles", default="1,13", help="tiles per image, comma-separated: 1 and/or 13")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=1, help="runs per mode; the best is reported")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per mode, the best reported; schedulers: interleaved repeats of the whole "
+        "comparison, each ratio within one repeat, their median and range reported",
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
     p.add_argument(
         "--compare",
@@ -155,7 +161,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_schedulers(args: argparse.Namespace, checkpoint: str) -> int:
-    from bench.scheduling import format_comparison, run_scheduling_bench
+    from bench.scheduling import run_scheduling_bench
+    from bench.scheduling_report import format_comparison
 
     report = run_scheduling_bench(
         checkpoint=checkpoint,
@@ -167,6 +174,7 @@ def _bench_schedulers(args: argparse.Namespace, checkpoint: str) -> int:
         uniform_length=args.uniform_length,
         max_batch_size=args.max_batch_size,
         stream_rate=args.stream_rate,
+        repeats=args.repeats,
     )
     print(  # noqa: T201 - the command's output
         f"model {checkpoint}, {report['device_name']}, {report['dtype']}, "

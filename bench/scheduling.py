@@ -18,6 +18,10 @@ For each: seconds from the first arrival to the last completion, jobs/s and toke
 median completion time (arrival to result) of each length, and the batchers' own figures
 (rows per step, steps/s, share of steps that prefilled). Greedy outputs of the two batchers
 are compared job by job.
+
+`--repeats N` runs the whole comparison N times, interleaved: every workload's schedulers run
+back to back in each repeat (in reverse order on odd repeats), each ratio to static compares
+the runs of one repeat, and the report gives every repeat's ratio, their median and range.
 """
 
 from __future__ import annotations
@@ -167,74 +171,79 @@ def compare_schedulers(
     max_batch_size: int,
     stream_rate: float = 0.0,
     seed: int = 0,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """Static and continuous batching side by side on the three workloads."""
+    """Static and continuous batching side by side on the three workloads, `repeats` times.
+
+    Each repeat runs every workload's schedulers back to back, in the listed order on even
+    repeats and reversed on odd ones, so a drift in the machine's load (it is shared) does not
+    favour whichever runs first; each ratio compares the runs of one repeat.
+    """
     # Each length equally often (16 of each of 8, 32, 128 for 48 jobs), in a shuffled order.
     drawn = [lengths[i % len(lengths)] for i in range(jobs)]
     mixed = workload_jobs(engine, [int(n) for n in np.random.default_rng(seed).permutation(drawn)])
     uniform = workload_jobs(engine, [uniform_length] * jobs)
     for scheduler in ("static", "continuous"):  # warm-up: kernels, allocator, thread pools
         run_once(engine, scheduler, mixed[:4], [0.0] * 4, max_batch_size)
-    report: dict[str, Any] = {"runs": [], "identical": {}, "stream_rate": None}
-    burst = [0.0] * jobs
+    report: dict[str, Any] = {"runs": [], "identical": {}, "stream_rate": None, "repeats": repeats}
     both = ("static", "continuous")
     plan = [
-        ("mixed burst", mixed, burst, both),
-        ("mixed stream", mixed, None, (*both, "continuous-eager")),
-        ("uniform", uniform, burst, both),
+        ("mixed burst", mixed, both),
+        ("mixed stream", mixed, (*both, "continuous-eager")),
+        ("uniform", uniform, both),
     ]
-    for workload, prepared, arrivals, schedulers in plan:
-        if arrivals is None:  # 1.5x the faster burst throughput, unless given
-            fastest = max(run["jobs_per_s"] for run in report["runs"])
-            rate = stream_rate or 1.5 * fastest
-            report["stream_rate"] = round(rate, 2)
-            arrivals = [i / rate for i in range(jobs)]
-        outputs = []
-        for scheduler in schedulers:
-            run, results = measure(engine, scheduler, workload, prepared, arrivals, max_batch_size)
-            report["runs"].append(asdict(run))
-            outputs.append([r.text for r in results])
-        report["identical"][workload] = all(out == outputs[0] for out in outputs)
+    outputs: dict[str, list[list[str]]] = {}
+    for repeat in range(repeats):
+        for workload, prepared, schedulers in plan:
+            arrivals = _arrivals(report, workload, jobs, stream_rate)
+            for scheduler in schedulers if repeat % 2 == 0 else schedulers[::-1]:
+                run, results = measure(
+                    engine, scheduler, workload, prepared, arrivals, max_batch_size
+                )
+                report["runs"].append({**asdict(run), "repeat": repeat})
+                outputs.setdefault(workload, []).append([r.text for r in results])
+    for workload, texts in outputs.items():
+        report["identical"][workload] = all(out == texts[0] for out in texts)
+    report["ratios"] = ratios(report["runs"])
     return report
 
 
-def format_comparison(report: dict[str, Any]) -> str:
-    """The comparison as a plain-text table, continuous against static per workload."""
-    lines = [
-        f"stream rate {report['stream_rate']} jobs/s",
-        f"{'workload':13} {'scheduler':16} {'s':>7} {'jobs/s':>7} {'tok/s':>7} "
-        f"{'p50 s':>6} {'p50 by length (s)':>26} {'rows/step':>9} {'steps/s':>7} "
-        f"{'prefill':>7} {'peak MiB':>8}",
-    ]
-    workloads: dict[str, list[dict[str, Any]]] = {}
-    for run in report["runs"]:
-        workloads.setdefault(run["workload"], []).append(run)
-    for runs in workloads.values():
-        for run in runs:
-            lengths = " ".join(f"{k}:{v:.2f}" for k, v in run["median_s_by_length"].items())
-            b = run["batcher"]
-            rows = b["mean_occupancy"] or b["mean_batch_size"]
-            peak = "-" if run["peak_gpu_mib"] is None else f"{run['peak_gpu_mib']:.0f}"
-            lines.append(
-                f"{run['workload']:13} {run['scheduler']:16} {run['seconds']:>7.2f} "
-                f"{run['jobs_per_s']:>7.2f} {run['tokens_per_s']:>7.1f} {run['median_s']:>6.2f} "
-                f"{lengths:>26} {rows:>9.2f} {b['steps_per_s']:>7.1f} "
-                f"{b['prefill_step_share']:>7.2f} {peak:>8}"
-            )
-        static = runs[0]
-        shortest = min(static["median_s_by_length"])
-        for other in runs[1:]:
-            throughput = other["jobs_per_s"] / static["jobs_per_s"]
-            short_ratio = (
-                other["median_s_by_length"][shortest] / static["median_s_by_length"][shortest]
-            )
-            lines.append(
-                f"  {other['scheduler']}/static: throughput {throughput:.2f}x,"
-                f" median completion of the {shortest}-token jobs {short_ratio:.2f}x"
-            )
-        same = "identical" if report["identical"][static["workload"]] else "DIFFERENT"
-        lines.append(f"  greedy outputs {same}")
-    return "\n".join(lines)
+def _arrivals(report: dict[str, Any], workload: str, jobs: int, stream_rate: float) -> list[float]:
+    """All at once; or, for the stream, at 1.5x the faster first burst's rate unless given."""
+    if workload != "mixed stream":
+        return [0.0] * jobs
+    if report["stream_rate"] is None:  # fixed by the first repeat, the same for every repeat
+        fastest = max(run["jobs_per_s"] for run in report["runs"] if run["repeat"] == 0)
+        report["stream_rate"] = round(stream_rate or 1.5 * fastest, 2)
+    return [i / report["stream_rate"] for i in range(jobs)]
+
+
+def ratios(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per workload and scheduler: its throughput and shortest-job median over static's, per
+    repeat (both measured in that repeat), with their median, lowest and highest."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    static = {(r["workload"], r["repeat"]): r for r in runs if r["scheduler"] == "static"}
+    for run in runs:
+        base = static[(run["workload"], run["repeat"])]
+        if run is base:
+            continue
+        shortest = min(base["median_s_by_length"])
+        entry = found.setdefault(run["workload"], {}).setdefault(
+            run["scheduler"], {"shortest": shortest, "throughput": [], "short_median": []}
+        )
+        entry["throughput"].append(round(run["jobs_per_s"] / base["jobs_per_s"], 3))
+        short = run["median_s_by_length"][shortest] / base["median_s_by_length"][shortest]
+        entry["short_median"].append(round(short, 3))
+    for schedulers in found.values():
+        for entry in schedulers.values():
+            for key in ("throughput", "short_median"):
+                values = entry[key]
+                entry[f"{key}_summary"] = {
+                    "median": round(statistics.median(values), 3),
+                    "min": min(values),
+                    "max": max(values),
+                }
+    return found
 
 
 def run_scheduling_bench(
@@ -248,6 +257,7 @@ def run_scheduling_bench(
     uniform_length: int,
     max_batch_size: int,
     stream_rate: float,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Load the model once and compare the two schedulers on it."""
     spec = ModelSpec(
@@ -265,6 +275,7 @@ def run_scheduling_bench(
         uniform_length=uniform_length,
         max_batch_size=max_batch_size,
         stream_rate=stream_rate,
+        repeats=repeats,
     )
     device_name = (
         torch.cuda.get_device_name(engine.device)

@@ -45,14 +45,14 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     report = tmp_path / "schedulers.json"
     args = ["--preset", "test", "--cache-dir", str(tmp_path / "models"), "--compare", "schedulers"]
     args += ["--jobs", "6", "--lengths", "2,4,8", "--uniform-length", "3", "--max-batch-size", "4"]
-    args += ["--json", str(report)]
+    args += ["--repeats", "2", "--json", str(report)]
     result = subprocess.run(
         [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(report.read_text())
-    runs = [(run["workload"], run["scheduler"]) for run in figures["runs"]]
-    assert runs == [
+    runs = [(run["repeat"], run["workload"], run["scheduler"]) for run in figures["runs"]]
+    first = [
         ("mixed burst", "static"),
         ("mixed burst", "continuous"),
         ("mixed stream", "static"),
@@ -61,6 +61,9 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
         ("uniform", "static"),
         ("uniform", "continuous"),
     ]
+    # the second repeat runs each workload's schedulers in the reverse order
+    second = first[1::-1] + first[4:1:-1] + first[:4:-1]
+    assert runs == [(0, *run) for run in first] + [(1, *run) for run in second]
     assert all(figures["identical"].values())
     for run in figures["runs"]:
         assert run["jobs"] == 6 and run["jobs_per_s"] > 0
@@ -69,5 +72,11 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
         )
     continuous = figures["runs"][1]["batcher"]
     assert continuous["steps"] > 0 and 0 < continuous["mean_occupancy"] <= 4
-    assert "continuous/static: throughput" in result.stdout
+    burst = figures["ratios"]["mixed burst"]["continuous"]
+    static, cont = figures["runs"][0], figures["runs"][1]
+    assert burst["throughput"][0] == round(cont["jobs_per_s"] / static["jobs_per_s"], 3)
+    assert len(burst["throughput"]) == len(burst["short_median"]) == 2
+    summary = burst["throughput_summary"]
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    assert "continuous/static: throughput" in result.stdout and "(median of 2:" in result.stdout
     assert "continuous-eager/static: throughput" in result.stdout
