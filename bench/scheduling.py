@@ -11,8 +11,10 @@ jobs (one-tile images, greedy, each job's length fixed by min_new_tokens = max_n
   one of them can keep up with, its "throughput" would only be the arrival rate);
 - uniform burst: every job `--uniform-length` (32) tokens.
 
-On the stream, a third run shows what joining in groups is worth: `continuous-eager` is the
-continuous batcher with `join_waiting_ratio: 0` (every arrival joins at the next step).
+On both mixed workloads `continuous-arrival` shows what joining shortest first is worth: the
+continuous batcher with `join_order: arrival` (first come, first served). On the stream,
+`continuous-eager` shows what joining in groups is worth: `join_waiting_ratio: 0` (every
+arrival joins at the next step).
 
 For each: seconds from the first arrival to the last completion, jobs/s and tokens/s, the
 median completion time (arrival to result) of each length, and the batchers' own figures
@@ -82,6 +84,7 @@ SCHEDULERS: dict[str, dict[str, Any]] = {
     "static": {"scheduler": "static"},
     "continuous": {"scheduler": "continuous"},
     "continuous-eager": {"scheduler": "continuous", "join_waiting_ratio": 0.0},
+    "continuous-arrival": {"scheduler": "continuous", "join_order": "arrival"},
 }
 
 
@@ -188,8 +191,8 @@ def compare_schedulers(
     report: dict[str, Any] = {"runs": [], "identical": {}, "stream_rate": None, "repeats": repeats}
     both = ("static", "continuous")
     plan = [
-        ("mixed burst", mixed, both),
-        ("mixed stream", mixed, (*both, "continuous-eager")),
+        ("mixed burst", mixed, (*both, "continuous-arrival")),
+        ("mixed stream", mixed, (*both, "continuous-arrival", "continuous-eager")),
         ("uniform", uniform, both),
     ]
     outputs: dict[str, list[list[str]]] = {}

@@ -55,14 +55,16 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     first = [
         ("mixed burst", "static"),
         ("mixed burst", "continuous"),
+        ("mixed burst", "continuous-arrival"),  # first come, first served
         ("mixed stream", "static"),
         ("mixed stream", "continuous"),
+        ("mixed stream", "continuous-arrival"),
         ("mixed stream", "continuous-eager"),  # joins every arrival at the next step
         ("uniform", "static"),
         ("uniform", "continuous"),
     ]
     # the second repeat runs each workload's schedulers in the reverse order
-    second = first[1::-1] + first[4:1:-1] + first[:4:-1]
+    second = first[2::-1] + first[6:2:-1] + first[:6:-1]
     assert runs == [(0, *run) for run in first] + [(1, *run) for run in second]
     assert all(figures["identical"].values())
     for run in figures["runs"]:
@@ -80,3 +82,4 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     assert summary["min"] <= summary["median"] <= summary["max"]
     assert "continuous/static: throughput" in result.stdout and "(median of 2:" in result.stdout
     assert "continuous-eager/static: throughput" in result.stdout
+    assert "continuous-arrival/static: throughput" in result.stdout
