@@ -345,6 +345,11 @@ def test_the_registry_entry_chooses_the_scheduler(engine: InternVLEngine) -> Non
     static = ModelSpec(**{**spec.model_dump(), "scheduler": "static"})
     chosen = make_batcher(engine, static)
     assert type(chosen) is Batcher and chosen.stats.as_dict()["scheduler"] == "static"
+    fifo = ModelSpec(**{**spec.model_dump(), "join_order": "arrival", "join_overtake_max_ms": 5})
+    continuous = make_batcher(engine, fifo)
+    assert isinstance(continuous, ContinuousBatcher)
+    assert not continuous.admission.shortest_first and continuous.admission.overtake_max_s == 0.005
+    assert make_batcher(engine, spec).admission.shortest_first  # type: ignore[attr-defined]
 
 
 def test_the_batch_limits_are_the_admission_policys(engine: InternVLEngine) -> None:
