@@ -1,8 +1,9 @@
 """Continuous (iteration-level) batching: jobs join and leave the running batch at every step.
 
-The model thread loops over steps. Each step first admits waiting jobs (up to max_batch_size
-rows, max_batch_tiles tiles per group, and the KV-cache token budget; into a running batch
-only once enough are waiting or the oldest has waited long enough: worker.admission), advances
+The model thread loops over steps. Each step first admits waiting jobs, shortest first (up to
+max_batch_size rows, max_batch_tiles tiles per group, and the KV-cache token budget with the
+prefill's activations; into a running batch only once enough are waiting or the oldest has
+waited long enough: worker.admission), advances
 the prefill of the newest group by at most prefill_tokens_per_step padded tokens (all at once
 when nothing is decoding, as nobody waits then), moves a finished prefill into the running
 batch, then decodes one token for every running row. A row that ends (end token, its
