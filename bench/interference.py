@@ -48,7 +48,7 @@ class DecodeLoop:
         self.steps_per_batch = steps_per_batch
         ids = engine.tokenizer(PROMPT, return_tensors="pt")["input_ids"][0]
         params = GenerationParams(max_new_tokens=steps_per_batch)
-        self.jobs = [PreparedJob(f"row-{i}", ids, None, [], params) for i in range(rows)]
+        self.jobs = [PreparedJob(f"row-{i}", ids, [], [], params) for i in range(rows)]
 
     def _fresh(self) -> RunningBatch:
         prefill = Prefill(self.engine, self.jobs)

@@ -119,8 +119,16 @@ class ModelSpec(BaseModel):
         256,
         ge=0,
         le=65_536,
-        description="MiB of prepared image tiles a worker keeps, so an image asked several "
-        "questions is tiled once (a 13-tile image at 448 px is 7.5 MiB); 0: none.",
+        description="MiB of prepared images a worker keeps, so an image asked several "
+        "questions is prepared once (a 13-tile image at 448 px is 7.5 MiB as tiles, a "
+        "640x480 photo 0.9 MiB as a picture); 0: none.",
+    )
+    image_resize: Literal["auto", "device", "host"] = Field(
+        "auto",
+        description="Where pictures are resized and cut into tiles. device: the host only "
+        "decodes (at the scale the grid needs) and the model's device resizes, cuts and "
+        "normalises; host: the host cuts uint8 tiles; auto: device on a GPU, host on a CPU "
+        "(where the model's process is the device).",
     )
 
     @field_validator("alias")

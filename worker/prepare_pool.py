@@ -51,7 +51,7 @@ START_METHOD = "forkserver"
 CACHE_ENTRIES_PER_FD = 0.25
 MAX_FD_LIMIT = 1 << 20
 
-Work = Callable[[Conversation, Sequence[ImageSource | int], int], JobInputs]
+Work = Callable[[Conversation, Sequence[ImageSource | int], int, bool], JobInputs]
 
 
 class PrepareFailed(RuntimeError):
@@ -62,9 +62,14 @@ class Preparing(Protocol):
     """Where a worker prepares its jobs: in a pool of processes or in its own threads."""
 
     def run(
-        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+        self,
+        conversation: Conversation,
+        images: Sequence[ImageSource | int],
+        *,
+        max_tiles: int,
+        on_device: bool = False,
     ) -> JobInputs:
-        """One job's ids and the tiles of the images given as sources."""
+        """One job's ids and the pixels of the images given as sources (pictures: on_device)."""
 
     def close(self) -> None:
         """Stop preparing; jobs still preparing fail."""
@@ -77,10 +82,17 @@ class InProcessPreparing:
         self.preparer = preparer
 
     def run(
-        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+        self,
+        conversation: Conversation,
+        images: Sequence[ImageSource | int],
+        *,
+        max_tiles: int,
+        on_device: bool = False,
     ) -> JobInputs:
-        """One job's ids and the tiles of the images given as sources."""
-        return self.preparer.job_inputs(conversation, images, max_tiles=max_tiles)
+        """One job's ids and the pixels of the images given as sources."""
+        return self.preparer.job_inputs(
+            conversation, images, max_tiles=max_tiles, on_device=on_device
+        )
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -121,12 +133,15 @@ def _exit_with_parent() -> None:
 
 
 def prepare_job(
-    conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+    conversation: Conversation,
+    images: Sequence[ImageSource | int],
+    max_tiles: int,
+    on_device: bool = False,
 ) -> JobInputs:
     """A prepare process's work: one job's inputs, by its processor."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
-    return _preparer.job_inputs(conversation, images, max_tiles=max_tiles)
+    return _preparer.job_inputs(conversation, images, max_tiles=max_tiles, on_device=on_device)
 
 
 def _process_id() -> int:
@@ -197,9 +212,14 @@ class PreparePool:
         return [future.result(timeout_s) for future in self._warming]
 
     def run(
-        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+        self,
+        conversation: Conversation,
+        images: Sequence[ImageSource | int],
+        *,
+        max_tiles: int,
+        on_device: bool = False,
     ) -> JobInputs:
-        """One job's ids and the tiles of the images given as sources, from a prepare process.
+        """One job's ids and the pixels of the images given as sources, from a prepare process.
 
         The tensors are shared memory. A decoding error comes back as ImageUndecodable; a
         process that died makes the job prepare once more in a new pool, then PrepareFailed.
@@ -207,7 +227,7 @@ class PreparePool:
         for attempt in (1, 2):
             executor = self._executor
             try:
-                future = executor.submit(self._work, conversation, images, max_tiles)
+                future = executor.submit(self._work, conversation, images, max_tiles, on_device)
                 return future.result()
             except BrokenProcessPool as exc:
                 self._replace(executor)

@@ -36,6 +36,7 @@ from core.storage import ObjectNotFound, ObjectStorage, image_key
 from worker.batcher import Announcement
 from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
+from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
 from worker.prepare_pool import InProcessPreparing, Preparing
 from worker.preparer import ImageSource, ImageUndecodable
@@ -263,38 +264,39 @@ class WorkerRuntime:
 
     def _inputs(
         self, shas: list[str], conversation: Conversation, max_tiles: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """(ids, uint8 pixels, tiles per image) of a job, in its conversation's image order.
+    ) -> tuple[torch.Tensor, list[ImagePixels], list[int]]:
+        """(ids, each image's pixels, tiles per image) of a job, in its conversation's order.
 
-        Images in the prepare cache are not read again; the others are read here, then decoded,
-        tiled and tokenised around by the prepare processes (or this thread), and cached.
+        Images in the prepare cache are not read again; the others are read here, then decoded
+        (and tiled, unless the device resizes) and tokenised around by the prepare processes
+        (or this thread), and cached. The pixels stay one tensor per image: the device copies
+        them into its batch one by one, so no host concatenation happens anywhere.
         """
         cache = self.engine.prepare_cache
         keys = [self.engine.cache_key(sha, max_tiles) for sha in shas]
         cached = [cache.get(key) for key in keys]
         sources: list[bytes | int] = [
-            self._read_image(sha) if tiles is None else int(tiles.shape[0])
-            for sha, tiles in zip(shas, cached, strict=True)
+            self._read_image(sha) if image is None else image_tile_count(image)
+            for sha, image in zip(shas, cached, strict=True)
         ]
         try:
-            inputs = self.preparing.run(conversation, sources, max_tiles=max_tiles)
+            inputs = self.preparing.run(
+                conversation, sources, max_tiles=max_tiles, on_device=self.engine.resize_on_device
+            )
         except ImageUndecodable as exc:
             raise PermanentJobError(
                 f"image sha256:{shas[exc.index]} could not be decoded: {exc.reason}",
                 code="invalid_image",
             ) from exc
-        images: list[torch.Tensor] = []
+        images: list[ImagePixels] = []
         for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
             if new is not None:
                 cache.put(key, new)
-            tiles = old if old is not None else new
-            assert tiles is not None
-            images.append(tiles)
-        ordered = [images[i] for i in conversation.image_order]
-        pixels = None
-        if ordered:
-            pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
-        return inputs.input_ids, pixels, [inputs.counts[i] for i in conversation.image_order]
+            image = old if old is not None else new
+            assert image is not None
+            images.append(image)
+        order = conversation.image_order
+        return inputs.input_ids, [images[i] for i in order], [inputs.counts[i] for i in order]
 
     def _read_image(self, sha: str) -> bytes:
         try:

@@ -18,7 +18,11 @@ from worker.preparer import ImageSource, JobInputs
 
 
 def stop_once(
-    marker: str, conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+    marker: str,
+    conversation: Conversation,
+    images: Sequence[ImageSource | int],
+    max_tiles: int,
+    on_device: bool = False,
 ) -> JobInputs:
     """The first call writes its process id to `marker` and waits there to be killed; the
     calls after it (the marker exists) prepare as a prepare process does."""
@@ -28,11 +32,14 @@ def stop_once(
         partial.write_text(str(os.getpid()))
         partial.rename(path)
         time.sleep(110)  # killed long before
-    return prepare_job(conversation, images, max_tiles)
+    return prepare_job(conversation, images, max_tiles, on_device)
 
 
 def die(
-    conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+    conversation: Conversation,
+    images: Sequence[ImageSource | int],
+    max_tiles: int,
+    on_device: bool = False,
 ) -> JobInputs:
     """A prepare process that dies while preparing (a decoder crash, the OOM killer)."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -21,6 +21,7 @@ from core.storage import ObjectStorage, image_key
 from tests.support.prepare import die, stop_once, wait_for_pid
 from tests.support.worker import photo, queue_job
 from worker.prepare_pool import PreparePool, Work, prepare_job
+from worker.preprocess import Picture
 
 
 @contextmanager
@@ -90,6 +91,29 @@ def test_a_job_prepared_in_a_process_succeeds_and_its_tiles_are_cached(
     assert job_row(sessions, second.id).usage["image_tiles"] == [13, 1]
 
 
+def test_with_device_resizing_pictures_are_prepared_cached_and_answered(
+    runtime: Any, sessions: Any, storage: ObjectStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime.engine, "resize_on_device", True)  # as on a GPU
+    cache = runtime.engine.prepare_cache
+    image = photo(21, size=(640, 480))
+    first = queue_job(sessions, storage, runtime.spec, [image], params={"max_new_tokens": 3})
+    second = queue_job(
+        sessions, storage, runtime.spec, [image], task="vqa", question="Why?",
+        params={"max_new_tokens": 3},
+    )  # fmt: skip
+    assert runtime.run_job(first.id) == "succeeded"
+    cached = cache.get(runtime.engine.cache_key(first.spec["images"][0], 12))
+    assert isinstance(cached, Picture) and cached.pixels.is_shared()
+    # The decoded picture, not 13 tiles: a 4x3 grid of 64-px tiles needs 256x192, so libjpeg
+    # decoded the 640x480 photo at 1/2 scale.
+    assert tuple(cached.pixels.shape) == (3, 240, 320)
+    hits = cache.hits
+    assert runtime.run_job(second.id) == "succeeded"
+    assert cache.hits == hits + 1
+    assert job_row(sessions, second.id).usage["image_tiles"] == [13]
+
+
 def test_an_undecodable_image_fails_the_job_with_its_code(
     runtime: Any, sessions: Any, storage: ObjectStorage
 ) -> None:
@@ -101,9 +125,17 @@ def test_an_undecodable_image_fails_the_job_with_its_code(
     assert (failed.error_code, sha in (failed.error_message or "")) == ("invalid_image", True)
 
 
+@pytest.mark.parametrize("on_device", [False, True], ids=["host-resize", "device-resize"])
 def test_a_prepare_process_killed_mid_job_loses_nothing_and_runs_it_once(
-    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, tmp_path: Path
+    service_settings: Settings,
+    sessions: Any,
+    storage: ObjectStorage,
+    engine: Any,
+    tmp_path: Path,
+    on_device: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(engine, "resize_on_device", on_device)
     marker = tmp_path / "preparing"
     work = partial(stop_once, str(marker))
     with pooled_runtime(service_settings, sessions, storage, engine, work) as runtime:
