@@ -9,10 +9,10 @@ RunningBatch (refilled, untimed, every `steps_per_batch` steps). The load: 640x4
 a PreparePool of `processes` processes, each way twice: cutting uint8 tiles on the host
 (`image_resize: host`) and, "device resize", decoding the picture only (`image_resize: device`:
 the host's share; the resize itself is the device's). Phases of `seconds` each run interleaved
-(idle, then each loaded mode) for `rounds` rounds in one run, so machine noise hits each alike; the figure
-is each loaded phase's median step time over idle's. The model process's CPU per job (its
-CPU outside the decode loop's thread, over the jobs prepared) says what preparing still
-costs that process.
+(idle, then each loaded mode) for `rounds` rounds in one run, so machine noise hits each
+alike; the figure is each loaded phase's median step time over idle's. The model process's
+CPU per job (its CPU outside the decode loop's thread, over the jobs prepared) says what
+preparing still costs that process.
 """
 
 from __future__ import annotations

@@ -388,6 +388,14 @@ class Settings(BaseSettings):
         "the host's cores minus one where that share is 4 cores or more, else 0; 0: none, jobs "
         "prepare in the worker's task threads.",
     )
+    prepare_slot_mb: int = Field(
+        8,
+        ge=0,
+        le=1024,
+        description="Size of each recycled shared-memory slot through which prepare processes "
+        "hand pixels to the model's process (one slot per task thread; an image that does not "
+        "fit travels as a shared tensor, dearer); 0: no slots.",
+    )
 
     # Webhooks
     webhook_allow_private: bool = Field(

@@ -15,6 +15,9 @@ never as pickled bytes; the image bytes go the other way pickled, once.
 
 Every shared tensor the model's process keeps holds a file descriptor open, so the pool raises
 the soft limit on open files to the hard one and the prepare cache is bounded in entries too.
+With slots (worker.prepare_slots, `prepare_slot_mb`), pixels skip that handoff: the prepare
+process writes them into a slot of one block both sides mapped once and returns its index; the
+ids come back as plain bytes. An image that fits no slot still travels as a shared tensor.
 
 A prepare process that dies breaks the executor: every job in it sees BrokenProcessPool. A job
 prepares once more in a new pool; if that one breaks too, PrepareFailed hands the job back
@@ -33,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import wait
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
@@ -42,6 +45,8 @@ from transformers import AutoProcessor
 from core.config import ModelSpec
 from core.images import set_pixel_limit
 from core.prompts import Conversation
+from worker.device_tiles import ImagePixels
+from worker.prepare_slots import SlotArena, WireInputs, from_wire, private, to_wire
 from worker.preparer import ImageSource, JobInputs, Preparer
 
 log = logging.getLogger("worker.prepare_pool")
@@ -51,7 +56,7 @@ START_METHOD = "forkserver"
 CACHE_ENTRIES_PER_FD = 0.25
 MAX_FD_LIMIT = 1 << 20
 
-Work = Callable[[Conversation, Sequence[ImageSource | int], int, bool], JobInputs]
+Work = Callable[..., JobInputs | WireInputs]  # prepare_job's arguments and results
 
 
 class PrepareFailed(RuntimeError):
@@ -70,6 +75,9 @@ class Preparing(Protocol):
         on_device: bool = False,
     ) -> JobInputs:
         """One job's ids and the pixels of the images given as sources (pictures: on_device)."""
+
+    def cacheable(self, image: ImagePixels) -> ImagePixels:
+        """What the prepare cache may keep of an image this returned (not a lent slot)."""
 
     def close(self) -> None:
         """Stop preparing; jobs still preparing fail."""
@@ -94,6 +102,10 @@ class InProcessPreparing:
             conversation, images, max_tiles=max_tiles, on_device=on_device
         )
 
+    def cacheable(self, image: ImagePixels) -> ImagePixels:
+        """The image itself: it is this process's own memory."""
+        return image
+
     def close(self) -> None:
         """Nothing to stop."""
 
@@ -101,13 +113,19 @@ class InProcessPreparing:
 # -- inside a prepare process ----------------------------------------------------------------
 
 _preparer: Preparer | None = None
+_arena: SlotArena | None = None
 
 
 def _start_process(
-    checkpoint: str, revision: str | None, alias: str, pixel_limit: int | None, threads: int
+    checkpoint: str,
+    revision: str | None,
+    alias: str,
+    pixel_limit: int | None,
+    threads: int,
+    slots: tuple[str, int, int] | None = None,
 ) -> None:
-    """A prepare process's start: its signals, limits and the checkpoint's processor."""
-    global _preparer  # noqa: PLW0603 - one preparer per process, made once
+    """A prepare process's start: its signals, limits, the slots and the checkpoint's processor."""
+    global _preparer, _arena  # noqa: PLW0603 - one preparer and one mapping per process, once
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
@@ -115,6 +133,9 @@ def _start_process(
     raise_open_files_limit()
     if pixel_limit:
         set_pixel_limit(pixel_limit)
+    if slots is not None:
+        name, count, slot_bytes = slots
+        _arena = SlotArena(count, slot_bytes, name=name)
     processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
     _preparer = Preparer(processor, model_alias=alias, cache_bytes=0)
 
@@ -137,11 +158,16 @@ def prepare_job(
     images: Sequence[ImageSource | int],
     max_tiles: int,
     on_device: bool = False,
-) -> JobInputs:
-    """A prepare process's work: one job's inputs, by its processor."""
+    slots: list[int | None] | None = None,
+) -> JobInputs | WireInputs:
+    """A prepare process's work: one job's inputs, by its processor; with slots lent (one per
+    image), the pixels that fit are written into them and only their places come back."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
-    return _preparer.job_inputs(conversation, images, max_tiles=max_tiles, on_device=on_device)
+    inputs = _preparer.job_inputs(conversation, images, max_tiles=max_tiles, on_device=on_device)
+    if slots is None or _arena is None:
+        return inputs
+    return to_wire(_arena, inputs.input_ids, inputs.tiles, slots, inputs.counts)
 
 
 def _process_id() -> int:
@@ -175,13 +201,19 @@ class PreparePool:
         pixel_limit: int | None = None,
         threads: int = 1,
         work: Work = prepare_job,
+        slots: int = 0,
+        slot_bytes: int = 0,
     ) -> None:
         if processes < 1:
             raise ValueError("a prepare pool has at least one process")
         self.spec = spec
         self.processes = processes
         self.restarts = 0  # pools replaced after a process died
-        self._initargs = (spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads)
+        self.arena = SlotArena(slots, slot_bytes) if slots and slot_bytes else None
+        mapping = None if self.arena is None else (self.arena.name, slots, slot_bytes)
+        self._initargs: tuple[Any, ...] = (
+            spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads, mapping
+        )  # fmt: skip
         self._work = work
         self._context = multiprocessing.get_context(START_METHOD)
         self._context.set_forkserver_preload([__name__])
@@ -221,20 +253,53 @@ class PreparePool:
     ) -> JobInputs:
         """One job's ids and the pixels of the images given as sources, from a prepare process.
 
-        The tensors are shared memory. A decoding error comes back as ImageUndecodable; a
-        process that died makes the job prepare once more in a new pool, then PrepareFailed.
+        The pixels are in lent slots or shared memory. A decoding error comes back as
+        ImageUndecodable; a process that died makes the job prepare once more in a new pool,
+        then PrepareFailed.
         """
-        for attempt in (1, 2):
-            executor = self._executor
-            try:
-                future = executor.submit(self._work, conversation, images, max_tiles, on_device)
-                return future.result()
-            except BrokenProcessPool as exc:
-                self._replace(executor)
-                if attempt == 2:
-                    raise PrepareFailed(f"prepare processes died twice: {exc}") from exc
-                log.warning("a prepare process died (%s); preparing the job again", exc)
-        raise AssertionError("unreachable")
+        lent = self._lend(images)
+        viewed: set[int] = set()  # slots whose views now free them
+        try:
+            for attempt in (1, 2):
+                executor = self._executor
+                try:
+                    args = (conversation, images, max_tiles, on_device)
+                    future = executor.submit(self._work, *args, *([lent] if lent else []))
+                    return self._received(future.result(), viewed)
+                except BrokenProcessPool as exc:
+                    self._replace(executor)
+                    if attempt == 2:
+                        raise PrepareFailed(f"prepare processes died twice: {exc}") from exc
+                    # The message only: a record holding the error would keep its frames, and the
+                    # pixels they reach (a lent slot), alive as long as the record.
+                    log.warning("a prepare process died (%s); preparing the job again", str(exc))
+            raise AssertionError("unreachable")
+        finally:
+            for slot in lent or []:
+                if slot is not None and slot not in viewed and self.arena is not None:
+                    self.arena.give_back(slot)
+
+    def _lend(self, images: Sequence[ImageSource | int]) -> list[int | None] | None:
+        """A slot for each image to prepare (None for cached ones), or None without slots."""
+        if self.arena is None:
+            return None
+        wanted = [not isinstance(image, int) for image in images]
+        slots = iter(self.arena.lend(sum(wanted)))
+        return [next(slots) if want else None for want in wanted]
+
+    def _received(self, result: JobInputs | WireInputs, viewed: set[int]) -> JobInputs:
+        """The job's inputs, slots viewed in place (each slot then freed with its last view)."""
+        if isinstance(result, JobInputs):
+            return result
+        assert self.arena is not None
+        ids, images = from_wire(self.arena, result, viewed)
+        return JobInputs(ids, images, result.counts)
+
+    def cacheable(self, image: ImagePixels) -> ImagePixels:
+        """A private copy of an image in a lent slot (a cache entry must not keep it lent)."""
+        if self.arena is not None and self.arena.holds(image):
+            return private(image)
+        return image
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """A new executor for a broken one; jobs that saw the same break replace it once."""
@@ -248,3 +313,5 @@ class PreparePool:
     def close(self) -> None:
         """Stop the processes after the jobs they have; jobs not yet started fail."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.arena is not None:
+            self.arena.close()

@@ -168,7 +168,14 @@ def _prepare_pool(settings: Settings, spec: Any) -> Any:
     processes = prepare_processes_per_worker(settings)
     if processes == 0:
         return None
-    pool = PreparePool(spec, processes=processes, pixel_limit=settings.max_image_pixels)
+    slots = settings.worker_threads or 2 * spec.max_batch_size  # one per task thread
+    pool = PreparePool(
+        spec,
+        processes=processes,
+        pixel_limit=settings.max_image_pixels,
+        slots=slots if settings.prepare_slot_mb else 0,
+        slot_bytes=settings.prepare_slot_mb * 2**20,
+    )
     pool.start()
     return pool
 

@@ -290,8 +290,8 @@ class WorkerRuntime:
             ) from exc
         images: list[ImagePixels] = []
         for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
-            if new is not None:
-                cache.put(key, new)
+            if new is not None:  # a copy when it is in a lent slot, which must go back
+                cache.put(key, self.preparing.cacheable(new))
             image = old if old is not None else new
             assert image is not None
             images.append(image)

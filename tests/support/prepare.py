@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.prompts import Conversation
 from worker.prepare_pool import prepare_job
+from worker.prepare_slots import WireInputs
 from worker.preparer import ImageSource, JobInputs
 
 
@@ -23,7 +24,8 @@ def stop_once(
     images: Sequence[ImageSource | int],
     max_tiles: int,
     on_device: bool = False,
-) -> JobInputs:
+    slots: list[int | None] | None = None,
+) -> JobInputs | WireInputs:
     """The first call writes its process id to `marker` and waits there to be killed; the
     calls after it (the marker exists) prepare as a prepare process does."""
     path = Path(marker)
@@ -32,7 +34,7 @@ def stop_once(
         partial.write_text(str(os.getpid()))
         partial.rename(path)
         time.sleep(110)  # killed long before
-    return prepare_job(conversation, images, max_tiles, on_device)
+    return prepare_job(conversation, images, max_tiles, on_device, slots)
 
 
 def die(
@@ -40,6 +42,7 @@ def die(
     images: Sequence[ImageSource | int],
     max_tiles: int,
     on_device: bool = False,
+    slots: list[int | None] | None = None,
 ) -> JobInputs:
     """A prepare process that dies while preparing (a decoder crash, the OOM killer)."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -3,6 +3,7 @@ when a prepare process is killed mid-prepare."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import select
 
 from core.config import Settings
@@ -23,6 +25,8 @@ from tests.support.worker import photo, queue_job
 from worker.prepare_pool import PreparePool, Work, prepare_job
 from worker.preprocess import Picture
 
+SLOTS = 4
+
 
 @contextmanager
 def pooled_runtime(
@@ -31,7 +35,10 @@ def pooled_runtime(
     from worker.runtime import WorkerRuntime
 
     engine.prepare_cache.clear()
-    pool = PreparePool(settings.default_model, processes=1, work=work)
+    # Slots as a worker has them (one per task thread; 8 MiB holds a 13-tile image of 448 px).
+    pool = PreparePool(
+        settings.default_model, processes=1, work=work, slots=SLOTS, slot_bytes=8 * 2**20
+    )
     runtime = WorkerRuntime(
         settings=settings,
         spec=settings.default_model,
@@ -53,6 +60,11 @@ def runtime(
 ) -> Iterator[Any]:
     with pooled_runtime(service_settings, sessions, storage, engine, prepare_job) as pooled:
         yield pooled
+
+
+def slots_all_free(runtime: Any) -> bool:
+    gc.collect()
+    return bool(runtime.preparing.arena.free == SLOTS)
 
 
 def job_row(sessions: Any, job_id: str) -> Job:
@@ -84,7 +96,8 @@ def test_a_job_prepared_in_a_process_succeeds_and_its_tiles_are_cached(
     )
     assert runtime.run_job(first.id) == "succeeded"
     cached = cache.get(runtime.engine.cache_key(first.spec["images"][0], 12))
-    assert cached is not None and cached.is_shared()  # the prepare process's memory, kept
+    assert isinstance(cached, torch.Tensor)  # a copy out of its slot: the slot went back
+    assert not runtime.preparing.arena.holds(cached) and slots_all_free(runtime)
     storage.delete(image_key(first.spec["images"][0]))  # a cached image is not read again
     assert runtime.run_job(second.id) == "succeeded"
     assert job_row(sessions, first.id).usage["image_tiles"] == [13]
@@ -104,13 +117,13 @@ def test_with_device_resizing_pictures_are_prepared_cached_and_answered(
     )  # fmt: skip
     assert runtime.run_job(first.id) == "succeeded"
     cached = cache.get(runtime.engine.cache_key(first.spec["images"][0], 12))
-    assert isinstance(cached, Picture) and cached.pixels.is_shared()
+    assert isinstance(cached, Picture) and not runtime.preparing.arena.holds(cached)
     # The decoded picture, not 13 tiles: a 4x3 grid of 64-px tiles needs 256x192, so libjpeg
     # decoded the 640x480 photo at 1/2 scale.
     assert tuple(cached.pixels.shape) == (3, 240, 320)
     hits = cache.hits
     assert runtime.run_job(second.id) == "succeeded"
-    assert cache.hits == hits + 1
+    assert cache.hits == hits + 1 and slots_all_free(runtime)
     assert job_row(sessions, second.id).usage["image_tiles"] == [13]
 
 
@@ -146,7 +159,7 @@ def test_a_prepare_process_killed_mid_job_loses_nothing_and_runs_it_once(
         os.kill(wait_for_pid(marker), signal.SIGKILL)
         task.join(120)
         assert outcome == ["succeeded"]
-        assert runtime.preparing.restarts == 1
+        assert runtime.preparing.restarts == 1 and slots_all_free(runtime)
     done = job_row(sessions, job.id)
     assert (done.status, done.attempts) == ("succeeded", 1)
     assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
