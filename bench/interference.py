@@ -41,7 +41,17 @@ from worker.preparer import Preparer
 
 # Each loaded mode prepares either host tiles (image_resize: host, a CPU worker) or the decoded
 # picture for the device to resize (image_resize: device, a GPU worker: the host's share only).
-MODES = ("idle", "threads", "pool", "threads, device resize", "pool, device resize")
+# Pools hand pixels back through recycled slots, as a worker's do (prepare_slot_mb), except
+# the last mode, which sends them as shared tensors (a file descriptor each) for comparison.
+MODES = (
+    "idle",
+    "threads",
+    "pool",
+    "threads, device resize",
+    "pool, device resize",
+    "pool, device resize, no slots",
+)
+SLOTS, SLOT_BYTES = 16, 8 * 2**20
 PROMPT = "Describe the picture in detail, then list every object you can see."
 
 
@@ -117,7 +127,7 @@ def _phase(
 ) -> dict[str, Any]:
     """One phase: step seconds, jobs prepared, wall seconds, and this process's CPU seconds
     outside the decode loop's thread (the task threads' share of preparing)."""
-    on_device = mode.endswith("device resize")
+    on_device = "device resize" in mode
     cpu, loop_cpu = time.process_time(), time.thread_time()
     started = time.perf_counter()
     if preparing is None:
@@ -158,14 +168,18 @@ def run_interference_bench(
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         processor.save_pretrained(folder)
-        pool = PreparePool(ModelSpec(alias="bench", checkpoint=folder), processes=processes)
-        pool.start()
-        pool.wait_ready()
+        spec = ModelSpec(alias="bench", checkpoint=folder)
+        pool = PreparePool(spec, processes=processes, slots=SLOTS, slot_bytes=SLOT_BYTES)
+        plain = PreparePool(spec, processes=processes)
+        for started in (pool, plain):
+            started.start()
+            started.wait_ready()
         threads = InProcessPreparing(Preparer(processor, model_alias="b", cache_bytes=0))
         preparers: dict[str, Preparing | None] = {
-            mode: None if mode == "idle" else pool if mode.startswith("pool") else threads
+            mode: None if mode == "idle" else threads if mode.startswith("threads") else pool
             for mode in MODES
         }
+        preparers["pool, device resize, no slots"] = plain
         try:
             for mode, preparing in preparers.items():  # warm-up: kernels, the first jobs
                 _phase(loop, mode, preparing, job, 0.5, rate)
@@ -179,6 +193,7 @@ def run_interference_bench(
                         measured[mode][key] += value
         finally:
             pool.close()
+            plain.close()
     return _report(measured, load_before, rate, rows, processes)
 
 

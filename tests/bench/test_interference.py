@@ -29,6 +29,7 @@ def test_interference_bench_measures_every_mode_side_by_side(tmp_path: Path) -> 
         "pool",
         "threads, device resize",
         "pool, device resize",
+        "pool, device resize, no slots",
     ]
     assert all(row["steps"] > 0 and row["median_step_ms"] > 0 for row in rows.values())
     assert rows["idle"]["jobs_per_s"] == 0 and rows["idle"]["ratio_to_idle"] == 1.0
