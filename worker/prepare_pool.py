@@ -48,6 +48,7 @@ from core.prompts import Conversation
 from worker.device_tiles import ImagePixels
 from worker.prepare_slots import SlotArena, WireInputs, from_wire, private, to_wire
 from worker.preparer import ImageSource, JobInputs, Preparer
+from worker.video import VideoInputs, prepare_video
 
 log = logging.getLogger("worker.prepare_pool")
 
@@ -76,6 +77,17 @@ class Preparing(Protocol):
     ) -> JobInputs:
         """One job's ids and the pixels of the images given as sources (pictures: on_device)."""
 
+    def run_video(
+        self,
+        spec: dict[str, Any],
+        control_tokens: list[str],
+        data: bytes,
+        *,
+        max_tiles: int,
+        on_device: bool = False,
+    ) -> VideoInputs:
+        """A video job's frames sampled and decoded, its prompt and inputs prepared."""
+
     def cacheable(self, image: ImagePixels) -> ImagePixels:
         """What the prepare cache may keep of an image this returned (not a lent slot)."""
 
@@ -100,6 +112,20 @@ class InProcessPreparing:
         """One job's ids and the pixels of the images given as sources."""
         return self.preparer.job_inputs(
             conversation, images, max_tiles=max_tiles, on_device=on_device
+        )
+
+    def run_video(
+        self,
+        spec: dict[str, Any],
+        control_tokens: list[str],
+        data: bytes,
+        *,
+        max_tiles: int,
+        on_device: bool = False,
+    ) -> VideoInputs:
+        """A video job's frames sampled and decoded, its prompt and inputs prepared."""
+        return prepare_video(
+            self.preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
         )
 
     def cacheable(self, image: ImagePixels) -> ImagePixels:
@@ -170,6 +196,17 @@ def prepare_job(
     return to_wire(_arena, inputs.input_ids, inputs.tiles, slots, inputs.counts)
 
 
+def prepare_video_job(
+    spec: dict[str, Any], control_tokens: list[str], data: bytes, max_tiles: int, on_device: bool
+) -> VideoInputs:
+    """A prepare process's work for a video job: frames sampled and decoded, then prepared."""
+    if _preparer is None:
+        raise RuntimeError("this process was not started as a prepare process")
+    return prepare_video(
+        _preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
+    )
+
+
 def _process_id() -> int:
     return os.getpid()
 
@@ -201,6 +238,7 @@ class PreparePool:
         pixel_limit: int | None = None,
         threads: int = 1,
         work: Work = prepare_job,
+        video_work: Callable[..., VideoInputs] = prepare_video_job,
         slots: int = 0,
         slot_bytes: int = 0,
     ) -> None:
@@ -215,6 +253,7 @@ class PreparePool:
             spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads, mapping
         )  # fmt: skip
         self._work = work
+        self._video_work = video_work
         self._context = multiprocessing.get_context(START_METHOD)
         self._context.set_forkserver_preload([__name__])
         self._lock = threading.Lock()
@@ -260,24 +299,42 @@ class PreparePool:
         lent = self._lend(images)
         viewed: set[int] = set()  # slots whose views now free them
         try:
-            for attempt in (1, 2):
-                executor = self._executor
-                try:
-                    args = (conversation, images, max_tiles, on_device)
-                    future = executor.submit(self._work, *args, *([lent] if lent else []))
-                    return self._received(future.result(), viewed)
-                except BrokenProcessPool as exc:
-                    self._replace(executor)
-                    if attempt == 2:
-                        raise PrepareFailed(f"prepare processes died twice: {exc}") from exc
-                    # The message only: a record holding the error would keep its frames, and the
-                    # pixels they reach (a lent slot), alive as long as the record.
-                    log.warning("a prepare process died (%s); preparing the job again", str(exc))
-            raise AssertionError("unreachable")
+            args = (conversation, images, max_tiles, on_device, *([lent] if lent else []))
+            return self._received(self._retrying(self._work, args), viewed)
         finally:
             for slot in lent or []:
                 if slot is not None and slot not in viewed and self.arena is not None:
                     self.arena.give_back(slot)
+
+    def run_video(
+        self,
+        spec: dict[str, Any],
+        control_tokens: list[str],
+        data: bytes,
+        *,
+        max_tiles: int,
+        on_device: bool = False,
+    ) -> VideoInputs:
+        """A video job sampled, decoded and prepared in a prepare process (frames as shared
+        tensors); a clip no decoder reads comes back as VideoUndecodable."""
+        args = (spec, control_tokens, data, max_tiles, on_device)
+        result: VideoInputs = self._retrying(self._video_work, args)
+        return result
+
+    def _retrying(self, work: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        """`work` run in a prepare process; once more in a new pool if a process died."""
+        for attempt in (1, 2):
+            executor = self._executor
+            try:
+                return executor.submit(work, *args).result()
+            except BrokenProcessPool as exc:
+                self._replace(executor)
+                if attempt == 2:
+                    raise PrepareFailed(f"prepare processes died twice: {exc}") from exc
+                # The message only: a record holding the error would keep its frames, and the
+                # pixels they reach (a lent slot), alive as long as the record.
+                log.warning("a prepare process died (%s); preparing the job again", str(exc))
+        raise AssertionError("unreachable")
 
     def _lend(self, images: Sequence[ImageSource | int]) -> list[int | None] | None:
         """A slot for each image to prepare (None for cached ones), or None without slots."""

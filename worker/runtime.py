@@ -39,8 +39,8 @@ from worker.continuous import make_batcher
 from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
 from worker.prepare_pool import InProcessPreparing, Preparing
-from worker.preparer import ImageSource, ImageUndecodable
-from worker.video import sample_frames
+from worker.preparer import ImageUndecodable
+from worker.video import VideoUndecodable
 
 log = logging.getLogger("worker.runtime")
 
@@ -229,12 +229,9 @@ class WorkerRuntime:
         params = GenerationParams.model_validate(spec["params"])
         max_tiles = params.max_tiles or self.spec.max_tiles
         frames: list[int] | None = None
-        if spec.get("video") is not None:  # frames decode and prepare here, not in the pool
-            frames, pictures = self._video_frames(spec["video"])
-            conversation = build_conversation(
-                spec, control_tokens=self.engine.control_tokens, frames=len(frames)
-            )
-            prepared = self.engine.prepare(job.id, conversation, pictures, params)
+        if spec.get("video") is not None:  # sampled, decoded and prepared where images are
+            frames, input_ids, pixels, tiles = self._video_inputs(spec, max_tiles)
+            prepared = self.engine.prepared(job.id, input_ids, pixels, tiles, params)
         else:
             conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
             input_ids, pixels, tiles = self._inputs(spec["images"], conversation, max_tiles)
@@ -248,19 +245,35 @@ class WorkerRuntime:
         generation = held.future.result()
         return generation, prepared.image_tiles, prepared.prompt_tokens, frames
 
-    def _video_frames(self, video: dict[str, Any]) -> tuple[list[int], list[ImageSource]]:
-        """The frames a video job reads (their indices, and the pictures), decoded here."""
-        sha = str(video["sha256"])
+    def _video_inputs(
+        self, spec: dict[str, Any], max_tiles: int
+    ) -> tuple[list[int], torch.Tensor, list[ImagePixels], list[int]]:
+        """(frames read, ids, each frame's pixels, tiles per frame) of a video job.
+
+        The clip is read here; its frames are sampled, decoded and prepared by the prepare
+        processes (or this thread), not cached: a clip is rarely asked twice.
+        """
+        sha = str(spec["video"]["sha256"])
         data = self._read_image(sha)
         try:
-            indices, pictures = sample_frames(
-                data, num_frames=int(video["num_frames"]), fps=video.get("fps")
+            video = self.preparing.run_video(
+                spec,
+                self.engine.control_tokens,
+                data,
+                max_tiles=max_tiles,
+                on_device=self.engine.resize_on_device,
             )
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the clip is unusable
+        except VideoUndecodable as exc:
             raise PermanentJobError(
-                f"video sha256:{sha} could not be decoded: {exc}", code="invalid_video"
+                f"video sha256:{sha} could not be decoded: {exc.reason}", code="invalid_video"
             ) from exc
-        return indices, list(pictures)
+        pixels: list[ImagePixels] = []
+        for index in video.order:
+            image = video.inputs.tiles[index]
+            assert image is not None  # every frame was given as a picture, none as a count
+            pixels.append(image)
+        counts = [video.inputs.counts[i] for i in video.order]
+        return video.frames, video.inputs.input_ids, pixels, counts
 
     def _inputs(
         self, shas: list[str], conversation: Conversation, max_tiles: int

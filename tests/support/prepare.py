@@ -11,11 +11,13 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.prompts import Conversation
-from worker.prepare_pool import prepare_job
+from worker.prepare_pool import prepare_job, prepare_video_job
 from worker.prepare_slots import WireInputs
 from worker.preparer import ImageSource, JobInputs
+from worker.video import VideoInputs
 
 
 def stop_once(
@@ -35,6 +37,17 @@ def stop_once(
         partial.rename(path)
         time.sleep(110)  # killed long before
     return prepare_job(conversation, images, max_tiles, on_device, slots)
+
+
+def stop_video_once(marker: str, *args: Any) -> VideoInputs:
+    """`stop_once` for a video job: the first call waits to be killed, the next prepares."""
+    path = Path(marker)
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_text(str(os.getpid()))
+        partial.rename(path)
+        time.sleep(110)  # killed long before
+    return prepare_video_job(*args)
 
 
 def die(

@@ -19,8 +19,9 @@ from sqlalchemy import select
 
 from core.config import Settings
 from core.models import Job, JobEvent
-from core.storage import ObjectStorage, image_key
-from tests.support.prepare import die, stop_once, wait_for_pid
+from core.storage import ObjectStorage, image_key, store_once
+from tests.support.prepare import die, stop_once, stop_video_once, wait_for_pid
+from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
 from worker.prepare_pool import PreparePool, Work, prepare_job
 from worker.preprocess import Picture
@@ -180,3 +181,64 @@ def test_prepare_processes_that_keep_dying_hand_the_job_back(
             select(JobEvent.data).where(JobEvent.job_id == job.id).order_by(JobEvent.id.desc())
         ).first()
     assert reason is not None and reason["reason"].startswith("PrepareFailed")
+
+
+def video_job(sessions: Any, storage: ObjectStorage, runtime: Any, clip: bytes) -> Job:
+    sha = store_once(storage, clip, content_type="video/x-matroska")[0]
+    video = {"sha256": sha, "num_frames": 3, "fps": None}
+    params = {"max_new_tokens": 3, "max_tiles": 1}
+    return queue_job(sessions, storage, runtime.spec, [], task="video", video=video, params=params)
+
+
+def test_a_video_job_is_sampled_decoded_and_prepared_in_a_process(
+    runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = video_job(sessions, storage, runtime, make_clip("mkv", seconds=1.0, fps=12))
+    assert runtime.run_job(job.id) == "succeeded"
+    usage = job_row(sessions, job.id).usage
+    assert (usage["frames"], usage["frame_indices"], usage["image_tiles"]) == (
+        3,
+        [2, 6, 10],
+        [1] * 3,
+    )
+    broken = video_job(sessions, storage, runtime, b"\x1a\x45\xdf\xa3 not really Matroska")
+    assert runtime.run_job(broken.id) == "failed"
+    assert job_row(sessions, broken.id).error_code == "invalid_video"
+    assert runtime.preparing.restarts == 0  # a decoder's error does not break the pool
+
+
+def test_a_prepare_process_killed_mid_video_loses_nothing_and_runs_it_once(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, tmp_path: Path
+) -> None:
+    from worker.runtime import WorkerRuntime
+
+    marker = tmp_path / "preparing"
+    pool = PreparePool(
+        service_settings.default_model,
+        processes=1,
+        video_work=partial(stop_video_once, str(marker)),
+    )
+    runtime = WorkerRuntime(
+        settings=service_settings,
+        spec=service_settings.default_model,
+        sessions=sessions,
+        storage=storage,
+        engine=engine,
+        worker_id="cpu0.tiny@test",
+        preparing=pool,
+    )
+    runtime.batcher.start()
+    try:
+        job = video_job(sessions, storage, runtime, make_clip("mkv", seconds=1.0, fps=12))
+        outcome: list[str] = []
+        task = threading.Thread(target=lambda: outcome.append(runtime.run_job(job.id)))
+        task.start()
+        os.kill(wait_for_pid(marker), signal.SIGKILL)
+        task.join(120)
+        assert outcome == ["succeeded"] and pool.restarts == 1
+    finally:
+        runtime.batcher.stop()
+        pool.close()
+    done = job_row(sessions, job.id)
+    assert (done.status, done.attempts) == ("succeeded", 1)
+    assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
