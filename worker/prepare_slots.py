@@ -35,6 +35,7 @@ from worker.preprocess import Picture
 
 # POSIX shared memory on Linux, where shm_open puts it; blocks are made O_EXCL, mode 0600.
 SHM_FOLDER = Path("/dev/shm")  # noqa: S108 - see above
+PREFIX = "ivj-slots-"  # then the creating process's id
 
 
 @dataclass
@@ -62,7 +63,9 @@ class SlotArena:
         self.count = count
         self.slot_bytes = slot_bytes
         self.owner = name is None
-        self.name = name or f"ivj-slots-{os.getpid()}-{secrets.token_hex(4)}"
+        if self.owner:
+            remove_stale_blocks()
+        self.name = name or f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if self.owner else 0)
         descriptor = os.open(SHM_FOLDER / self.name, flags, 0o600)
         try:
@@ -155,6 +158,32 @@ def from_wire(
         else:
             images.append(image)
     return torch.from_numpy(wire.ids), images
+
+
+def remove_stale_blocks() -> list[str]:
+    """Unlink blocks whose creator is gone; their names.
+
+    A worker killed with its whole process group takes multiprocessing's resource tracker with
+    it, so nothing unlinks its block: the next worker on the host does. (Workers whose /dev/shm
+    is shared across process-id namespaces must not share it with this scheme.)
+    """
+    removed = []
+    for path in SHM_FOLDER.glob(f"{PREFIX}*"):
+        owner = path.name.removeprefix(PREFIX).split("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _interleaved(picture: Picture) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -20,6 +22,7 @@ from core.prompts import build_conversation
 from tests.support.prepare import stop_once, wait_for_pid
 from tests.support.worker import photo
 from worker.prepare_pool import PreparePool
+from worker.prepare_slots import PREFIX, SHM_FOLDER, SlotArena
 from worker.preprocess import Picture
 
 SLOTS = 3
@@ -132,3 +135,20 @@ def test_a_prepare_process_killed_mid_job_leaks_no_slot(
         assert all_free(pool)
     finally:
         pool.close()
+
+
+def test_a_block_whose_creator_died_is_removed_by_the_next_arena() -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    stale = SHM_FOLDER / f"{PREFIX}{int(dead.stdout)}-deadbeef"
+    stale.write_bytes(b"left by a killed worker")
+    mine = SHM_FOLDER / f"{PREFIX}{os.getpid()}-cafef00d"  # its creator is alive: kept
+    mine.write_bytes(b"in use")
+    try:
+        arena = SlotArena(1, 4096)
+        arena.close()
+        assert not stale.exists() and mine.exists()
+        assert not (SHM_FOLDER / arena.name).exists()  # closed: unlinked
+    finally:
+        stale.unlink(missing_ok=True)
+        mine.unlink()
