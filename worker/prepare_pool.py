@@ -45,7 +45,9 @@ from transformers import AutoProcessor
 from core.config import ModelSpec
 from core.images import set_pixel_limit
 from core.prompts import Conversation
+from core.storage import ObjectStorage, open_storage
 from worker.device_tiles import ImagePixels
+from worker.prepare_reads import StorageAccess, StoredImage, read_images
 from worker.prepare_slots import SlotArena, WireInputs, from_wire, private, to_wire
 from worker.preparer import ImageSource, JobInputs, Preparer
 from worker.video import VideoInputs, prepare_video
@@ -67,10 +69,12 @@ class PrepareFailed(RuntimeError):
 class Preparing(Protocol):
     """Where a worker prepares its jobs: in a pool of processes or in its own threads."""
 
+    reads_storage: bool  # whether jobs send StoredImage references instead of bytes
+
     def run(
         self,
         conversation: Conversation,
-        images: Sequence[ImageSource | int],
+        images: Sequence[ImageSource | int | StoredImage],
         *,
         max_tiles: int,
         on_device: bool = False,
@@ -81,7 +85,7 @@ class Preparing(Protocol):
         self,
         spec: dict[str, Any],
         control_tokens: list[str],
-        data: bytes,
+        data: bytes | StoredImage,
         *,
         max_tiles: int,
         on_device: bool = False,
@@ -98,32 +102,36 @@ class Preparing(Protocol):
 class InProcessPreparing:
     """Prepares in the calling thread (prepare_processes = 0), with the engine's preparer."""
 
+    reads_storage = False  # the task thread reads images and sends their bytes
+
     def __init__(self, preparer: Preparer) -> None:  # noqa: D107
         self.preparer = preparer
 
     def run(
         self,
         conversation: Conversation,
-        images: Sequence[ImageSource | int],
+        images: Sequence[ImageSource | int | StoredImage],
         *,
         max_tiles: int,
         on_device: bool = False,
     ) -> JobInputs:
         """One job's ids and the pixels of the images given as sources."""
         return self.preparer.job_inputs(
-            conversation, images, max_tiles=max_tiles, on_device=on_device
+            conversation, _without_keys(images), max_tiles=max_tiles, on_device=on_device
         )
 
     def run_video(
         self,
         spec: dict[str, Any],
         control_tokens: list[str],
-        data: bytes,
+        data: bytes | StoredImage,
         *,
         max_tiles: int,
         on_device: bool = False,
     ) -> VideoInputs:
         """A video job's frames sampled and decoded, its prompt and inputs prepared."""
+        if isinstance(data, StoredImage):
+            raise TypeError("a clip to read from storage reached a preparer that does not read")
         return prepare_video(
             self.preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
         )
@@ -140,6 +148,7 @@ class InProcessPreparing:
 
 _preparer: Preparer | None = None
 _arena: SlotArena | None = None
+_storage: tuple[ObjectStorage, float] | None = None  # its own client, and the read deadline
 
 
 def _start_process(
@@ -149,9 +158,10 @@ def _start_process(
     pixel_limit: int | None,
     threads: int,
     slots: tuple[str, int, int] | None = None,
+    storage: StorageAccess | None = None,
 ) -> None:
-    """A prepare process's start: its signals, limits, the slots and the checkpoint's processor."""
-    global _preparer, _arena  # noqa: PLW0603 - one preparer and one mapping per process, once
+    """A prepare process's start: its signals, limits, slots, storage and the processor."""
+    global _preparer, _arena, _storage  # noqa: PLW0603 - made once per process
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
@@ -162,6 +172,9 @@ def _start_process(
     if slots is not None:
         name, count, slot_bytes = slots
         _arena = SlotArena(count, slot_bytes, name=name)
+    if storage is not None:
+        client = open_storage(storage.url, endpoint_url=storage.endpoint_url, region=storage.region)
+        _storage = (client, storage.read_deadline_s)
     processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
     _preparer = Preparer(processor, model_alias=alias, cache_bytes=0)
 
@@ -181,7 +194,7 @@ def _exit_with_parent() -> None:
 
 def prepare_job(
     conversation: Conversation,
-    images: Sequence[ImageSource | int],
+    images: Sequence[ImageSource | int | StoredImage],
     max_tiles: int,
     on_device: bool = False,
     slots: list[int | None] | None = None,
@@ -190,21 +203,49 @@ def prepare_job(
     image), the pixels that fit are written into them and only their places come back."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
-    inputs = _preparer.job_inputs(conversation, images, max_tiles=max_tiles, on_device=on_device)
+    given = _without_keys(_read(images))
+    inputs = _preparer.job_inputs(conversation, given, max_tiles=max_tiles, on_device=on_device)
     if slots is None or _arena is None:
         return inputs
     return to_wire(_arena, inputs.input_ids, inputs.tiles, slots, inputs.counts)
 
 
 def prepare_video_job(
-    spec: dict[str, Any], control_tokens: list[str], data: bytes, max_tiles: int, on_device: bool
+    spec: dict[str, Any],
+    control_tokens: list[str],
+    data: bytes | StoredImage,
+    max_tiles: int,
+    on_device: bool,
 ) -> VideoInputs:
-    """A prepare process's work for a video job: frames sampled and decoded, then prepared."""
+    """A prepare process's work for a video job: the clip read (when given by its key), its
+    frames sampled and decoded, then prepared."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
+    if isinstance(data, StoredImage):
+        [read] = _read([data])
+        assert isinstance(read, bytes)
+        data = read
     return prepare_video(
         _preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
     )
+
+
+def _read(
+    images: Sequence[ImageSource | int | StoredImage],
+) -> Sequence[ImageSource | int | StoredImage]:
+    """Images given by their storage key read with this process's own client."""
+    if _storage is None:
+        return images  # nothing to read with: keys left are refused by _without_keys
+    client, deadline_s = _storage
+    return read_images(client, images, deadline_s=deadline_s)
+
+
+def _without_keys(images: Sequence[ImageSource | int | StoredImage]) -> list[ImageSource | int]:
+    """The images, which must all be given (none a storage key left to read)."""
+    given = [image for image in images if not isinstance(image, StoredImage)]
+    if len(given) != len(images):
+        raise TypeError("images to read from storage reached a preparer that does not read")
+    return given
 
 
 def _process_id() -> int:
@@ -241,6 +282,7 @@ class PreparePool:
         video_work: Callable[..., VideoInputs] = prepare_video_job,
         slots: int = 0,
         slot_bytes: int = 0,
+        storage: StorageAccess | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("a prepare pool has at least one process")
@@ -249,8 +291,9 @@ class PreparePool:
         self.restarts = 0  # pools replaced after a process died
         self.arena = SlotArena(slots, slot_bytes) if slots and slot_bytes else None
         mapping = None if self.arena is None else (self.arena.name, slots, slot_bytes)
+        self.reads_storage = storage is not None  # jobs may send StoredImage references
         self._initargs: tuple[Any, ...] = (
-            spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads, mapping
+            spec.checkpoint, spec.revision, spec.alias, pixel_limit, threads, mapping, storage
         )  # fmt: skip
         self._work = work
         self._video_work = video_work
@@ -285,7 +328,7 @@ class PreparePool:
     def run(
         self,
         conversation: Conversation,
-        images: Sequence[ImageSource | int],
+        images: Sequence[ImageSource | int | StoredImage],
         *,
         max_tiles: int,
         on_device: bool = False,
@@ -310,7 +353,7 @@ class PreparePool:
         self,
         spec: dict[str, Any],
         control_tokens: list[str],
-        data: bytes,
+        data: bytes | StoredImage,
         *,
         max_tiles: int,
         on_device: bool = False,
@@ -336,7 +379,7 @@ class PreparePool:
                 log.warning("a prepare process died (%s); preparing the job again", str(exc))
         raise AssertionError("unreachable")
 
-    def _lend(self, images: Sequence[ImageSource | int]) -> list[int | None] | None:
+    def _lend(self, images: Sequence[ImageSource | int | StoredImage]) -> list[int | None] | None:
         """A slot for each image to prepare (None for cached ones), or None without slots."""
         if self.arena is None:
             return None

@@ -39,6 +39,7 @@ from worker.continuous import make_batcher
 from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
 from worker.prepare_pool import InProcessPreparing, Preparing
+from worker.prepare_reads import ImageMissing, StoredImage
 from worker.preparer import ImageUndecodable
 from worker.video import VideoUndecodable
 
@@ -254,12 +255,11 @@ class WorkerRuntime:
         processes (or this thread), not cached: a clip is rarely asked twice.
         """
         sha = str(spec["video"]["sha256"])
-        data = self._read_image(sha)
         try:
             video = self.preparing.run_video(
                 spec,
                 self.engine.control_tokens,
-                data,
+                self._source(sha),
                 max_tiles=max_tiles,
                 on_device=self.engine.resize_on_device,
             )
@@ -267,6 +267,8 @@ class WorkerRuntime:
             raise PermanentJobError(
                 f"video sha256:{sha} could not be decoded: {exc.reason}", code="invalid_video"
             ) from exc
+        except ImageMissing as exc:
+            raise _missing(sha) from exc
         pixels: list[ImagePixels] = []
         for index in video.order:
             image = video.inputs.tiles[index]
@@ -288,8 +290,8 @@ class WorkerRuntime:
         cache = self.engine.prepare_cache
         keys = [self.engine.cache_key(sha, max_tiles) for sha in shas]
         cached = [cache.get(key) for key in keys]
-        sources: list[bytes | int] = [
-            self._read_image(sha) if image is None else image_tile_count(image)
+        sources: list[bytes | int | StoredImage] = [
+            self._source(sha) if image is None else image_tile_count(image)
             for sha, image in zip(shas, cached, strict=True)
         ]
         try:
@@ -301,6 +303,8 @@ class WorkerRuntime:
                 f"image sha256:{shas[exc.index]} could not be decoded: {exc.reason}",
                 code="invalid_image",
             ) from exc
+        except ImageMissing as exc:
+            raise _missing(shas[exc.index]) from exc
         images: list[ImagePixels] = []
         for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
             if new is not None:  # a copy when it is in a lent slot, which must go back
@@ -311,6 +315,10 @@ class WorkerRuntime:
         order = conversation.image_order
         return inputs.input_ids, [images[i] for i in order], [inputs.counts[i] for i in order]
 
+    def _source(self, sha: str) -> bytes | StoredImage:
+        """An image to prepare: its key when the prepare processes read it, else its bytes."""
+        return StoredImage(sha) if self.preparing.reads_storage else self._read_image(sha)
+
     def _read_image(self, sha: str) -> bytes:
         try:
             data: bytes = retry_transient(
@@ -319,9 +327,7 @@ class WorkerRuntime:
                 deadline_s=self.read_deadline_s,
             )
         except ObjectNotFound as exc:
-            raise PermanentJobError(
-                f"image sha256:{sha} is no longer stored", code="image_missing"
-            ) from exc
+            raise _missing(sha) from exc
         return data
 
     def _write(self, change: Any) -> Any:
@@ -374,6 +380,10 @@ class WorkerRuntime:
             for job_id, held in self.held.items():
                 log.info("job %s: still running after the shutdown grace; handing it back", job_id)
                 held.stop("shutdown")
+
+
+def _missing(sha: str) -> PermanentJobError:
+    return PermanentJobError(f"image sha256:{sha} is no longer stored", code="image_missing")
 
 
 def _permanent_code(exc: Exception) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ from tests.support.prepare import die, stop_once, stop_video_once, wait_for_pid
 from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
 from worker.prepare_pool import PreparePool, Work, prepare_job
+from worker.prepare_reads import StorageAccess
 from worker.preprocess import Picture
 
 SLOTS = 4
@@ -37,8 +38,15 @@ def pooled_runtime(
 
     engine.prepare_cache.clear()
     # Slots as a worker has them (one per task thread; 8 MiB holds a 13-tile image of 448 px).
+    # and each prepare process reading images with its own storage client.
+    access = StorageAccess(settings.storage_url, settings.s3_endpoint_url, read_deadline_s=30.0)
     pool = PreparePool(
-        settings.default_model, processes=1, work=work, slots=SLOTS, slot_bytes=8 * 2**20
+        settings.default_model,
+        processes=1,
+        work=work,
+        slots=SLOTS,
+        slot_bytes=8 * 2**20,
+        storage=access,
     )
     runtime = WorkerRuntime(
         settings=settings,
@@ -126,6 +134,26 @@ def test_with_device_resizing_pictures_are_prepared_cached_and_answered(
     assert runtime.run_job(second.id) == "succeeded"
     assert cache.hits == hits + 1 and slots_all_free(runtime)
     assert job_row(sessions, second.id).usage["image_tiles"] == [13]
+
+
+class NoReads:
+    """A storage the model's process must not read from: the prepare process reads."""
+
+    def get(self, key: str) -> bytes:
+        raise AssertionError(f"the model's process read {key}")
+
+
+def test_images_are_read_by_the_prepare_process_and_a_missing_one_fails_the_job(
+    runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    job = queue_job(sessions, storage, runtime.spec, [photo(31)], params={"max_new_tokens": 3})
+    gone = queue_job(sessions, storage, runtime.spec, [photo(32)], params={"max_new_tokens": 3})
+    storage.delete(image_key(gone.spec["images"][0]))
+    runtime.storage = NoReads()
+    assert runtime.run_job(job.id) == "succeeded"
+    assert runtime.run_job(gone.id) == "failed"
+    failed = job_row(sessions, gone.id)
+    assert failed.error_code == "image_missing" and gone.spec["images"][0] in failed.error_message
 
 
 def test_an_undecodable_image_fails_the_job_with_its_code(
@@ -242,3 +270,34 @@ def test_a_prepare_process_killed_mid_video_loses_nothing_and_runs_it_once(
     done = job_row(sessions, job.id)
     assert (done.status, done.attempts) == ("succeeded", 1)
     assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
+
+
+def test_storage_unreachable_from_a_prepare_process_hands_the_job_back(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any
+) -> None:
+    from worker.runtime import WorkerRuntime
+
+    # Nothing listens on port 9 of this host: every read fails to connect until the deadline.
+    access = StorageAccess(service_settings.storage_url, "http://127.0.0.1:9", read_deadline_s=1)
+    pool = PreparePool(service_settings.default_model, processes=1, storage=access)
+    runtime = WorkerRuntime(
+        settings=service_settings,
+        spec=service_settings.default_model,
+        sessions=sessions,
+        storage=storage,
+        engine=engine,
+        worker_id="cpu0.tiny@test",
+        preparing=pool,
+    )
+    engine.prepare_cache.clear()
+    runtime.batcher.start()
+    try:
+        job = queue_job(sessions, storage, runtime.spec, [photo(33)], params={"max_new_tokens": 3})
+        assert runtime.run_job(job.id) == "released"
+    finally:
+        runtime.batcher.stop()
+        pool.close()
+    handed_back = job_row(sessions, job.id)
+    assert (handed_back.status, handed_back.attempts) == ("queued", 1)
+    assert handed_back.available_at is not None and handed_back.result is None  # a backoff
+    assert pool.restarts == 0
