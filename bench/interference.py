@@ -36,8 +36,9 @@ from core.specs import GenerationParams
 from devtools.tiny_model import PRESETS, build_processor, train_tokenizer
 from worker.decode import Prefill, RunningBatch
 from worker.engine import InternVLEngine, PreparedJob
-from worker.prepare_pool import InProcessPreparing, PreparePool, Preparing
+from worker.prepare_pool import PreparePool
 from worker.preparer import Preparer
+from worker.preparing import InProcessPreparing, Preparing
 
 # Each loaded mode prepares either host tiles (image_resize: host, a CPU worker) or the decoded
 # picture for the device to resize (image_resize: device, a GPU worker: the host's share only).

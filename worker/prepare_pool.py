@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import wait
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
@@ -50,6 +50,7 @@ from worker.device_tiles import ImagePixels
 from worker.prepare_reads import StorageAccess, StoredImage, read_images
 from worker.prepare_slots import SlotArena, WireInputs, from_wire, private, to_wire
 from worker.preparer import ImageSource, JobInputs, Preparer
+from worker.preparing import without_keys
 from worker.video import VideoInputs, prepare_video
 
 log = logging.getLogger("worker.prepare_pool")
@@ -64,84 +65,6 @@ Work = Callable[..., JobInputs | WireInputs]  # prepare_job's arguments and resu
 
 class PrepareFailed(RuntimeError):
     """The prepare processes died twice while preparing one job."""
-
-
-class Preparing(Protocol):
-    """Where a worker prepares its jobs: in a pool of processes or in its own threads."""
-
-    reads_storage: bool  # whether jobs send StoredImage references instead of bytes
-
-    def run(
-        self,
-        conversation: Conversation,
-        images: Sequence[ImageSource | int | StoredImage],
-        *,
-        max_tiles: int,
-        on_device: bool = False,
-    ) -> JobInputs:
-        """One job's ids and the pixels of the images given as sources (pictures: on_device)."""
-
-    def run_video(
-        self,
-        spec: dict[str, Any],
-        control_tokens: list[str],
-        data: bytes | StoredImage,
-        *,
-        max_tiles: int,
-        on_device: bool = False,
-    ) -> VideoInputs:
-        """A video job's frames sampled and decoded, its prompt and inputs prepared."""
-
-    def cacheable(self, image: ImagePixels) -> ImagePixels:
-        """What the prepare cache may keep of an image this returned (not a lent slot)."""
-
-    def close(self) -> None:
-        """Stop preparing; jobs still preparing fail."""
-
-
-class InProcessPreparing:
-    """Prepares in the calling thread (prepare_processes = 0), with the engine's preparer."""
-
-    reads_storage = False  # the task thread reads images and sends their bytes
-
-    def __init__(self, preparer: Preparer) -> None:  # noqa: D107
-        self.preparer = preparer
-
-    def run(
-        self,
-        conversation: Conversation,
-        images: Sequence[ImageSource | int | StoredImage],
-        *,
-        max_tiles: int,
-        on_device: bool = False,
-    ) -> JobInputs:
-        """One job's ids and the pixels of the images given as sources."""
-        return self.preparer.job_inputs(
-            conversation, _without_keys(images), max_tiles=max_tiles, on_device=on_device
-        )
-
-    def run_video(
-        self,
-        spec: dict[str, Any],
-        control_tokens: list[str],
-        data: bytes | StoredImage,
-        *,
-        max_tiles: int,
-        on_device: bool = False,
-    ) -> VideoInputs:
-        """A video job's frames sampled and decoded, its prompt and inputs prepared."""
-        if isinstance(data, StoredImage):
-            raise TypeError("a clip to read from storage reached a preparer that does not read")
-        return prepare_video(
-            self.preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
-        )
-
-    def cacheable(self, image: ImagePixels) -> ImagePixels:
-        """The image itself: it is this process's own memory."""
-        return image
-
-    def close(self) -> None:
-        """Nothing to stop."""
 
 
 # -- inside a prepare process ----------------------------------------------------------------
@@ -203,7 +126,7 @@ def prepare_job(
     image), the pixels that fit are written into them and only their places come back."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
-    given = _without_keys(_read(images))
+    given = without_keys(_read(images))
     inputs = _preparer.job_inputs(conversation, given, max_tiles=max_tiles, on_device=on_device)
     if slots is None or _arena is None:
         return inputs
@@ -238,14 +161,6 @@ def _read(
         return images  # nothing to read with: keys left are refused by _without_keys
     client, deadline_s = _storage
     return read_images(client, images, deadline_s=deadline_s)
-
-
-def _without_keys(images: Sequence[ImageSource | int | StoredImage]) -> list[ImageSource | int]:
-    """The images, which must all be given (none a storage key left to read)."""
-    given = [image for image in images if not isinstance(image, StoredImage)]
-    if len(given) != len(images):
-        raise TypeError("images to read from storage reached a preparer that does not read")
-    return given
 
 
 def _process_id() -> int:

@@ -38,9 +38,9 @@ from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
 from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
-from worker.prepare_pool import InProcessPreparing, Preparing
 from worker.prepare_reads import ImageMissing, StoredImage
 from worker.preparer import ImageUndecodable
+from worker.preparing import InProcessPreparing, Preparing
 from worker.video import VideoUndecodable
 
 log = logging.getLogger("worker.runtime")
