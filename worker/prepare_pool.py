@@ -1,17 +1,20 @@
 """Preparing jobs in processes of their own, so the model's process runs the batch loop only.
 
-Decoding, tiling and tokenising (Preparer.job_inputs) hold the GIL for several milliseconds a
-job; in the model's process they would delay the decode loop's kernel launches. A pool of
-prepare processes does them instead. Each loads only the checkpoint's processor (no weights),
-one torch thread, the worker's pixel limit, and ignores SIGTERM and SIGINT: the model's process
-decides when they stop (after its jobs are drained) and they exit on their own if it dies.
+Downloading, decoding, tiling and tokenising (Preparer.job_inputs; a video's sampling too,
+worker.video.prepare_video) hold the GIL for milliseconds a job; in the model's process they
+would delay the decode loop's kernel launches. A pool of prepare processes does them instead,
+each reading images with its own storage client when given one (worker.prepare_reads). Each
+loads only the checkpoint's processor (no weights), one torch thread, the worker's pixel limit,
+and ignores SIGTERM and SIGINT: the model's process decides when they stop (after its jobs are
+drained) and they exit on their own if it dies.
 
 The processes start with 'forkserver' (the model's process has threads, so it must not fork;
 the fork server is a fresh single-threaded process that imports torch and transformers once,
 so a replacement process starts in about a second). Tensors come back through
 torch.multiprocessing's reductions, which ProcessPoolExecutor's ForkingPickler applies: the
 uint8 tiles and the ids travel as shared memory (a file descriptor passed over a Unix socket),
-never as pickled bytes; the image bytes go the other way pickled, once.
+never as pickled bytes; image bytes (when the model's process read them) go the other way
+pickled, once.
 
 Every shared tensor the model's process keeps holds a file descriptor open, so the pool raises
 the soft limit on open files to the hard one and the prepare cache is bounded in entries too.
