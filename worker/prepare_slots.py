@@ -21,8 +21,8 @@ import math
 import mmap
 import os
 import secrets
-import threading
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from pathlib import Path
@@ -77,25 +77,28 @@ class SlotArena:
         finally:
             os.close(descriptor)
         self.base = np.frombuffer(self._map, dtype=np.uint8)
-        self._free = list(range(count))
-        self._lock = threading.Lock()
+        # A deque's append and pop are atomic, so no lock: give_back runs from finalizers, which
+        # the garbage collector may start in any thread, even one inside lend.
+        self._free: deque[int] = deque(range(count))
 
     @property
     def free(self) -> int:
         """Slots not lent now."""
-        with self._lock:
-            return len(self._free)
+        return len(self._free)
 
     def lend(self, wanted: int) -> list[int | None]:
         """Up to `wanted` free slots (None where none is left)."""
-        with self._lock:
-            lent: list[int | None] = [self._free.pop() for _ in range(min(wanted, len(self._free)))]
-        return lent + [None] * (wanted - len(lent))
+        lent: list[int | None] = []
+        for _ in range(wanted):
+            try:
+                lent.append(self._free.pop())
+            except IndexError:
+                lent.append(None)
+        return lent
 
     def give_back(self, index: int) -> None:
         """A slot free again."""
-        with self._lock:
-            self._free.append(index)
+        self._free.append(index)
 
     def write(self, index: int, image: ImagePixels) -> SlotRef | None:
         """Copy an image's pixels into a slot (in a prepare process); None if it does not fit."""
