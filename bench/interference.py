@@ -6,11 +6,13 @@ running batch of `rows` text rows decoded step after step by the continuous loop
 RunningBatch (refilled, untimed, every `steps_per_batch` steps). The load: 640x480 photo JPEGs
 (13 tiles at 448 px, the InternVL3-1B processor's settings, built in memory) prepared at
 `rate` jobs/s by four task threads, either in this process (prepare_processes = 0) or through
-a PreparePool of `processes` processes. Phases of `seconds` each run interleaved (idle,
-threads, pool) for `rounds` rounds in one run, so machine noise hits each alike; the figure
-is each loaded phase's median step time over idle's. The model process's CPU per job (its
-CPU outside the decode loop's thread, over the jobs prepared) says what preparing still
-costs that process.
+a PreparePool of `processes` processes, each way twice: cutting uint8 tiles on the host
+(`image_resize: host`) and, "device resize", decoding the picture only (`image_resize: device`:
+the host's share; the resize itself is the device's). Phases of `seconds` each run interleaved
+(idle, then each loaded mode) for `rounds` rounds in one run, so machine noise hits each
+alike; the figure is each loaded phase's median step time over idle's. The model process's
+CPU per job (its CPU outside the decode loop's thread, over the jobs prepared) says what
+preparing still costs that process.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,10 +36,23 @@ from core.specs import GenerationParams
 from devtools.tiny_model import PRESETS, build_processor, train_tokenizer
 from worker.decode import Prefill, RunningBatch
 from worker.engine import InternVLEngine, PreparedJob
-from worker.prepare_pool import InProcessPreparing, PreparePool, Preparing
+from worker.prepare_pool import PreparePool
 from worker.preparer import Preparer
+from worker.preparing import InProcessPreparing, Preparing
 
-MODES = ("idle", "threads", "pool")
+# Each loaded mode prepares either host tiles (image_resize: host, a CPU worker) or the decoded
+# picture for the device to resize (image_resize: device, a GPU worker: the host's share only).
+# Pools hand pixels back through recycled slots, as a worker's do (prepare_slot_mb), except
+# the last mode, which sends them as shared tensors (a file descriptor each) for comparison.
+MODES = (
+    "idle",
+    "threads",
+    "pool",
+    "threads, device resize",
+    "pool, device resize",
+    "pool, device resize, no slots",
+)
+SLOTS, SLOT_BYTES = 16, 8 * 2**20
 PROMPT = "Describe the picture in detail, then list every object you can see."
 
 
@@ -48,7 +64,7 @@ class DecodeLoop:
         self.steps_per_batch = steps_per_batch
         ids = engine.tokenizer(PROMPT, return_tensors="pt")["input_ids"][0]
         params = GenerationParams(max_new_tokens=steps_per_batch)
-        self.jobs = [PreparedJob(f"row-{i}", ids, None, [], params) for i in range(rows)]
+        self.jobs = [PreparedJob(f"row-{i}", ids, [], [], params) for i in range(rows)]
 
     def _fresh(self) -> RunningBatch:
         prefill = Prefill(self.engine, self.jobs)
@@ -108,17 +124,19 @@ class Feeder:
 
 
 def _phase(
-    loop: DecodeLoop, preparing: Preparing | None, job: Any, seconds: float, rate: float
+    loop: DecodeLoop, mode: str, preparing: Preparing | None, job: Any, seconds: float, rate: float
 ) -> dict[str, Any]:
     """One phase: step seconds, jobs prepared, wall seconds, and this process's CPU seconds
     outside the decode loop's thread (the task threads' share of preparing)."""
+    on_device = "device resize" in mode
     cpu, loop_cpu = time.process_time(), time.thread_time()
     started = time.perf_counter()
     if preparing is None:
         steps = loop.run(started + seconds)
         jobs = 0
     else:
-        with Feeder(lambda: preparing.run(*job, max_tiles=12), rate) as feeder:
+        work = partial(preparing.run, *job, max_tiles=12, on_device=on_device)
+        with Feeder(work, rate) as feeder:
             steps = loop.run(started + seconds)
             jobs = feeder.done  # in the window; a backlog left is dropped, not counted
     wall = time.perf_counter() - started
@@ -151,27 +169,32 @@ def run_interference_bench(
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
         processor.save_pretrained(folder)
-        pool = PreparePool(ModelSpec(alias="bench", checkpoint=folder), processes=processes)
-        pool.start()
-        pool.wait_ready()
+        spec = ModelSpec(alias="bench", checkpoint=folder)
+        pool = PreparePool(spec, processes=processes, slots=SLOTS, slot_bytes=SLOT_BYTES)
+        plain = PreparePool(spec, processes=processes)
+        for started in (pool, plain):
+            started.start()
+            started.wait_ready()
+        threads = InProcessPreparing(Preparer(processor, model_alias="b", cache_bytes=0))
         preparers: dict[str, Preparing | None] = {
-            "idle": None,
-            "threads": InProcessPreparing(Preparer(processor, model_alias="b", cache_bytes=0)),
-            "pool": pool,
+            mode: None if mode == "idle" else threads if mode.startswith("threads") else pool
+            for mode in MODES
         }
+        preparers["pool, device resize, no slots"] = plain
         try:
-            for preparing in preparers.values():  # warm-up: kernels, the processes' first job
-                _phase(loop, preparing, job, 0.5, rate)
+            for mode, preparing in preparers.items():  # warm-up: kernels, the first jobs
+                _phase(loop, mode, preparing, job, 0.5, rate)
             measured: dict[str, dict[str, Any]] = {
                 mode: {"steps": [], "jobs": 0, "cpu": 0.0, "wall": 0.0} for mode in MODES
             }
             for _ in range(rounds):
                 for mode in MODES:
-                    phase = _phase(loop, preparers[mode], job, seconds, rate)
+                    phase = _phase(loop, mode, preparers[mode], job, seconds, rate)
                     for key, value in phase.items():
                         measured[mode][key] += value
         finally:
             pool.close()
+            plain.close()
     return _report(measured, load_before, rate, rows, processes)
 
 

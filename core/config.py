@@ -132,8 +132,16 @@ class ModelSpec(BaseModel):
         256,
         ge=0,
         le=65_536,
-        description="MiB of prepared image tiles a worker keeps, so an image asked several "
-        "questions is tiled once (a 13-tile image at 448 px is 7.5 MiB); 0: none.",
+        description="MiB of prepared images a worker keeps, so an image asked several "
+        "questions is prepared once (a 13-tile image at 448 px is 7.5 MiB as tiles, a "
+        "640x480 photo 0.9 MiB as a picture); 0: none.",
+    )
+    image_resize: Literal["auto", "device", "host"] = Field(
+        "auto",
+        description="Where pictures are resized and cut into tiles. device: the host only "
+        "decodes (at the scale the grid needs) and the model's device resizes, cuts and "
+        "normalises; host: the host cuts uint8 tiles; auto: device on a GPU, host on a CPU "
+        "(where the model's process is the device).",
     )
 
     @field_validator("alias")
@@ -392,6 +400,14 @@ class Settings(BaseSettings):
         "jobs, so the model's process runs the batch loop only; -1: the worker's share of "
         "the host's cores minus one where that share is 4 cores or more, else 0; 0: none, jobs "
         "prepare in the worker's task threads.",
+    )
+    prepare_slot_mb: int = Field(
+        8,
+        ge=0,
+        le=1024,
+        description="Size of each recycled shared-memory slot through which prepare processes "
+        "hand pixels to the model's process (one slot per task thread; an image that does not "
+        "fit travels as a shared tensor, dearer); 0: no slots.",
     )
 
     # Webhooks

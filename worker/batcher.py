@@ -208,6 +208,7 @@ class Batcher:
             if batch is None:
                 return
             self._execute(batch)
+            del batch  # not kept while waiting: a finished job's pixels go (a prepare slot)
 
     def _next_batch(self) -> list[_Waiting] | None:
         with self._cond:

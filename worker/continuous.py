@@ -153,22 +153,28 @@ class ContinuousBatcher(Batcher):
     # -- the model loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            admitted = self._admit()
-            if admitted is None:
-                return
-            if admitted and admitted[0].key != ROWS:
-                self._execute(admitted)  # beam search: the static path, the batch has drained
-                continue
-            try:
-                live = [item for item in admitted if self._start(item)]
-                if live:
-                    self._prefill = Prefill(self.engine, [item.job for item in live])
-                    self._prefill_items = live
-                if self._busy():
-                    self._step()
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
-                self._abandon(admitted, exc)
+        # One turn per call: its locals (the jobs admitted) are dropped before the loop waits
+        # for more, so a finished job's pixels (a prepare slot) are not kept until the next.
+        while self._turn():
+            pass
+
+    def _turn(self) -> bool:
+        admitted = self._admit()
+        if admitted is None:
+            return False
+        if admitted and admitted[0].key != ROWS:
+            self._execute(admitted)  # beam search: the static path, the batch has drained
+            return True
+        try:
+            live = [item for item in admitted if self._start(item)]
+            if live:
+                self._prefill = Prefill(self.engine, [item.job for item in live])
+                self._prefill_items = live
+            if self._busy():
+                self._step()
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
+            self._abandon(admitted, exc)
+        return True
 
     def _abandon(self, admitted: list[_Waiting], exc: Exception) -> None:
         """Hand an unexpected error to every job in flight (their task threads retry them)."""

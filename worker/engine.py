@@ -1,9 +1,10 @@
 """The InternVL engine: loads a checkpoint once, prepares jobs, and generates for a batch of them.
 
-`prepare` (chat template, tiling, tokenising) leaves pixels uint8; the worker runs the same
-work in its prepare processes (worker.prepare_pool) and builds the job with `prepared`.
-`_pixels` normalises pixels on the device, in the model's dtype; `generate` runs on the one
-thread that owns the model and takes several prepared jobs at once,
+`prepare` (chat template, tiling, tokenising) leaves pixels uint8: tiles, or with
+`resize_on_device` decoded pictures that the device resizes and cuts (worker.device_tiles);
+the worker runs the same work in its prepare processes (worker.prepare_pool) and builds the job
+with `prepared`. `_pixels` normalises tiles on the device, in the model's dtype; `generate`
+runs on the one thread that owns the model and takes several prepared jobs at once,
 left-padded, so the device works on a batch instead of one image at a time.
 """
 
@@ -30,6 +31,7 @@ from transformers.utils import logging as hf_logging
 from core.config import ModelSpec
 from core.prompts import Conversation
 from core.specs import GenerationParams
+from worker.device_tiles import ImagePixels, device_tiles, resizes_on_device
 from worker.precision import load_options
 from worker.preparer import ImageSource, Preparer
 from worker.sampling import AllCanceled, Row, RowLimits, RowSettings, batch_key
@@ -45,7 +47,7 @@ class PreparedJob:
 
     job_id: str
     input_ids: torch.Tensor  # (prompt_tokens,)
-    pixel_values: torch.Tensor | None  # (tiles, 3, tile, tile) uint8; `_pixels` normalises
+    pixels: list[ImagePixels]  # per image in prompt order: uint8 tiles, or a picture to tile
     image_tiles: list[int]  # per image, as the processor cut it (thumbnail included)
     params: GenerationParams
     seed: int | None = None  # the generator seed of a sampled job (drawn when not given)
@@ -126,6 +128,7 @@ class InternVLEngine:
         self.vision_chunk_tiles = spec.vision_chunk_tiles or (
             8 if self.device.type == "cpu" else 64
         )
+        self.resize_on_device = resizes_on_device(spec, self.device)
         log.info(
             "loaded %s on %s (%s, %s, %d CPU threads) in %.1fs",
             spec.checkpoint,
@@ -168,17 +171,19 @@ class InternVLEngine:
         """Render the chat template, tile the images and tokenise: one job's inputs.
 
         An image is stored bytes (decoded at the scale its grid needs), a decoded picture, or
-        tiles `image_tiles` already made; its pixels stay uint8 until `_pixels` on the device.
+        one prepared before; its pixels stay uint8 until the device (`_input_embeddings`).
         """
         max_tiles = params.max_tiles or self.spec.max_tiles
-        input_ids, pixels, tiles = self.preparer.inputs(conversation, images, max_tiles=max_tiles)
+        input_ids, pixels, tiles = self.preparer.image_inputs(
+            conversation, images, max_tiles=max_tiles, on_device=self.resize_on_device
+        )
         return self.prepared(job_id, input_ids, pixels, tiles, params)
 
     def prepared(
         self,
         job_id: str,
         input_ids: torch.Tensor,
-        pixels: torch.Tensor | None,
+        pixels: list[ImagePixels],
         tiles: list[int],
         params: GenerationParams,
     ) -> PreparedJob:
@@ -190,7 +195,12 @@ class InternVLEngine:
 
     def image_tiles(self, image: ImageSource, *, max_tiles: int) -> torch.Tensor:
         """One image's uint8 tiles (tiles, 3, T, T) at this checkpoint's tile size."""
-        return self.preparer.image_tiles(image, max_tiles=max_tiles)
+        prepared = self.preparer.image_pixels(image, max_tiles=max_tiles)
+        return self.device_tiles([prepared]).cpu()
+
+    def device_tiles(self, images: list[ImagePixels]) -> torch.Tensor:
+        """Prepared images' uint8 tiles on the device, (tiles, 3, T, T), pictures resized there."""
+        return device_tiles(images, device=self.device, tile_size=self.tile_size)
 
     def cache_key(self, sha256: str, max_tiles: int) -> tuple[str, int, str]:
         """What identifies an image's tiles in the prepare cache."""
@@ -253,12 +263,12 @@ class InternVLEngine:
         photos encodes about a third faster), on a GPU the chunk bounds the activation peak.
         """
         embeds = self.model.get_input_embeddings()(input_ids)
-        pixels = [job.pixel_values for job in jobs if job.pixel_values is not None]
-        if not pixels:
+        images = [image for job in jobs for image in job.pixels]
+        if not images:
             return embeds
         features = [
             self._image_features(self._pixels(chunk)).to(embeds.device, embeds.dtype)
-            for chunk in torch.cat(pixels).split(self.vision_chunk_tiles)
+            for chunk in self.device_tiles(images).split(self.vision_chunk_tiles)
         ]
         slots = (input_ids == self.image_token_ids[1]).unsqueeze(-1).to(embeds.device)
         return embeds.masked_scatter(slots, torch.cat(features))

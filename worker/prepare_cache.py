@@ -1,10 +1,13 @@
-"""A worker's cache of prepared image tiles, so one image asked several questions is tiled once.
+"""A worker's cache of prepared images, so one image asked several questions is prepared once.
+
+An entry is what preparing made of the image: its uint8 tiles, or its decoded picture and
+grid when the device resizes (worker.device_tiles.ImagePixels).
 
 Keyed by (image SHA-256, max_tiles, model alias): the same bytes at the same grid limit give the
 same tiles for one model. Bounded in bytes (least recently used entries go first), and in
 entries when they hold shared memory (each keeps a file descriptor open); an entry larger than
 the whole bound is not kept. Tensors handed out are shared: readers never write
-them (the engine copies them to the device or concatenates them into a new tensor).
+them (the engine copies them into the batch's tensor on the device).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
-import torch
+from worker.device_tiles import ImagePixels, image_nbytes
 
 
 class PrepareCache:
-    """Least-recently-used uint8 tiles, at most max_bytes of them; safe across threads."""
+    """Least-recently-used prepared images, at most max_bytes of them; safe across threads."""
 
     def __init__(self, max_bytes: int, *, max_entries: int | None = None) -> None:
         self.max_bytes = max_bytes
@@ -25,11 +28,11 @@ class PrepareCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[Hashable, ImagePixels] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> torch.Tensor | None:
-        """The tiles stored under key (now the most recently used), or None."""
+    def get(self, key: Hashable) -> ImagePixels | None:
+        """The image stored under key (now the most recently used), or None."""
         with self._lock:
             tiles = self._entries.get(key)
             if tiles is None:
@@ -39,21 +42,21 @@ class PrepareCache:
             self.hits += 1
             return tiles
 
-    def put(self, key: Hashable, tiles: torch.Tensor) -> None:
-        """Keep tiles under key, dropping the least recently used entries to stay in bounds."""
-        size = tiles.numel() * tiles.element_size()
+    def put(self, key: Hashable, tiles: ImagePixels) -> None:
+        """Keep an image under key, dropping the least recently used entries to stay in bounds."""
+        size = image_nbytes(tiles)
         if size > self.max_bytes:
             return
         with self._lock:
             previous = self._entries.pop(key, None)
             if previous is not None:
-                self.bytes -= previous.numel() * previous.element_size()
+                self.bytes -= image_nbytes(previous)
             self._entries[key] = tiles
             self.bytes += size
             limit = self.max_entries
             while self.bytes > self.max_bytes or (limit is not None and len(self._entries) > limit):
                 _, dropped = self._entries.popitem(last=False)
-                self.bytes -= dropped.numel() * dropped.element_size()
+                self.bytes -= image_nbytes(dropped)
 
     def clear(self) -> None:
         """Drop every entry."""

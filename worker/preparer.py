@@ -2,8 +2,9 @@
 
 No model is needed, so preparing runs wherever the CPU is (the worker's prepare processes,
 worker.prepare_pool, or its task threads) and benchmarks can measure it alone. The ids are the
-processor's own (tests compare them); the pixels are uint8 tiles (worker.preprocess),
-normalised later on the device.
+processor's own (tests compare them); each image's pixels are its uint8 tiles or, when the
+model's device resizes (`on_device`), its decoded picture and grid (worker.preprocess); both
+are normalised later on the device (worker.device_tiles, InternVLEngine).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import torch
 from PIL import Image
 
 from core.prompts import Conversation
+from worker.device_tiles import ImagePixels, image_tile_count
 from worker.prepare_cache import PrepareCache
-from worker.preprocess import tile_image
+from worker.preprocess import Picture, decode_picture, tile_image, tile_pixels
 
-ImageSource = bytes | Image.Image | torch.Tensor  # stored bytes, a decoded picture, or tiles
+# Stored bytes, a decoded image, or one prepared before (its tiles, or a Picture).
+ImageSource = bytes | Image.Image | torch.Tensor | Picture
 
 
 class ImageUndecodable(ValueError):
@@ -36,10 +39,10 @@ class ImageUndecodable(ValueError):
 
 @dataclass
 class JobInputs:
-    """A job's prompt ids and the tiles of the images it was given undecoded."""
+    """A job's prompt ids and the pixels of the images it was given undecoded."""
 
     input_ids: torch.Tensor  # (prompt_tokens,) int64
-    tiles: list[torch.Tensor | None]  # per job image: its uint8 tiles; None if given as a count
+    tiles: list[ImagePixels | None]  # per job image: tiles or picture; None if given as a count
     counts: list[int]  # per job image: its tiles
 
 
@@ -71,26 +74,45 @@ class Preparer:
     def inputs(
         self, conversation: Conversation, images: Sequence[ImageSource], *, max_tiles: int
     ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """(input_ids, uint8 pixel tiles or None, tiles per image) for one conversation."""
+        """(input_ids, all images' uint8 tiles resized here or None, tiles per image)."""
+        ids, ordered, tiles = self.image_inputs(conversation, images, max_tiles=max_tiles)
+        host = [image for image in ordered if isinstance(image, torch.Tensor)]  # all of them
+        pixels = None
+        if host:
+            pixels = host[0] if len(host) == 1 else torch.cat(host)
+        return ids, pixels, tiles
+
+    def image_inputs(
+        self,
+        conversation: Conversation,
+        images: Sequence[ImageSource],
+        *,
+        max_tiles: int,
+        on_device: bool = False,
+    ) -> tuple[torch.Tensor, list[ImagePixels], list[int]]:
+        """(input_ids, each image's pixels in prompt order, tiles per image) of a conversation."""
         ordered = [
-            self.image_tiles(images[i], max_tiles=max_tiles) for i in conversation.image_order
+            self.image_pixels(images[i], max_tiles=max_tiles, on_device=on_device)
+            for i in conversation.image_order
         ]
         text = self.prompt_text(conversation)
-        tiles = [int(image.shape[0]) for image in ordered]
-        pixels = None
-        if ordered:
-            pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
-        return self.token_ids(text, tiles), pixels, tiles
+        tiles = [image_tile_count(image) for image in ordered]
+        return self.token_ids(text, tiles), ordered, tiles
 
     def job_inputs(
-        self, conversation: Conversation, images: Sequence[ImageSource | int], *, max_tiles: int
+        self,
+        conversation: Conversation,
+        images: Sequence[ImageSource | int],
+        *,
+        max_tiles: int,
+        on_device: bool = False,
     ) -> JobInputs:
         """Tile every image given as a source and tokenise the prompt around all of them.
 
         An int stands for an image tiled before (a cache hit): its tile count is all the
         prompt needs. A decoder's failure is raised as ImageUndecodable, naming the image.
         """
-        tiles: list[torch.Tensor | None] = []
+        tiles: list[ImagePixels | None] = []
         counts: list[int] = []
         for index, image in enumerate(images):
             if isinstance(image, int):
@@ -98,11 +120,11 @@ class Preparer:
                 counts.append(image)
                 continue
             try:
-                tiled = self.image_tiles(image, max_tiles=max_tiles)
+                prepared = self.image_pixels(image, max_tiles=max_tiles, on_device=on_device)
             except Exception as exc:  # noqa: BLE001 - any decoder failure: the image is unusable
                 raise ImageUndecodable(index, f"{type(exc).__name__}: {exc}") from None
-            tiles.append(tiled)
-            counts.append(int(tiled.shape[0]))
+            tiles.append(prepared)
+            counts.append(image_tile_count(prepared))
         text = self.prompt_text(conversation)
         ids = self.token_ids(text, [counts[i] for i in conversation.image_order])
         return JobInputs(ids, tiles, counts)
@@ -114,10 +136,26 @@ class Preparer:
         )
         return text
 
-    def image_tiles(self, image: ImageSource, *, max_tiles: int) -> torch.Tensor:
-        """One image's uint8 tiles (tiles, 3, T, T); tiles given are returned as they are."""
-        if isinstance(image, torch.Tensor):
+    def image_pixels(
+        self, image: ImageSource, *, max_tiles: int, on_device: bool = False
+    ) -> ImagePixels:
+        """One image prepared: its uint8 tiles (tiles, 3, T, T), or with `on_device` its decoded
+        Picture for the device to tile; tiles, or a Picture for the device, are returned as
+        they are, and a Picture is tiled here when the host resizes."""
+        if isinstance(image, torch.Tensor) or (isinstance(image, Picture) and on_device):
             return image
+        if isinstance(image, Picture):
+            return tile_pixels(
+                image.pixels, columns=image.columns, rows=image.rows, tile_size=self.tile_size
+            )
+        if on_device:
+            return decode_picture(
+                image, tile_size=self.tile_size, max_tiles=max_tiles, min_tiles=self.min_tiles
+            )
+        return self.image_tiles(image, max_tiles=max_tiles)
+
+    def image_tiles(self, image: bytes | Image.Image, *, max_tiles: int) -> torch.Tensor:
+        """One image's uint8 tiles (tiles, 3, T, T), resized on this host."""
         return tile_image(
             image, tile_size=self.tile_size, max_tiles=max_tiles, min_tiles=self.min_tiles
         )

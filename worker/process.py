@@ -164,11 +164,28 @@ def _prepare_pool(settings: Settings, spec: Any) -> Any:
     """The worker's prepare processes, started (None: jobs prepare in the task threads)."""
     from worker.launcher import prepare_processes_per_worker
     from worker.prepare_pool import PreparePool
+    from worker.prepare_reads import StorageAccess
+    from worker.runtime import IMAGE_READ_DEADLINE_S
 
     processes = prepare_processes_per_worker(settings)
     if processes == 0:
         return None
-    pool = PreparePool(spec, processes=processes, pixel_limit=settings.max_image_pixels)
+    slots = settings.worker_threads or 2 * spec.max_batch_size  # one per task thread
+    pool = PreparePool(
+        spec,
+        processes=processes,
+        pixel_limit=settings.max_image_pixels,
+        slots=slots if settings.prepare_slot_mb else 0,
+        slot_bytes=settings.prepare_slot_mb * 2**20,
+        # Each prepare process reads its jobs' images with its own client (the same deadline
+        # as the task threads' reads), so downloads leave the model's process too.
+        storage=StorageAccess(
+            settings.storage_url,
+            settings.s3_endpoint_url,
+            IMAGE_READ_DEADLINE_S,
+            region=settings.s3_region,
+        ),
+    )
     pool.start()
     return pool
 

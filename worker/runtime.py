@@ -36,10 +36,12 @@ from core.storage import ObjectNotFound, ObjectStorage, image_key
 from worker.batcher import Announcement
 from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
+from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
-from worker.prepare_pool import InProcessPreparing, Preparing
-from worker.preparer import ImageSource, ImageUndecodable
-from worker.video import sample_frames
+from worker.prepare_reads import ImageMissing, StoredImage
+from worker.preparer import ImageUndecodable
+from worker.preparing import InProcessPreparing, Preparing
+from worker.video import VideoUndecodable
 
 log = logging.getLogger("worker.runtime")
 
@@ -228,12 +230,9 @@ class WorkerRuntime:
         params = GenerationParams.model_validate(spec["params"])
         max_tiles = params.max_tiles or self.spec.max_tiles
         frames: list[int] | None = None
-        if spec.get("video") is not None:  # frames decode and prepare here, not in the pool
-            frames, pictures = self._video_frames(spec["video"])
-            conversation = build_conversation(
-                spec, control_tokens=self.engine.control_tokens, frames=len(frames)
-            )
-            prepared = self.engine.prepare(job.id, conversation, pictures, params)
+        if spec.get("video") is not None:  # sampled, decoded and prepared where images are
+            frames, input_ids, pixels, tiles = self._video_inputs(spec, max_tiles)
+            prepared = self.engine.prepared(job.id, input_ids, pixels, tiles, params)
         else:
             conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
             input_ids, pixels, tiles = self._inputs(spec["images"], conversation, max_tiles)
@@ -247,54 +246,78 @@ class WorkerRuntime:
         generation = held.future.result()
         return generation, prepared.image_tiles, prepared.prompt_tokens, frames
 
-    def _video_frames(self, video: dict[str, Any]) -> tuple[list[int], list[ImageSource]]:
-        """The frames a video job reads (their indices, and the pictures), decoded here."""
-        sha = str(video["sha256"])
-        data = self._read_image(sha)
+    def _video_inputs(
+        self, spec: dict[str, Any], max_tiles: int
+    ) -> tuple[list[int], torch.Tensor, list[ImagePixels], list[int]]:
+        """(frames read, ids, each frame's pixels, tiles per frame) of a video job.
+
+        The clip is read here; its frames are sampled, decoded and prepared by the prepare
+        processes (or this thread), not cached: a clip is rarely asked twice.
+        """
+        sha = str(spec["video"]["sha256"])
         try:
-            indices, pictures = sample_frames(
-                data, num_frames=int(video["num_frames"]), fps=video.get("fps")
+            video = self.preparing.run_video(
+                spec,
+                self.engine.control_tokens,
+                self._source(sha),
+                max_tiles=max_tiles,
+                on_device=self.engine.resize_on_device,
             )
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means the clip is unusable
+        except VideoUndecodable as exc:
             raise PermanentJobError(
-                f"video sha256:{sha} could not be decoded: {exc}", code="invalid_video"
+                f"video sha256:{sha} could not be decoded: {exc.reason}", code="invalid_video"
             ) from exc
-        return indices, list(pictures)
+        except ImageMissing as exc:
+            raise _missing(sha) from exc
+        pixels: list[ImagePixels] = []
+        for index in video.order:
+            image = video.inputs.tiles[index]
+            assert image is not None  # every frame was given as a picture, none as a count
+            pixels.append(image)
+        counts = [video.inputs.counts[i] for i in video.order]
+        return video.frames, video.inputs.input_ids, pixels, counts
 
     def _inputs(
         self, shas: list[str], conversation: Conversation, max_tiles: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
-        """(ids, uint8 pixels, tiles per image) of a job, in its conversation's image order.
+    ) -> tuple[torch.Tensor, list[ImagePixels], list[int]]:
+        """(ids, each image's pixels, tiles per image) of a job, in its conversation's order.
 
-        Images in the prepare cache are not read again; the others are read here, then decoded,
-        tiled and tokenised around by the prepare processes (or this thread), and cached.
+        Images in the prepare cache are not read again; the others are read here, then decoded
+        (and tiled, unless the device resizes) and tokenised around by the prepare processes
+        (or this thread), and cached. The pixels stay one tensor per image: the device copies
+        them into its batch one by one, so no host concatenation happens anywhere.
         """
         cache = self.engine.prepare_cache
         keys = [self.engine.cache_key(sha, max_tiles) for sha in shas]
         cached = [cache.get(key) for key in keys]
-        sources: list[bytes | int] = [
-            self._read_image(sha) if tiles is None else int(tiles.shape[0])
-            for sha, tiles in zip(shas, cached, strict=True)
+        sources: list[bytes | int | StoredImage] = [
+            self._source(sha) if image is None else image_tile_count(image)
+            for sha, image in zip(shas, cached, strict=True)
         ]
         try:
-            inputs = self.preparing.run(conversation, sources, max_tiles=max_tiles)
+            inputs = self.preparing.run(
+                conversation, sources, max_tiles=max_tiles, on_device=self.engine.resize_on_device
+            )
         except ImageUndecodable as exc:
             raise PermanentJobError(
                 f"image sha256:{shas[exc.index]} could not be decoded: {exc.reason}",
                 code="invalid_image",
             ) from exc
-        images: list[torch.Tensor] = []
+        except ImageMissing as exc:
+            raise _missing(shas[exc.index]) from exc
+        images: list[ImagePixels] = []
         for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
-            if new is not None:
-                cache.put(key, new)
-            tiles = old if old is not None else new
-            assert tiles is not None
-            images.append(tiles)
-        ordered = [images[i] for i in conversation.image_order]
-        pixels = None
-        if ordered:
-            pixels = ordered[0] if len(ordered) == 1 else torch.cat(ordered)
-        return inputs.input_ids, pixels, [inputs.counts[i] for i in conversation.image_order]
+            if new is not None:  # a copy when it is in a lent slot, which must go back
+                cache.put(key, self.preparing.cacheable(new))
+            image = old if old is not None else new
+            assert image is not None
+            images.append(image)
+        order = conversation.image_order
+        return inputs.input_ids, [images[i] for i in order], [inputs.counts[i] for i in order]
+
+    def _source(self, sha: str) -> bytes | StoredImage:
+        """An image to prepare: its key when the prepare processes read it, else its bytes."""
+        return StoredImage(sha) if self.preparing.reads_storage else self._read_image(sha)
 
     def _read_image(self, sha: str) -> bytes:
         try:
@@ -304,9 +327,7 @@ class WorkerRuntime:
                 deadline_s=self.read_deadline_s,
             )
         except ObjectNotFound as exc:
-            raise PermanentJobError(
-                f"image sha256:{sha} is no longer stored", code="image_missing"
-            ) from exc
+            raise _missing(sha) from exc
         return data
 
     def _write(self, change: Any) -> Any:
@@ -359,6 +380,10 @@ class WorkerRuntime:
             for job_id, held in self.held.items():
                 log.info("job %s: still running after the shutdown grace; handing it back", job_id)
                 held.stop("shutdown")
+
+
+def _missing(sha: str) -> PermanentJobError:
+    return PermanentJobError(f"image sha256:{sha} is no longer stored", code="image_missing")
 
 
 def _permanent_code(exc: Exception) -> tuple[str, str] | None:

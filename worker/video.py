@@ -4,6 +4,9 @@ By default the clip is cut into `num_frames` equal segments and the middle frame
 read (InternVL's own recipe). With `fps`, a frame is read every 1/fps seconds from the start,
 unless that makes more than `num_frames`: then the segments again, `num_frames` of them. The
 frames are RGB pictures; the preparer tiles them like images (`max_tiles` each).
+
+`prepare_video` does a video job's whole preparation (sampling, decoding, the prompt, the
+frames' pixels and ids) where the worker prepares its jobs: a prepare process, or a task thread.
 """
 
 from __future__ import annotations
@@ -11,11 +14,31 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import av
 from PIL import Image
 
+from core.prompts import build_conversation
 from core.video import DEMUXERS, container_format
+from worker.preparer import JobInputs, Preparer
+
+
+class VideoUndecodable(ValueError):
+    """A job's clip could not be decoded (its frames not read)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)  # in args: the error crosses processes pickled
+        self.reason = reason
+
+
+@dataclass
+class VideoInputs:
+    """A video job prepared: the frames read, the prompt's image order, its inputs."""
+
+    frames: list[int]
+    order: list[int]
+    inputs: JobInputs
 
 
 @dataclass(frozen=True)
@@ -96,3 +119,27 @@ def sample_frames(
     if not indices:
         raise ValueError("the video has no frames")
     return indices, decode_frames(data, indices)
+
+
+def prepare_video(
+    preparer: Preparer,
+    spec: dict[str, Any],
+    control_tokens: list[str],
+    data: bytes,
+    *,
+    max_tiles: int,
+    on_device: bool,
+) -> VideoInputs:
+    """A video job's frames sampled and decoded, its prompt rendered, its inputs prepared."""
+    video = spec["video"]
+    try:
+        indices, pictures = sample_frames(
+            data, num_frames=int(video["num_frames"]), fps=video.get("fps")
+        )
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the clip is unusable
+        raise VideoUndecodable(str(exc)) from None
+    conversation = build_conversation(spec, control_tokens=control_tokens, frames=len(indices))
+    inputs = preparer.job_inputs(
+        conversation, list(pictures), max_tiles=max_tiles, on_device=on_device
+    )
+    return VideoInputs(indices, conversation.image_order, inputs)

@@ -11,15 +11,23 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.prompts import Conversation
-from worker.prepare_pool import prepare_job
+from worker.prepare_pool import prepare_job, prepare_video_job
+from worker.prepare_slots import WireInputs
 from worker.preparer import ImageSource, JobInputs
+from worker.video import VideoInputs
 
 
 def stop_once(
-    marker: str, conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
-) -> JobInputs:
+    marker: str,
+    conversation: Conversation,
+    images: Sequence[ImageSource | int],
+    max_tiles: int,
+    on_device: bool = False,
+    slots: list[int | None] | None = None,
+) -> JobInputs | WireInputs:
     """The first call writes its process id to `marker` and waits there to be killed; the
     calls after it (the marker exists) prepare as a prepare process does."""
     path = Path(marker)
@@ -28,11 +36,26 @@ def stop_once(
         partial.write_text(str(os.getpid()))
         partial.rename(path)
         time.sleep(110)  # killed long before
-    return prepare_job(conversation, images, max_tiles)
+    return prepare_job(conversation, images, max_tiles, on_device, slots)
+
+
+def stop_video_once(marker: str, *args: Any) -> VideoInputs:
+    """`stop_once` for a video job: the first call waits to be killed, the next prepares."""
+    path = Path(marker)
+    if not path.exists():
+        partial = path.with_suffix(".partial")
+        partial.write_text(str(os.getpid()))
+        partial.rename(path)
+        time.sleep(110)  # killed long before
+    return prepare_video_job(*args)
 
 
 def die(
-    conversation: Conversation, images: Sequence[ImageSource | int], max_tiles: int
+    conversation: Conversation,
+    images: Sequence[ImageSource | int],
+    max_tiles: int,
+    on_device: bool = False,
+    slots: list[int | None] | None = None,
 ) -> JobInputs:
     """A prepare process that dies while preparing (a decoder crash, the OOM killer)."""
     os.kill(os.getpid(), signal.SIGKILL)

@@ -14,7 +14,7 @@ from worker.engine import PreparedJob
 
 def job(name: str, prompt: int = 10, new: int = 10, tiles: int = 1) -> PreparedJob:
     ids = torch.zeros(prompt, dtype=torch.long)
-    return PreparedJob(name, ids, None, [tiles], GenerationParams(max_new_tokens=new))
+    return PreparedJob(name, ids, [], [tiles], GenerationParams(max_new_tokens=new))
 
 
 @dataclass

@@ -126,7 +126,7 @@ def test_tiles_are_what_the_processor_cut_and_match_the_grid(
     prepared = engine.prepare("tiles", conversation, images, params)
     expected = [tile_count(w, h, tile_size=64, max_tiles=max_tiles) for w, h in sizes]
     assert prepared.image_tiles == expected
-    assert prepared.pixel_values is not None and prepared.pixel_values.shape[0] == sum(expected)
+    assert engine.device_tiles(prepared.pixels).shape[0] == sum(expected)
     image_tokens = int((prepared.input_ids == engine.image_token_ids[1]).sum())
     assert image_tokens == sum(expected) * engine.image_seq_length
 

@@ -21,6 +21,7 @@ from tests.support.prepare import die, stop_once, wait_for_pid
 from tests.support.worker import photo
 from worker.prepare_pool import PrepareFailed, PreparePool
 from worker.preparer import ImageUndecodable
+from worker.preprocess import Picture
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,20 @@ def test_prepared_tensors_arrive_as_shared_memory_equal_to_preparing_here(
     assert torch.equal(there.input_ids, here.input_ids)
     assert torch.equal(there.tiles[0], here.tiles[0])
     assert there.tiles[1] is None and there.counts == here.counts == [13, 5]
+
+
+def test_pictures_for_the_device_arrive_as_shared_memory_equal_to_decoding_here(
+    pool: PreparePool, engine: Any
+) -> None:
+    conversation = two_images(engine)
+    images: list[bytes | int] = [photo(1, size=(640, 480)), photo(2, size=(64, 64))]
+    here = engine.preparer.job_inputs(conversation, images, max_tiles=12, on_device=True)
+    there = pool.run(conversation, images, max_tiles=12, on_device=True)
+    for mine, theirs in zip(here.tiles, there.tiles, strict=True):
+        assert isinstance(mine, Picture) and isinstance(theirs, Picture)
+        assert theirs.pixels.is_shared() and torch.equal(theirs.pixels, mine.pixels)
+        assert (theirs.columns, theirs.rows) == (mine.columns, mine.rows)
+    assert torch.equal(there.input_ids, here.input_ids) and there.counts == [13, 1]
 
 
 def test_an_undecodable_image_comes_back_as_its_error(pool: PreparePool, engine: Any) -> None:

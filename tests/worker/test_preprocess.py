@@ -58,8 +58,10 @@ def test_prepared_job_is_the_processors_ids_and_pixels(
         text=[text], images=images, return_tensors="pt", max_patches=max_tiles
     )
     assert torch.equal(prepared.input_ids, expected["input_ids"][0])
-    assert prepared.pixel_values is not None and prepared.pixel_values.dtype == torch.uint8
-    assert torch.equal(engine._pixels(prepared.pixel_values), expected["pixel_values"])
+    assert all(isinstance(image, torch.Tensor) for image in prepared.pixels)  # CPU: host tiles
+    tiles = engine.device_tiles(prepared.pixels)
+    assert tiles.dtype == torch.uint8
+    assert torch.equal(engine._pixels(tiles), expected["pixel_values"])
 
 
 @pytest.mark.parametrize("orientation", [1, 6, 3])

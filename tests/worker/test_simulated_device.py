@@ -9,6 +9,7 @@ from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from tests.support.pictures import picture
+from worker.preprocess import Picture
 from worker.simulated_device import DEVICES, INTERNVL3_1B, SimulatedEngine, decode_step_s, prefill_s
 
 
@@ -34,7 +35,9 @@ def test_simulated_engine_prepares_for_real_and_sleeps_for_the_device(
     job = engine.prepare(
         "j", conversation, [picture((640, 480))], GenerationParams(max_new_tokens=20)
     )
-    assert job.image_tiles == [13] and job.pixel_values is not None
+    # Auto resizing: the simulated device is a GPU, so the picture travels, not its tiles.
+    [image] = job.pixels
+    assert job.image_tiles == [13] and isinstance(image, Picture) and image.tiles == 13
     expected = prefill_s(engine.simulated, engine.shape, 13, job.prompt_tokens) + 20 * 0.0012
     started = time.monotonic()
     [result] = engine.generate([job])
