@@ -1,14 +1,16 @@
-"""Train the tiny InternVL to see: colours, shapes, counts, printed words and odd pictures out.
+"""Train the tiny InternVL to see: colours, shapes, counts, words, differences, motion.
 
 The random-weight presets of devtools.tiny_model say nothing true about an image. This module
 trains one tiny checkpoint, deterministically on one CPU thread, on pictures devtools.seeing_data
 draws, through the service's own path: core.prompts builds each job's conversation and
-worker.preparer its ids and uint8 tiles, normalised as the engine does. The weights are shipped
-(devtools/tiny_seeing.safetensors) with a key hashing this code, its configuration, and what
-devtools.tiny_model builds for it (the tokenizer's vocabulary and merges, the model config),
-so that a change there which alters the model also retrains it, and one that does not (a
-refactor) does not; a checkpoint is built from the weights when the key matches and
-retrained otherwise.
+worker.preparer its ids and uint8 tiles, normalised as the engine does (devtools.seeing_batches).
+Linear probes on the image tokens guide the vision tower first, then alongside the answers
+(devtools.seeing_probes), and are dropped: the checkpoint is the plain InternVL. The weights
+are shipped (devtools/tiny_seeing.safetensors) with a key hashing this code (the four modules),
+its configuration, and what devtools.tiny_model builds for it (the tokenizer's vocabulary and
+merges, the model config), so that a change there which alters the model also retrains it, and
+one that does not (a refactor) does not; a checkpoint is built from the weights when the key
+matches and retrained otherwise.
 
     python -m devtools.tiny_training --ship      # retrain, rewrite the shipped file, print accuracy
     python -m devtools.tiny_training --evaluate  # the shipped weights' held-out accuracy
@@ -29,16 +31,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, InternVLForConditionalGeneration
 
-from core.prompts import build_conversation
 from devtools import seeing_data
+from devtools.seeing_batches import Batcher
 from devtools.seeing_data import KINDS, Example
+from devtools.seeing_probes import Probes, place_patches
 from devtools.tiny_model import (
     TinyPreset,
     build_processor,
     model_config,
     train_tokenizer,
 )
-from worker.preparer import Preparer
 
 SHIPPED = Path(__file__).with_name("tiny_seeing.safetensors")
 KEY_FILE = "seeing.key"  # in a built checkpoint: the key its weights were trained under
@@ -55,12 +57,17 @@ PRESET = TinyPreset(
 class TrainConfig:
     """Everything training depends on besides the code."""
 
-    steps: int = 1200
+    steps: int = 1000
     batch: int = 32
-    vision_lr: float = 3e-3  # vision tower and projector
-    text_lr: float = 1e-3  # language model
+    vision_lr: float = 3e-3  # vision tower, projector and probes
+    text_lr: float = 5e-3  # language model
     warmup: int = 100
     weight_decay: float = 0.01
+    probe_steps: int = 200  # the first stage: vision tower, projector and probes alone
+    probe_batch: int = 32
+    probe_weight: float = 1.0  # the probes' share of the loss in the second stage
+    # The kinds a batch draws in turn: comparing pictures (the odd one, motion) the most.
+    turn: tuple[str, ...] = (*KINDS, "odd_one", "motion", "odd_one", "motion")
     seed: int = 0
     eval_per_kind: int = 100
     eval_seed: int = 10_000
@@ -76,7 +83,7 @@ def training_key(config: TrainConfig = CONFIG) -> str:
     few tens of milliseconds), not by the builder's source.
     """
     digest = hashlib.sha256()
-    for module in ("tiny_training.py", "seeing_data.py"):
+    for module in ("tiny_training.py", "seeing_data.py", "seeing_batches.py", "seeing_probes.py"):
         digest.update(Path(__file__).with_name(module).read_bytes())
     digest.update(repr((asdict(config), PRESET)).encode())
     tokenizer = train_tokenizer(PRESET.bpe_vocab_size)
@@ -91,6 +98,7 @@ def _new_model(preset: TinyPreset) -> tuple[InternVLForConditionalGeneration, An
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = InternVLForConditionalGeneration(model_config(preset, tokenizer))
+    place_patches(model, preset.tile_size // preset.patch_size)
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
         pad_token_id=tokenizer.pad_token_id,
@@ -98,65 +106,10 @@ def _new_model(preset: TinyPreset) -> tuple[InternVLForConditionalGeneration, An
     return model, processor
 
 
-class Batcher:
-    """Examples to the tensors the model reads, exactly as the worker prepares a job."""
-
-    def __init__(self, processor: Any) -> None:
-        self.preparer = Preparer(processor, model_alias="tiny-seeing", cache_bytes=0)
-        self.tokenizer = processor.tokenizer
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.eos_id = int(self.tokenizer.eos_token_id)
-
-    def prompt(self, example: Example) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt ids, normalised float tiles) of one example."""
-        conversation = build_conversation(example.spec, control_tokens=[])
-        ids, tiles, _ = self.preparer.inputs(conversation, example.images, max_tiles=12)
-        assert tiles is not None
-        pixels = (tiles.to(torch.float32) - self.preparer.pixel_mean) / self.preparer.pixel_std
-        return ids, pixels
-
-    def answer_ids(self, answer: str) -> list[int]:
-        return [*self.tokenizer.encode(answer, add_special_tokens=False), self.eos_id]
-
-    def training(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Left-padded ids, mask, labels (answer and end of turn only) and tiles."""
-        rows, targets, pixels = [], [], []
-        for example in examples:
-            ids, tiles = self.prompt(example)
-            answer = self.answer_ids(example.answer)
-            rows.append([*ids.tolist(), *answer])
-            targets.append([-100] * len(ids) + answer)
-            pixels.append(tiles)
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id)
-        labels = torch.full((len(rows), width), -100)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, target) in enumerate(zip(rows, targets, strict=True)):
-            input_ids[i, width - len(row) :] = torch.tensor(row)
-            labels[i, width - len(row) :] = torch.tensor(target)
-            mask[i, width - len(row) :] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "labels": labels,
-            "pixel_values": torch.cat(pixels),
-        }
-
-    def prompts(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Left-padded prompts for greedy generation."""
-        prepared = [self.prompt(example) for example in examples]
-        width = max(len(ids) for ids, _ in prepared)
-        input_ids = torch.full((len(prepared), width), self.pad_id)
-        mask = torch.zeros((len(prepared), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(prepared):
-            input_ids[i, width - len(ids) :] = ids
-            mask[i, width - len(ids) :] = 1
-        pixels = torch.cat([tiles for _, tiles in prepared])
-        return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": pixels}
-
-
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    vision: list[torch.nn.Parameter] = []
+def _optimizer(
+    model: torch.nn.Module, probes: torch.nn.Module, config: TrainConfig
+) -> torch.optim.Optimizer:
+    vision: list[torch.nn.Parameter] = list(probes.parameters())
     text: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (text if ".language_model." in f".{name}" or "lm_head" in name else vision).append(
@@ -187,27 +140,47 @@ def train(config: TrainConfig = CONFIG, *, log_every: int = 100) -> dict[str, to
         torch.use_deterministic_algorithms(deterministic)
 
 
+def _draw(step: int, config: TrainConfig, rng: random.Random) -> list[Example]:
+    """A batch holding every kind in turn (the turn starts where the last batch's ended)."""
+    first, turn = step * config.batch, config.turn
+    return [seeing_data.example(turn[(first + i) % len(turn)], rng) for i in range(config.batch)]
+
+
+def _answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy on the answer tokens, with logits computed for the answer's end only."""
+    labels = batch.pop("labels")
+    width = int((labels != -100).sum(dim=1).max())  # answers end every row (left padding)
+    logits = model(**batch, logits_to_keep=width + 1).logits[:, :-1]
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels[:, -width:].flatten(), ignore_index=-100
+    )
+
+
 def _train(config: TrainConfig, log_every: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(config.seed)
     model, processor = _new_model(PRESET)
     batcher = Batcher(processor)
-    optimizer = _optimizer(model, config)
-    bases = [group["lr"] for group in optimizer.param_groups]
+    probes = Probes(PRESET.text_hidden, config.vision_lr, config.weight_decay)
+    probes.watch(model)
     rng = random.Random(config.seed)  # noqa: S311 - drawing pictures, not cryptography
     model.train()
-    started = time.monotonic()
-    recent: dict[str, float] = {}
+    probes.first_stage(model, batcher, config.probe_steps, config.probe_batch, rng, log_every)
+    optimizer = _optimizer(model, probes, config)
+    bases = [group["lr"] for group in optimizer.param_groups]
+    started, recent = time.monotonic(), {"answer": 0.0, "probes": 0.0}
     for step in range(config.steps):
-        kind = KINDS[step % len(KINDS)]
-        batch = batcher.training([seeing_data.example(kind, rng) for _ in range(config.batch)])
+        batch = batcher.training(_draw(step, config, rng))
+        picture_labels = batch.pop("picture_labels")
         for group, base in zip(optimizer.param_groups, bases, strict=True):
             group["lr"] = base * _schedule(step, config)
-        loss = model(**batch).loss
+        answer = _answer_loss(model, batch)
+        probe = probes.loss(picture_labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (answer + config.probe_weight * probe).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        recent[kind] = 0.9 * recent.get(kind, loss.item()) + 0.1 * loss.item()
+        for name, value in (("answer", answer.item()), ("probes", probe.item())):
+            recent[name] = value if step == 0 else 0.9 * recent[name] + 0.1 * value
         if log_every and (step % log_every == 0 or step == config.steps - 1):
             losses = " ".join(f"{name} {value:.3f}" for name, value in recent.items())
             print(f"step {step} ({time.monotonic() - started:.0f} s): {losses}")  # noqa: T201

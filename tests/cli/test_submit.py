@@ -50,12 +50,12 @@ def test_submit_and_wait_in_the_embedded_dev_mode(tmp_path: Path) -> None:
     with ServiceProcess(["dev", "--port", str(port)], env, tmp_path / "dev.log") as dev:
         wait_http(f"{base}/readyz", timeout=120, process=dev)
         # What scripts/demo submits: dev mode's trained tiny model says what the picture shows.
-        demo = ("--task", "vqa", "--question", "What colour is the shape?", "--wait", "--json")
+        demo = ("--task", "caption", "--wait", "--json")
         done = submit(base, str(EXAMPLES / "red-circle.png"), *demo)
         queued = submit(base, str(EXAMPLES / "cat.jpg"))
         refused = submit(base, str(bogus))
     assert done.returncode == 0, done.stderr + dev.log()[-3000:]
-    assert json.loads(done.stdout)["result"]["text"] == "red"
+    assert json.loads(done.stdout)["result"]["text"] == "a red circle"
     assert json.loads(queued.stdout)["status"] in ("queued", "running", "succeeded")
     assert refused.returncode == 2
     assert "415 unsupported_image_format" in refused.stderr

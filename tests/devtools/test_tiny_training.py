@@ -13,8 +13,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from core.config import Settings
 from devtools import seeing_data, tiny_training
 from devtools.embedded import ensure_tiny_model, tiny_model_dir
-from devtools.seeing_data import KINDS
-from devtools.tiny_training import CONFIG, Batcher, build_seeing_model, is_current
+from devtools.seeing_batches import Batcher
+from devtools.seeing_data import IGNORE, KINDS
+from devtools.tiny_training import CONFIG, build_seeing_model, is_current
 from tests.support.seeing import RELIABLE
 
 
@@ -26,11 +27,14 @@ def test_the_shipped_weights_were_trained_by_this_code() -> None:
 
 
 def test_training_is_deterministic() -> None:
-    config = replace(CONFIG, steps=2, batch=2, warmup=1)
+    config = replace(CONFIG, steps=2, batch=2, warmup=1, probe_steps=2, probe_batch=2)
     first = tiny_training.train(config, log_every=0)
     second = tiny_training.train(config, log_every=0)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
+    # the probes that guide training are not part of the model
+    plain, _ = tiny_training._new_model(tiny_training.PRESET)
+    assert first.keys() == plain.state_dict().keys()
 
 
 def test_training_examples_are_the_service_prompts_with_the_answer_to_learn() -> None:
@@ -44,6 +48,25 @@ def test_training_examples_are_the_service_prompts_with_the_answer_to_learn() ->
     prompt = processor.tokenizer.decode(batch["input_ids"][0][labels == -100])
     assert prompt.endswith(f"{seeing_data.COLOUR_QUESTION}<|im_end|>\n<|im_start|>assistant\n")
     assert batch["pixel_values"].shape == (1, 3, 64, 64)
+    assert batch["picture_labels"].shape == (1, len(seeing_data.LABELS))
+
+
+def test_a_motion_example_is_a_video_job_on_its_frames_in_order() -> None:
+    _, processor = tiny_training._new_model(tiny_training.PRESET)
+    example = seeing_data.example("motion", random.Random(5))
+    batch = Batcher(processor).training([example])
+    prompt = processor.tokenizer.decode(batch["input_ids"][0][batch["labels"][0] == -100])
+    frames = [f"Frame{n}: <img>" for n in range(1, seeing_data.FRAMES + 1)]
+    assert [line[: len("FrameN: <img>")] for line in prompt.splitlines()[1:5]] == frames
+    assert prompt.endswith(f"{seeing_data.MOTION_QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+    assert batch["pixel_values"].shape == (seeing_data.FRAMES, 3, 64, 64)
+    # the shape's cell moves the way the answer says, frame by frame
+    labels = batch["picture_labels"]
+    axis = list(seeing_data.LABELS).index("x" if example.answer in ("left", "right") else "y")
+    cells = labels[:, axis].tolist()
+    assert IGNORE not in cells
+    assert cells == sorted(cells, reverse=example.answer in ("left", "up"))
+    assert cells[0] != cells[-1]
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,20 @@ def make_clip(
     return buffer.getvalue()
 
 
+def clip_of(pictures: list[Image.Image], container: str = "mp4", *, fps: int = 4) -> bytes:
+    """A clip whose frames are these pictures, in order."""
+    fmt, codec = CONTAINERS[container]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = pictures[0].size
+        stream.pix_fmt = "yuv420p"
+        for picture in pictures:
+            out.mux(stream.encode(av.VideoFrame.from_image(picture.convert("RGB"))))
+        out.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def _add_silence(out: av.container.OutputContainer, sound: av.AudioStream, seconds: float) -> None:
     samples = 1024
     for block in range(int(seconds * 8000 / samples)):
