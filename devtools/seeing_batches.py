@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from core.prompts import build_conversation
-from devtools.seeing_data import Example, label_rows
+from devtools.seeing_data import IGNORE, Example, label_rows, sequence_targets
 from worker.preparer import Preparer
 
 
@@ -25,6 +25,7 @@ class Batcher:
         self.tokenizer = processor.tokenizer
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.eos_id = int(self.tokenizer.eos_token_id)
+        self.end_image_id = int(self.tokenizer.end_image_token_id)
 
     def prompt(self, example: Example) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt ids, normalised float tiles) of one example."""
@@ -53,9 +54,20 @@ class Batcher:
         for i, length in enumerate(answers):
             labels[i, -length:] = batch["input_ids"][i, -length:]
         batch["labels"] = labels
+        batch["sequence_labels"] = self._at_picture_ends(batch["input_ids"], examples)
         batch["pixel_values"] = torch.cat(pixels)
         batch["picture_labels"] = label_rows([row for ex in examples for row in ex.labels])
         return batch
+
+    def _at_picture_ends(
+        self, input_ids: torch.Tensor, examples: Sequence[Example]
+    ) -> torch.Tensor:
+        """(rows, positions): each example's sequence targets at its pictures' end tokens."""
+        targets = torch.full_like(input_ids, IGNORE)
+        for row, example in enumerate(examples):
+            ends = (input_ids[row] == self.end_image_id).nonzero().flatten()
+            targets[row, ends] = torch.tensor(sequence_targets(example))
+        return targets
 
     def prompts(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         """Left-padded prompts for greedy generation."""

@@ -259,6 +259,22 @@ def _motion(rng: random.Random) -> Example:
     return Example("motion", spec, images, direction, labels)
 
 
+# What the pictures so far show together, learned at each picture's end: after the second of an
+# odd-one job's pictures whether it differs from the first, after the third which one differs,
+# and from a video's second frame on which way the shape moves.
+SEQUENCE_CLASSES = 2 + 3 + len(DIRECTIONS)
+
+
+def sequence_targets(example: Example) -> list[int]:
+    """One class per picture (SEQUENCE_CLASSES), IGNORE where nothing is learned at its end."""
+    if example.kind == "odd_one":
+        odd = int(example.answer.split()[1])
+        return [IGNORE, int(odd != 3), 2 + odd - 1]
+    if example.kind == "motion":
+        return [IGNORE] + [5 + DIRECTIONS.index(example.answer)] * (len(example.images) - 1)
+    return [IGNORE] * len(example.images)
+
+
 def label_rows(per_picture: Sequence[dict[str, int]]) -> torch.Tensor:
     """(pictures, LABELS) class indices, IGNORE where a picture lacks a label."""
     return torch.tensor([[labels.get(name, IGNORE) for name in LABELS] for labels in per_picture])

@@ -17,7 +17,7 @@ from transformers import InternVLForConditionalGeneration
 
 from devtools import seeing_data
 from devtools.seeing_batches import Batcher
-from devtools.seeing_data import IGNORE, KINDS, LABELS
+from devtools.seeing_data import IGNORE, KINDS, LABELS, SEQUENCE_CLASSES
 
 
 class Probes(nn.Module):
@@ -27,14 +27,33 @@ class Probes(nn.Module):
         super().__init__()
         self.lr, self.weight_decay = lr, weight_decay
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, size) for name, size in LABELS.items()})
+        self.sequence = nn.Linear(hidden, SEQUENCE_CLASSES)
         self.features: torch.Tensor | None = None
+        self.states: torch.Tensor | None = None
 
     def watch(self, model: InternVLForConditionalGeneration) -> None:
-        """Keep the projector's output (tiles, tokens, hidden) at each forward pass."""
+        """Keep the projector's output (tiles, tokens, hidden) and the language model's states."""
         model.model.multi_modal_projector.register_forward_hook(self._keep)
+        model.model.language_model.norm.register_forward_hook(self._keep_states)
 
     def _keep(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         self.features = output
+
+    def _keep_states(self, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        self.states = output
+
+    def sequence_loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the language model's states at pictures' ends (seeing_data targets).
+
+        Asks the language model to compare pictures as it reads them, not only when it answers.
+        """
+        assert self.states is not None, "the language model has not run"
+        if bool((targets == IGNORE).all()):
+            return self.states.new_zeros(())
+        logits = self.sequence(self.states)
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE
+        )
 
     def loss(self, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of every head on every image token; `labels` is (tiles, LABELS)."""

@@ -57,7 +57,7 @@ PRESET = TinyPreset(
 class TrainConfig:
     """Everything training depends on besides the code."""
 
-    steps: int = 1000
+    steps: int = 1700
     batch: int = 32
     vision_lr: float = 3e-3  # vision tower, projector and probes
     text_lr: float = 5e-3  # language model
@@ -66,8 +66,8 @@ class TrainConfig:
     probe_steps: int = 200  # the first stage: vision tower, projector and probes alone
     probe_batch: int = 32
     probe_weight: float = 1.0  # the probes' share of the loss in the second stage
-    # The kinds a batch draws in turn: comparing pictures (the odd one, motion) the most.
-    turn: tuple[str, ...] = (*KINDS, "odd_one", "motion", "odd_one", "motion")
+    # The kinds a batch draws in turn: the odd one the most, then motion, then captions.
+    turn: tuple[str, ...] = (*KINDS, "odd_one", "odd_one", "odd_one", "motion", "motion", "caption")
     seed: int = 0
     eval_per_kind: int = 100
     eval_seed: int = 10_000
@@ -170,11 +170,11 @@ def _train(config: TrainConfig, log_every: int) -> dict[str, torch.Tensor]:
     started, recent = time.monotonic(), {"answer": 0.0, "probes": 0.0}
     for step in range(config.steps):
         batch = batcher.training(_draw(step, config, rng))
-        picture_labels = batch.pop("picture_labels")
+        picture_labels, sequence = batch.pop("picture_labels"), batch.pop("sequence_labels")
         for group, base in zip(optimizer.param_groups, bases, strict=True):
             group["lr"] = base * _schedule(step, config)
         answer = _answer_loss(model, batch)
-        probe = probes.loss(picture_labels)
+        probe = probes.loss(picture_labels) + probes.sequence_loss(sequence)
         optimizer.zero_grad(set_to_none=True)
         (answer + config.probe_weight * probe).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -69,6 +69,24 @@ def test_a_motion_example_is_a_video_job_on_its_frames_in_order() -> None:
     assert cells[0] != cells[-1]
 
 
+def test_the_language_model_is_asked_to_compare_pictures_at_their_ends() -> None:
+    _, processor = tiny_training._new_model(tiny_training.PRESET)
+    batcher = Batcher(processor)
+    rng = random.Random(7)
+    examples = [seeing_data.example(kind, rng) for kind in ("odd_one", "motion", "caption")]
+    batch = batcher.training(examples)
+    targets = batch["sequence_labels"]
+    ends = batch["input_ids"] == processor.tokenizer.end_image_token_id
+    assert not bool((targets[~ends] != IGNORE).any())  # only at the pictures' end tokens
+    odd, motion, caption = (row[row != IGNORE].tolist() for row in targets)
+    which = int(examples[0].answer.split()[1])  # "image N differs"
+    assert odd == [int(which != 3), 2 + which - 1]  # 2 differs from 1; which one differs
+    direction = 5 + seeing_data.DIRECTIONS.index(examples[1].answer)
+    assert motion == [direction] * (seeing_data.FRAMES - 1)  # from the second frame on
+    assert caption == []
+    assert max(odd + motion) < seeing_data.SEQUENCE_CLASSES
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_seeing_model(tmp_path_factory.mktemp("seeing"))

@@ -12,7 +12,7 @@ from tests.support.videos import clip_of
 
 # The kinds of example (devtools.seeing_data.KINDS) the shipped weights get right on at least
 # 0.95 of held-out pictures; docs/tiny-model.md has every kind's figure.
-RELIABLE = ("caption", "colour", "shape", "count", "ocr", "compare")
+RELIABLE = ("caption", "colour", "shape", "count", "ocr", "compare", "odd_one", "motion")
 
 # Training draws from random.Random(0) and evaluation from 10000; tests from 20000 on.
 TEST_SEED = 20_000
