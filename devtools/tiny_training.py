@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -88,7 +89,9 @@ def training_key(config: TrainConfig = CONFIG) -> str:
     digest.update(repr((asdict(config), PRESET)).encode())
     tokenizer = train_tokenizer(PRESET.bpe_vocab_size)
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
-    digest.update(model_config(PRESET, tokenizer).to_json_string(use_diff=False).encode())
+    config_dict = model_config(PRESET, tokenizer).to_dict()
+    config_dict.pop("transformers_version", None)  # the same model under every supported release
+    digest.update(json.dumps(config_dict, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
