@@ -31,23 +31,13 @@ SLOTS = 4
 
 
 @contextmanager
-def pooled_runtime(
-    settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, work: Work
+def running(
+    settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, pool: PreparePool
 ) -> Iterator[Any]:
+    """A worker runtime preparing in `pool`, its batcher running; both stopped after."""
     from worker.runtime import WorkerRuntime
 
-    engine.prepare_cache.clear()
-    # Slots as a worker has them (one per task thread; 8 MiB holds a 13-tile image of 448 px).
-    # and each prepare process reading images with its own storage client.
-    access = StorageAccess(settings.storage_url, settings.s3_endpoint_url, read_deadline_s=30.0)
-    pool = PreparePool(
-        settings.default_model,
-        processes=1,
-        work=work,
-        slots=SLOTS,
-        slot_bytes=8 * 2**20,
-        storage=access,
-    )
+    engine.prepare_cache.clear()  # the engine outlives tests; the bytes behind a sha may not
     runtime = WorkerRuntime(
         settings=settings,
         spec=settings.default_model,
@@ -58,9 +48,30 @@ def pooled_runtime(
         preparing=pool,
     )
     runtime.batcher.start()
-    yield runtime
-    runtime.batcher.stop()
-    pool.close()
+    try:
+        yield runtime
+    finally:
+        runtime.batcher.stop()
+        pool.close()
+
+
+@contextmanager
+def pooled_runtime(
+    settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, work: Work
+) -> Iterator[Any]:
+    """A runtime whose pool has slots as a worker's (one per task thread; 8 MiB holds a
+    13-tile image of 448 px) and reads images with its own storage client."""
+    access = StorageAccess(settings.storage_url, settings.s3_endpoint_url, read_deadline_s=30.0)
+    pool = PreparePool(
+        settings.default_model,
+        processes=1,
+        work=work,
+        slots=SLOTS,
+        slot_bytes=8 * 2**20,
+        storage=access,
+    )
+    with running(settings, sessions, storage, engine, pool) as runtime:
+        yield runtime
 
 
 @pytest.fixture
@@ -238,25 +249,13 @@ def test_a_video_job_is_sampled_decoded_and_prepared_in_a_process(
 def test_a_prepare_process_killed_mid_video_loses_nothing_and_runs_it_once(
     service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, tmp_path: Path
 ) -> None:
-    from worker.runtime import WorkerRuntime
-
     marker = tmp_path / "preparing"
     pool = PreparePool(
         service_settings.default_model,
         processes=1,
         video_work=partial(stop_video_once, str(marker)),
     )
-    runtime = WorkerRuntime(
-        settings=service_settings,
-        spec=service_settings.default_model,
-        sessions=sessions,
-        storage=storage,
-        engine=engine,
-        worker_id="cpu0.tiny@test",
-        preparing=pool,
-    )
-    runtime.batcher.start()
-    try:
+    with running(service_settings, sessions, storage, engine, pool) as runtime:
         job = video_job(sessions, storage, runtime, make_clip("mkv", seconds=1.0, fps=12))
         outcome: list[str] = []
         task = threading.Thread(target=lambda: outcome.append(runtime.run_job(job.id)))
@@ -264,9 +263,6 @@ def test_a_prepare_process_killed_mid_video_loses_nothing_and_runs_it_once(
         os.kill(wait_for_pid(marker), signal.SIGKILL)
         task.join(120)
         assert outcome == ["succeeded"] and pool.restarts == 1
-    finally:
-        runtime.batcher.stop()
-        pool.close()
     done = job_row(sessions, job.id)
     assert (done.status, done.attempts) == ("succeeded", 1)
     assert event_types(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
@@ -275,28 +271,12 @@ def test_a_prepare_process_killed_mid_video_loses_nothing_and_runs_it_once(
 def test_storage_unreachable_from_a_prepare_process_hands_the_job_back(
     service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any
 ) -> None:
-    from worker.runtime import WorkerRuntime
-
     # Nothing listens on port 9 of this host: every read fails to connect until the deadline.
     access = StorageAccess(service_settings.storage_url, "http://127.0.0.1:9", read_deadline_s=1)
     pool = PreparePool(service_settings.default_model, processes=1, storage=access)
-    runtime = WorkerRuntime(
-        settings=service_settings,
-        spec=service_settings.default_model,
-        sessions=sessions,
-        storage=storage,
-        engine=engine,
-        worker_id="cpu0.tiny@test",
-        preparing=pool,
-    )
-    engine.prepare_cache.clear()
-    runtime.batcher.start()
-    try:
+    with running(service_settings, sessions, storage, engine, pool) as runtime:
         job = queue_job(sessions, storage, runtime.spec, [photo(33)], params={"max_new_tokens": 3})
         assert runtime.run_job(job.id) == "released"
-    finally:
-        runtime.batcher.stop()
-        pool.close()
     handed_back = job_row(sessions, job.id)
     assert (handed_back.status, handed_back.attempts) == ("queued", 1)
     assert handed_back.available_at is not None and handed_back.result is None  # a backoff
