@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.prompts import Conversation
+from core.prompts import Conversation, build_conversation
 from worker.prepare_pool import prepare_job, prepare_video_job
 from worker.prepare_slots import WireInputs
 from worker.preparer import ImageSource, JobInputs
@@ -70,3 +70,9 @@ def wait_for_pid(marker: Path, timeout: float = 60.0) -> int:
             raise TimeoutError(f"no prepare process reached {marker}")
         time.sleep(0.05)
     return int(marker.read_text())
+
+
+def two_images(engine: Any) -> Conversation:
+    """A vqa conversation about two images, with `engine`'s control tokens."""
+    spec = {"task": "vqa", "question": "Which one is larger?", "images": ["a", "b"]}
+    return build_conversation(spec, control_tokens=engine.control_tokens)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from core.config import ModelSpec
-from core.prompts import build_conversation
-from tests.support.prepare import die, stop_once, wait_for_pid
+from tests.support.prepare import die, stop_once, two_images, wait_for_pid
 from tests.support.worker import photo
 from worker.prepare_pool import PrepareFailed, PreparePool
 from worker.preparer import ImageUndecodable
@@ -36,11 +35,6 @@ def pool(spec: ModelSpec) -> Any:
     pool.wait_ready()
     yield pool
     pool.close()
-
-
-def two_images(engine: Any) -> Any:
-    spec = {"task": "vqa", "question": "Which one is larger?", "images": ["a", "b"]}
-    return build_conversation(spec, control_tokens=engine.control_tokens)
 
 
 def test_prepared_tensors_arrive_as_shared_memory_equal_to_preparing_here(

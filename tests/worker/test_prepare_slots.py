@@ -18,8 +18,7 @@ import pytest
 import torch
 
 from core.config import ModelSpec
-from core.prompts import build_conversation
-from tests.support.prepare import stop_once, wait_for_pid
+from tests.support.prepare import stop_once, two_images, wait_for_pid
 from tests.support.worker import photo
 from worker.prepare_pool import PreparePool
 from worker.prepare_slots import PREFIX, SHM_FOLDER, SlotArena
@@ -40,11 +39,6 @@ def pool(spec: ModelSpec) -> Iterator[PreparePool]:
     pool.wait_ready()
     yield pool
     pool.close()
-
-
-def two_images(engine: Any) -> Any:
-    spec = {"task": "vqa", "question": "Which one is larger?", "images": ["a", "b"]}
-    return build_conversation(spec, control_tokens=engine.control_tokens)
 
 
 def all_free(pool: PreparePool) -> bool:
