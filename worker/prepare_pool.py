@@ -161,7 +161,7 @@ def _read(
 ) -> Sequence[ImageSource | int | StoredImage]:
     """Images given by their storage key read with this process's own client."""
     if _storage is None:
-        return images  # nothing to read with: keys left are refused by _without_keys
+        return images  # nothing to read with: keys left are refused by without_keys
     client, deadline_s = _storage
     return read_images(client, images, deadline_s=deadline_s)
 

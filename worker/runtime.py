@@ -251,8 +251,9 @@ class WorkerRuntime:
     ) -> tuple[list[int], torch.Tensor, list[ImagePixels], list[int]]:
         """(frames read, ids, each frame's pixels, tiles per frame) of a video job.
 
-        The clip is read here; its frames are sampled, decoded and prepared by the prepare
-        processes (or this thread), not cached: a clip is rarely asked twice.
+        The clip is read here, or by the prepare process when the pool reads storage; its
+        frames are sampled, decoded and prepared by the prepare processes (or this thread), not
+        cached: a clip is rarely asked twice.
         """
         sha = str(spec["video"]["sha256"])
         try:
