@@ -126,10 +126,17 @@ class Admission:
         width = max(j.prompt_tokens for j in group)
         if running and chosen and len(group) * width > self.prefill_tokens_per_step:
             return False  # a group joining a decoding batch stays within one step's budget
-        # While others decode the group is prefilled in chunks (worker.continuous).
-        columns = max(self.prefill_tokens_per_step // len(group), 1) if running else None
+        columns = self.chunk_columns(len(group), decoding=bool(running))
         needed = footprint_tokens(running + group) + self.prefill_cost.tokens(group, columns)
         return needed <= self.kv_budget
+
+    def chunk_columns(self, rows: int, *, decoding: bool) -> int | None:
+        """Columns one prefill step feeds a group of `rows` rows: while others decode, the
+        group's share of prefill_tokens_per_step (its prompt then takes several steps, so the
+        decoding rows do not wait for all of it); None when nothing decodes: all at once."""
+        if not decoding:
+            return None
+        return max(self.prefill_tokens_per_step // rows, 1)
 
     def join_now(
         self, group: int, waiting: int, rows: int, *, waited_s: float, max_wait_s: float

@@ -229,9 +229,9 @@ class ContinuousBatcher(Batcher):
     def _advance_prefill(self) -> None:
         prefill = self._prefill
         assert prefill is not None
-        columns = prefill.width
-        if self._rows:  # others are decoding: bound how long they wait for this step
-            columns = max(self.admission.prefill_tokens_per_step // prefill.rows, 1)
+        # While others decode, the chunk is bounded so that they do not wait for all of it.
+        chunk = self.admission.chunk_columns(prefill.rows, decoding=bool(self._rows))
+        columns = prefill.width if chunk is None else chunk
         try:
             logits = self._prefill_chunk(prefill, columns)
         except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures

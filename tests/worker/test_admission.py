@@ -146,3 +146,10 @@ def test_a_group_must_fit_with_its_prefill_activations() -> None:
     assert len(chunked.group(long, [job("r")])) == 1
     chunked.kv_budget -= 1
     assert chunked.group(long, [job("r")]) == []
+
+
+def test_a_group_beside_decoding_rows_is_prefilled_in_its_share_of_the_step_tokens() -> None:
+    admission = policy(prefill_tokens_per_step=1000)
+    assert admission.chunk_columns(4, decoding=True) == 250
+    assert admission.chunk_columns(3000, decoding=True) == 1  # never less than one column
+    assert admission.chunk_columns(4, decoding=False) is None  # nobody waits: all at once
