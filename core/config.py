@@ -122,6 +122,20 @@ class ModelSpec(BaseModel):
         description="Continuous batching, join_order shortest: how long shorter jobs may "
         "overtake a waiting job; after that it joins in order of arrival.",
     )
+    kv_budget_recover_steps: int = Field(
+        200,
+        ge=1,
+        le=1_000_000,
+        description="Continuous batching: steps without running out of memory after which a "
+        "KV budget that out-of-memory lowered grows back by kv_budget_recover_factor.",
+    )
+    kv_budget_recover_factor: float = Field(
+        1.25,
+        gt=1.0,
+        le=10.0,
+        description="Continuous batching: how much a lowered KV budget grows after "
+        "kv_budget_recover_steps clean steps, never above the one computed at start.",
+    )
     vision_chunk_tiles: int = Field(
         0,
         ge=0,

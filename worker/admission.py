@@ -77,8 +77,10 @@ class Admission:
     shortest_first: bool = True
     overtake_max_s: float = 30.0
     prefill_cost: PrefillCost = field(default_factory=PrefillCost)
-    recover_after_steps: int = 200  # clean steps before a lowered budget grows back a step
-    recover_factor: float = 1.25  # ... by this factor, up to the computed budget
+    # After out of memory: clean steps before a lowered budget grows back a step, and by how
+    # much, up to the computed budget (kv_budget_recover_steps and _factor in the registry).
+    recover_after_steps: int = 200
+    recover_factor: float = 1.25
     held_steps: int = 0  # steps run while jobs waited to join, since the last join
     clean_steps: int = 0  # steps since the budget was last lowered or raised
     alone: set[str] = field(default_factory=set)  # jobs that ran out of memory beside others

@@ -67,6 +67,8 @@ class ContinuousBatcher(Batcher):
         join_max_wait_steps: int = 20,
         shortest_first: bool = True,
         overtake_max_ms: int = 30_000,
+        recover_steps: int = 200,
+        recover_factor: float = 1.25,
         cost: PrefillCost | None = None,
     ) -> None:
         # The policy holds the batch limits (the properties below), so it exists first.
@@ -80,6 +82,8 @@ class ContinuousBatcher(Batcher):
             join_max_wait_steps=join_max_wait_steps,
             shortest_first=shortest_first,
             overtake_max_s=overtake_max_ms / 1000,
+            recover_after_steps=recover_steps,
+            recover_factor=recover_factor,
             prefill_cost=cost or prefill_cost(engine),
         )
         super().__init__(
@@ -385,4 +389,6 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
         join_max_wait_steps=spec.join_max_wait_steps,
         shortest_first=spec.join_order == "shortest",
         overtake_max_ms=spec.join_overtake_max_ms,
+        recover_steps=spec.kv_budget_recover_steps,
+        recover_factor=spec.kv_budget_recover_factor,
     )

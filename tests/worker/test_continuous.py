@@ -350,6 +350,11 @@ def test_the_registry_entry_chooses_the_scheduler(engine: InternVLEngine) -> Non
     assert isinstance(continuous, ContinuousBatcher)
     assert not continuous.admission.shortest_first and continuous.admission.overtake_max_s == 0.005
     assert make_batcher(engine, spec).admission.shortest_first  # type: ignore[attr-defined]
+    recovery = {"kv_budget_recover_steps": 7, "kv_budget_recover_factor": 1.5}
+    recovering = make_batcher(engine, ModelSpec(**{**spec.model_dump(), **recovery}))
+    assert isinstance(recovering, ContinuousBatcher)
+    policy = recovering.admission
+    assert (policy.recover_after_steps, policy.recover_factor) == (7, 1.5)
 
 
 def test_the_batch_limits_are_the_admission_policys(engine: InternVLEngine) -> None:
@@ -375,9 +380,8 @@ def test_the_budget_lowered_by_out_of_memory_grows_back_after_clean_steps(
     engine: InternVLEngine,
 ) -> None:
     jobs = [vqa(engine, i, GenerationParams(max_new_tokens=12), f"r{i}") for i in range(1, 5)]
-    b = FullDevice(engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000)
+    b = FullDevice(engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000, recover_steps=3)
     b.max_rows = 2
-    b.admission.recover_after_steps = 3
     budgets: list[int] = []
     b.on_step = lambda rows, elapsed_s, prefilled: budgets.append(b.admission.kv_budget)
     futures = [b.submit(job) for job in jobs]
