@@ -150,6 +150,15 @@ class ModelSpec(BaseModel):
         "questions is prepared once (a 13-tile image at 448 px is 7.5 MiB as tiles, a "
         "640x480 photo 0.9 MiB as a picture); 0: none.",
     )
+    stage_pixels_mb: int = Field(
+        0,
+        ge=0,
+        le=65_536,
+        description="On a GPU, continuous batching: MiB of pinned host memory (and as much "
+        "device memory) for copying the next group's pixels to the device on a side stream "
+        "while the current step runs; 0: off (copied when the prefill starts). Not used on "
+        "a CPU.",
+    )
     image_resize: Literal["auto", "device", "host"] = Field(
         "auto",
         description="Where pictures are resized and cut into tiles. device: the host only "

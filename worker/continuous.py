@@ -10,6 +10,10 @@ batch, then decodes one token for every running row. A row that ends (end token,
 max_new_tokens, a cancel) leaves on that step: its job gets its Generation and its cache rows
 are freed.
 
+On a GPU with `stage_pixels_mb`, the pixels of the group expected to join next are copied to
+the device during the decode step before it joins (worker.staging), so its prefill finds them
+there.
+
 Beam search keeps the static path: a beam job runs through `generate` once the running batch
 has drained (the oldest job decides, so neither kind starves the other).
 """
@@ -34,6 +38,7 @@ from worker.batcher import (
 from worker.decode import Prefill, RunningBatch, kv_budget_tokens, prefill_cost
 from worker.engine import InternVLEngine, PreparedJob
 from worker.sampling import RowChooser, choose_tokens
+from worker.staging import Stager, make_stager
 from worker.structured import ConstrainedRow
 
 log = logging.getLogger("worker.continuous")
@@ -70,6 +75,7 @@ class ContinuousBatcher(Batcher):
         recover_steps: int = 200,
         recover_factor: float = 1.25,
         cost: PrefillCost | None = None,
+        stager: Stager | None = None,
     ) -> None:
         # The policy holds the batch limits (the properties below), so it exists first.
         self.admission = Admission(
@@ -99,6 +105,7 @@ class ContinuousBatcher(Batcher):
         self._batch = RunningBatch(engine)
         self._prefill: Prefill | None = None
         self._prefill_items: list[_Waiting] = []
+        self.stager = stager  # copies the next group's pixels to the device ahead (a GPU)
 
     @property
     def max_batch_size(self) -> int:
@@ -161,6 +168,8 @@ class ContinuousBatcher(Batcher):
         # for more, so a finished job's pixels (a prepare slot) are not kept until the next.
         while self._turn():
             pass
+        if self.stager is not None:
+            self.stager.drop()
 
     def _turn(self) -> bool:
         admitted = self._admit()
@@ -172,7 +181,10 @@ class ContinuousBatcher(Batcher):
         try:
             live = [item for item in admitted if self._start(item)]
             if live:
-                self._prefill = Prefill(self.engine, [item.job for item in live])
+                jobs = [item.job for item in live]
+                if self.stager is not None:  # their pixels on the device, staged or copied now
+                    jobs = self.stager.take(jobs)
+                self._prefill = Prefill(self.engine, jobs)
                 self._prefill_items = live
             if self._busy():
                 self._step()
@@ -186,6 +198,8 @@ class ContinuousBatcher(Batcher):
         items = [row.item for row in self._rows] + self._prefill_items + admitted
         self._rows, self._prefill, self._prefill_items = [], None, []
         self._batch.keep([])
+        if self.stager is not None:
+            self.stager.drop()
         self.stats.generating_since = None
         for item in items:
             if item.future.running():
@@ -263,12 +277,36 @@ class ContinuousBatcher(Batcher):
         except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
             self._decode_failed(exc)
             return
+        self._stage_next()  # while the step computes: its tokens are read below
         generated = [row.tokens for row in self._rows]
         tokens = choose_tokens([row.chooser for row in self._rows], generated, logits)
         self._batch.next_tokens = tokens
         for row, token in zip(self._rows, tokens.tolist(), strict=True):
             row.tokens.append(token)
         self._leave()
+
+    def _stage_next(self) -> None:
+        """Start copying the pixels of the group expected to join next (worker.staging)."""
+        if self.stager is None:
+            return
+        with self._cond:
+            jobs = self._expected_group()
+        try:
+            self.stager.stage(jobs)
+        except Exception:  # noqa: BLE001 - staging saves time only: a prefill copies what it lacks
+            log.warning("staging the next group's pixels failed", exc_info=True)
+            self.stager.drop()
+
+    def _expected_group(self) -> list[PreparedJob]:
+        """The jobs admission would choose if the running rows and the group being prefilled
+        stayed as they are (canceled ones left out); none while a beam job is first."""
+        if not self._waiting or self._waiting[0].key != ROWS:
+            return []
+        rows = [i for i in self._waiting if i.key == ROWS and not i.future.cancelled()]
+        running = [row.item.job for row in self._rows]
+        running += [item.job for item in self._prefill_items]
+        ordered = self.admission.order(rows, time.monotonic())
+        return [item.job for item in self.admission.group(ordered, running)]
 
     # Model calls, separate so that tests can make them run out of memory like a full GPU.
     def _prefill_chunk(self, prefill: Prefill, columns: int) -> torch.Tensor | None:
@@ -391,4 +429,5 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
         overtake_max_ms=spec.join_overtake_max_ms,
         recover_steps=spec.kv_budget_recover_steps,
         recover_factor=spec.kv_budget_recover_factor,
+        stager=make_stager(engine.device, spec.stage_pixels_mb),
     )
