@@ -181,10 +181,7 @@ class ContinuousBatcher(Batcher):
         try:
             live = [item for item in admitted if self._start(item)]
             if live:
-                jobs = [item.job for item in live]
-                if self.stager is not None:  # their pixels on the device, staged or copied now
-                    jobs = self.stager.take(jobs)
-                self._prefill = Prefill(self.engine, jobs)
+                self._prefill = Prefill(self.engine, self._on_device([i.job for i in live]))
                 self._prefill_items = live
             if self._busy():
                 self._step()
@@ -284,6 +281,19 @@ class ContinuousBatcher(Batcher):
         for row, token in zip(self._rows, tokens.tolist(), strict=True):
             row.tokens.append(token)
         self._leave()
+
+    def _on_device(self, jobs: list[PreparedJob]) -> list[PreparedJob]:
+        """The jobs with their pixels on the device, staged or copied now; as they are without
+        a stager, or when the copies fail: the prefill then copies them itself, where running
+        out of memory is handled as for any prefill."""
+        if self.stager is None:
+            return jobs
+        try:
+            return self.stager.take(jobs)
+        except Exception:  # noqa: BLE001 - staging saves time only
+            log.warning("copying a group's pixels to the device failed", exc_info=True)
+            self.stager.drop()
+            return jobs
 
     def _stage_next(self) -> None:
         """Start copying the pixels of the group expected to join next (worker.staging)."""

@@ -251,3 +251,26 @@ def chained(previous: OnStep | None, step: int, b: Batcher, action: Callable[[],
             done.set()
 
     return on_step
+
+
+class FailingCopies(DeferredCopies):
+    """A device that runs out of memory for every copy."""
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 MiB")
+
+
+def test_copies_that_fail_never_fail_a_job(engine: InternVLEngine) -> None:
+    long_job = vqa(engine, 0, GenerationParams(max_new_tokens=12), "long")
+    late = [vqa(engine, i, GenerationParams(max_new_tokens=5), f"late{i}") for i in (1, 2)]
+    stager = Stager(FailingCopies(), limit_bytes=64 * 2**20)
+    b = held_joins(engine, stager)
+    late_futures: list[Future[Generation]] = []
+    at_step(b, 2, lambda: late_futures.extend(b.submit(job) for job in late))
+    first = b.submit(long_job)
+    b.start()
+    assert first.result(timeout=120) == alone(engine, long_job)
+    for job, future in zip(late, late_futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    assert stager.stats.used == 0 and stager.staged_jobs() == []
