@@ -274,7 +274,7 @@ class ContinuousBatcher(Batcher):
         except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
             self._decode_failed(exc)
             return
-        self._stage_next()  # while the step computes: its tokens are read below
+        self._stage_next()  # while the step computes, before its tokens are read below
         generated = [row.tokens for row in self._rows]
         tokens = choose_tokens([row.chooser for row in self._rows], generated, logits)
         self._batch.next_tokens = tokens
@@ -308,12 +308,13 @@ class ContinuousBatcher(Batcher):
             self.stager.drop()
 
     def _expected_group(self) -> list[PreparedJob]:
-        """The jobs admission would choose if the running rows and the group being prefilled
-        stayed as they are (canceled ones left out); none while a beam job is first."""
+        """The jobs admission would choose after the step being computed: beside the rows that
+        it does not end at their max_new_tokens (or cancel) and the group being prefilled.
+        Canceled jobs are left out; none while a beam job is first."""
         if not self._waiting or self._waiting[0].key != ROWS:
             return []
         rows = [i for i in self._waiting if i.key == ROWS and not i.future.cancelled()]
-        running = [row.item.job for row in self._rows]
+        running = [row.item.job for row in self._rows if not _last_step(row)]
         running += [item.job for item in self._prefill_items]
         ordered = self.admission.order(rows, time.monotonic())
         return [item.job for item in self.admission.group(ordered, running)]
@@ -413,6 +414,12 @@ class ContinuousBatcher(Batcher):
     def _requeue(self, items: list[_Waiting]) -> None:
         with self._cond:
             self._waiting[:0] = items  # first in line again, their futures still running
+
+
+def _last_step(row: _Row) -> bool:
+    """Whether the step being computed ends the row for sure (an end token may end it too)."""
+    job = row.item.job
+    return job.cancel.is_set() or len(row.tokens) + 1 >= job.params.max_new_tokens
 
 
 def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:

@@ -274,3 +274,24 @@ def test_copies_that_fail_never_fail_a_job(engine: InternVLEngine) -> None:
         assert future.result(timeout=120) == alone(engine, job)
     b.stop()
     assert stager.stats.used == 0 and stager.staged_jobs() == []
+
+
+def test_a_job_waiting_for_a_full_batch_is_staged_in_the_step_that_frees_its_row(
+    engine: InternVLEngine,
+) -> None:
+    short = vqa(engine, 0, GenerationParams(max_new_tokens=4), "short")
+    long_job = vqa(engine, 1, GenerationParams(max_new_tokens=20), "long")
+    late = vqa(engine, 2, GenerationParams(max_new_tokens=6), "late")
+    stager = Stager(DeferredCopies(lag=1), limit_bytes=64 * 2**20)
+    b = batcher(engine, max_batch_size=2)
+    b.stager = stager
+    late_futures: list[Future[Generation]] = []
+    at_step(b, 1, lambda: late_futures.append(b.submit(late)))
+    futures = [b.submit(short), b.submit(long_job)]
+    b.start()
+    for job, future in zip([short, long_job], futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    assert late_futures[0].result(timeout=120) == alone(engine, late)
+    b.stop()
+    # the batch is full until `short` reaches its 4th token: `late` is staged in that step
+    assert (stager.stats.staged, stager.stats.used, stager.stats.copied_at_prefill) == (1, 1, 2)
