@@ -40,9 +40,13 @@ def engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compare",
         default="naive",
-        choices=["naive", "schedulers"],
+        choices=["naive", "schedulers", "staging"],
         help="naive: the guide's loop vs the batched engine; schedulers: continuous vs static "
-        "batching on a mixed burst, a mixed stream and a uniform burst of one-tile jobs",
+        "batching on a mixed burst, a mixed stream and a uniform burst of one-tile jobs; "
+        "staging: a group's pixels copied at its prefill vs staged ahead (13-tile photos)",
+    )
+    p.add_argument(
+        "--stage-mb", type=int, default=256, help="staging: pinned MiB (stage_pixels_mb)"
     )
     p.add_argument("--jobs", type=int, default=48, help="schedulers: jobs per workload")
     p.add_argument("--lengths", default="8,32,128", help="schedulers: mixed new-token lengths")
@@ -144,6 +148,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
     if args.compare == "schedulers":
         return _bench_schedulers(args, checkpoint)
+    if args.compare == "staging":
+        return _bench_staging(args, checkpoint)
     report = run_engine_bench(
         checkpoint=checkpoint,
         device=args.device,
@@ -183,6 +189,25 @@ def _bench_schedulers(args: argparse.Namespace, checkpoint: str) -> int:
     print(format_comparison(report))  # noqa: T201 - the command's output
     _write_json(report, args.json)
     return 0
+
+
+def _bench_staging(args: argparse.Namespace, checkpoint: str) -> int:
+    from bench.staging import format_staging, run_staging_bench
+
+    report = run_staging_bench(
+        checkpoint=checkpoint,
+        device=args.device,
+        dtype=args.dtype,
+        attention=args.attention,
+        jobs=args.jobs,
+        new_tokens=args.new_tokens,
+        max_batch_size=args.max_batch_size,
+        stage_mb=args.stage_mb,
+        repeats=args.repeats,
+    )
+    print(format_staging(report))  # noqa: T201 - the command's output
+    _write_json(report, args.json)
+    return 0 if all(report["identical"].values()) else 1
 
 
 def cmd_bench_service(args: argparse.Namespace) -> int:

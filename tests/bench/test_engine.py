@@ -83,3 +83,34 @@ def test_scheduler_comparison_runs_both_batchers_on_every_workload(tmp_path: Pat
     assert "continuous/static: throughput" in result.stdout and "(median of 2:" in result.stdout
     assert "continuous-eager/static: throughput" in result.stdout
     assert "continuous-arrival/static: throughput" in result.stdout
+
+
+def test_staging_comparison_runs_copied_and_staged_on_both_workloads(tmp_path: Path) -> None:
+    report = tmp_path / "staging.json"
+    args = ["--preset", "test", "--cache-dir", str(tmp_path / "models"), "--compare", "staging"]
+    args += ["--jobs", "6", "--new-tokens", "4", "--max-batch-size", "3", "--json", str(report)]
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    runs = [(run["workload"], run["mode"]) for run in figures["runs"]]
+    assert runs == [("tiles", "copied"), ("tiles", "staged")] + [
+        ("pictures", "copied"),
+        ("pictures", "staged"),
+    ]
+    assert figures["identical"] == {"tiles": True, "pictures": True}
+    for copied, staged in zip(figures["runs"][::2], figures["runs"][1::2], strict=True):
+        assert copied["staging"] is None and copied["steps"] == staged["steps"] > 0
+        counts = staged["staging"]
+        assert counts["used"] > 0 and counts["used"] + counts["copied_at_prefill"] == 6
+    assert "greedy outputs of copied and staged, pictures: identical" in result.stdout
+
+
+def test_copy_overlap_counts_only_the_time_inside_compute() -> None:
+    from bench.staging import merged_spans, overlap_ms
+
+    busy = merged_spans([(5.0, 8.0), (0.0, 2.0), (1.0, 3.0)])
+    assert busy == [(0.0, 3.0), (5.0, 8.0)]
+    assert overlap_ms((2.0, 6.0), busy) == 2.0  # 2-3 and 5-6
+    assert overlap_ms((3.0, 5.0), busy) == 0.0
