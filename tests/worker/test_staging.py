@@ -295,3 +295,60 @@ def test_a_job_waiting_for_a_full_batch_is_staged_in_the_step_that_frees_its_row
     b.stop()
     # the batch is full until `short` reaches its 4th token: `late` is staged in that step
     assert (stager.stats.staged, stager.stats.used, stager.stats.copied_at_prefill) == (1, 1, 2)
+
+
+def test_cuda_copies_run_on_the_side_stream_and_the_compute_stream_waits_on_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CudaCopies' stream discipline, with torch.cuda's streams and events played (no GPU)."""
+    from contextlib import contextmanager
+
+    from worker.copies import CudaCopies
+
+    calls: list[tuple[str, str]] = []
+    current: list[str] = ["compute"]
+
+    class Stream:
+        def __init__(self, device: object = None, name: str = "side") -> None:
+            self.name = name
+
+        def wait_event(self, event: object) -> None:
+            calls.append(("wait_event", self.name))
+
+    class Event:
+        def record(self, stream: Stream) -> None:
+            calls.append(("record", stream.name))
+
+    @contextmanager
+    def stream(chosen: Stream):  # type: ignore[no-untyped-def]
+        current.append(chosen.name)
+        yield
+        current.pop()
+
+    original_to = torch.Tensor.to
+
+    def to(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(("copy", current[-1]))
+        return original_to(tensor, torch.device("cpu"))
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(name=current[-1]))
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(
+        torch.Tensor,
+        "record_stream",
+        lambda tensor, used_by: calls.append(("used by", used_by.name)),
+    )
+    copies = CudaCopies(torch.device("cuda"))
+    moved = copies.to_device(tiles(1))
+    ready = copies.record()
+    copies.wait(ready, [moved])
+    assert torch.equal(moved, tiles(1))
+    assert calls == [
+        ("copy", "side"),  # issued (and its memory allocated) on the side stream
+        ("record", "side"),  # the event follows the copies on the side stream
+        ("wait_event", "compute"),  # the compute stream waits for it on the device
+        ("used by", "compute"),  # the allocator keeps the memory until the compute stream is done
+    ]
