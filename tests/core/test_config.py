@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.config import ModelSpec, Settings
+from core.queue import make_celery
 
 
 def make(**values: object) -> Settings:
@@ -94,8 +95,6 @@ def test_private_image_urls_are_refused_in_production() -> None:
 
 
 def test_task_events_are_on_by_default_and_can_be_turned_off() -> None:
-    from core.queue import make_celery
-
     on, off = make_celery(make()), make_celery(make(task_events=False))
     assert (on.conf.task_send_sent_event, on.conf.worker_send_task_events) == (True, True)
     assert (off.conf.task_send_sent_event, off.conf.worker_send_task_events) == (False, False)
