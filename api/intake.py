@@ -1,4 +1,4 @@
-"""Job submission: check everything, then store images, then commit the job, then publish."""
+"""Job submission: check everything, then store images and commit the job, then publish."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from core.images import ImageInfo, ImageLimits, inspect_image
 from core.jobs import create_job
 from core.models import Image, Job
 from core.response_format import stored_format
-from core.retention import delete_if_unreferenced, ensure_stored, hold_image_objects
+from core.retention import delete_if_unreferenced, hold_image_objects, store_held
 from core.specs import (
     ImagePart,
     ImageUrlPart,
@@ -375,10 +375,10 @@ def submit_job(
             settings=settings,
             fetched=fetched,
         )
-    stored = put_new_objects(runtime, images)
+    stored: list[str] = []  # objects the commit stored, forgotten again if it fails
     try:
         spec = job_spec(request, images, messages)
-        job = commit_job(runtime, tenant_id, model, images, spec, request, idempotency)
+        job = commit_job(runtime, tenant_id, model, images, spec, request, idempotency, stored)
     except IntegrityError:
         forget_objects(runtime, stored)
         # Another request with the same Idempotency-Key committed first: answer with its job.
@@ -407,11 +407,13 @@ def commit_job(
     spec: dict[str, Any],
     request: JobCreate,
     idempotency: IdempotentRequest | None,
+    stored: list[str],
 ) -> Job:
-    """In one transaction: image rows, the queued job, its Idempotency-Key."""
+    """In one transaction: the images' bytes (under their lock, see core.retention; what it
+    stores is added to `stored`), image rows, the queued job, its Idempotency-Key."""
     with transaction(runtime.sessions) as session:
         hold_image_objects(session, images.objects)
-        ensure_stored(runtime.storage, images.objects, images.new)
+        stored += store_held(runtime.storage, images.objects, images.new)
         upsert_image_rows(session, tenant_id, images)
         job = create_job(
             session=session,

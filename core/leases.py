@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -28,21 +28,21 @@ def renew_leases(
     if not held:
         return check
     expires = utcnow() + timedelta(seconds=lease_s)
-    for job_id, attempt in held.items():
-        renewed = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.attempts == attempt,
-                Job.status == JobStatus.RUNNING.value,
-                Job.worker_id == worker_id,
-            )
-            .values(lease_expires_at=expires)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]
-        if not renewed:
-            check.lost.add(job_id)
-    check.canceled = cancel_requests(session, held) - check.lost
+    # One statement for every held job (the heartbeat runs it each beat, whatever it holds):
+    # the rows renewed come back with their cancel requests; the others are lost.
+    renewed = session.execute(
+        update(Job)
+        .where(
+            tuple_(Job.id, Job.attempts).in_(list(held.items())),
+            Job.status == JobStatus.RUNNING.value,
+            Job.worker_id == worker_id,
+        )
+        .values(lease_expires_at=expires)
+        .returning(Job.id, Job.cancel_requested_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    check.lost = set(held) - {job_id for job_id, _ in renewed}
+    check.canceled = {job_id for job_id, requested in renewed if requested is not None}
     return check
 
 

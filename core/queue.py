@@ -80,8 +80,8 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.default_model.queue,
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         broker_pool_limit=10,
     )
     return app

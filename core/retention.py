@@ -95,6 +95,28 @@ def ensure_stored(
         storage.put(image_key(sha), data, content_type=info.content_type)
 
 
+def store_held(
+    storage: ObjectStorage, shas: list[str], new: Mapping[str, tuple[ImageInfo | VideoInfo, bytes]]
+) -> list[str]:
+    """Under hold_image_objects: store the new bytes (one conditional PUT each, nothing when
+    already there) and check those referenced by id (422 image_not_found when gone); returns
+    the content addresses this call stored, for the caller to forget if its commit fails.
+
+    What a submission does instead of storing first and calling ensure_stored: under the lock
+    a conditional PUT says both "stored" and "still there", one S3 request where the other
+    order needs two (PUT, then HEAD), at the price of holding the transaction during the PUT.
+    """
+    created: list[str] = []
+    for sha in dict.fromkeys(shas):
+        if sha in new:
+            info, data = new[sha]
+            if storage.put_if_absent(image_key(sha), data, content_type=info.content_type):
+                created.append(sha)
+        elif not storage.exists(image_key(sha)):
+            raise InvalidRequest(f"image sha256:{sha} is no longer stored", code="image_not_found")
+    return created
+
+
 def purge_expired(
     *,
     sessions: sessionmaker[Session],

@@ -47,7 +47,13 @@ def at_limit(session: Session, tenant_id: str, default: int, *, lock: bool = Fal
 
     `lock` (a claim) locks the tenant's row before counting, until the transaction ends.
     """
-    limit = tenant_limit(session, tenant_id, default)
+    return limit_reached(session, tenant_id, tenant_limit(session, tenant_id, default), lock=lock)
+
+
+def limit_reached(
+    session: Session, tenant_id: str, limit: int | None, *, lock: bool = False
+) -> bool:
+    """at_limit for a limit already read (None: unlimited, nothing is locked or counted)."""
     if limit is None:
         return False
     if lock:

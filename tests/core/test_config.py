@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.config import ModelSpec, Settings
+from core.queue import make_celery
 
 
 def make(**values: object) -> Settings:
@@ -91,3 +92,9 @@ def test_private_image_urls_are_refused_in_production() -> None:
     with pytest.raises(ValidationError):
         make(environment="production", image_fetch_allow_private=True)
     assert make(environment="development", image_fetch_allow_private=True).image_fetch_allow_private
+
+
+def test_task_events_are_on_by_default_and_can_be_turned_off() -> None:
+    on, off = make_celery(make()), make_celery(make(task_events=False))
+    assert (on.conf.task_send_sent_event, on.conf.worker_send_task_events) == (True, True)
+    assert (off.conf.task_send_sent_event, off.conf.worker_send_task_events) == (False, False)
