@@ -401,6 +401,12 @@ class Settings(BaseSettings):
         "the host's cores minus one where that share is 4 cores or more, else 0; 0: none, jobs "
         "prepare in the worker's task threads.",
     )
+    model_process: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Whether a worker runs its model (engine, batcher, prepare cache) in a "
+        "process of its own, so that process runs the batch loop only while the worker's "
+        "process claims, prepares and records; auto: on when the worker has prepare processes.",
+    )
     prepare_slot_mb: int = Field(
         8,
         ge=0,
