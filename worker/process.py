@@ -223,6 +223,7 @@ def _model_client(
         config, arena=arena, cache_bytes=spec.prepare_cache_mb * 2**20, on_death=on_death
     )
     client.launch()
+    log.info("the model runs in process %d", client.pid)
     return client
 
 
