@@ -4,27 +4,19 @@ killed: no job lost, none completed twice, no model process left behind."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from typing import Any
 
 import pytest
 
-from tests.support import ServiceProcess
-from tests.support.stack import Ledger, Stack, caption
+from tests.support.stack import Ledger, Stack, caption, model_pid
 
 pytestmark = pytest.mark.slow
 
 KILLS = 3
 JOBS = 12
 WITH_MODEL_PROCESS = {"prepare_processes": 1, "model_process": "on"}
-
-
-def model_pid(worker: ServiceProcess) -> int | None:
-    """The process the worker says its model runs in (its latest start), if it said yet."""
-    found = re.findall(r"the model runs in process (\d+)", worker.log())
-    return int(found[-1]) if found else None
 
 
 def alive(pid: int) -> bool:
