@@ -199,7 +199,9 @@ class ModelClient:
         try:
             yield [None if count is None else CachedImage(count) for count in tiles]
         finally:
-            self.index.unpin([key for key, count in zip(keys, tiles, strict=True) if count])
+            self.index.unpin(
+                [key for key, count in zip(keys, tiles, strict=True) if count is not None]
+            )
 
     def cancel_event(self, job_id: str) -> threading.Event:
         """An event whose set() stops the job in the model process."""
