@@ -256,3 +256,21 @@ def _alive(pid: int) -> bool:
     # A zombie counts as gone: its parent (the front, killed) was the one to reap it.
     status = Path(f"/proc/{pid}/stat").read_text().split()[2]
     return status != "Z"
+
+
+def test_the_probes_and_heartbeat_read_the_model_process_statistics(
+    runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    from worker.health import WorkerHealth
+
+    health = WorkerHealth(worker_id="cpu0.tiny@test", model="tiny", stuck_after_s=600)
+    batches: list[int] = []
+    health.on_batch = lambda size, seconds: batches.append(size)  # type: ignore[method-assign]
+    health.watch(runtime, watchdog_interval_s=None)
+    job = queue_job(sessions, storage, runtime.spec, [photo(81)], params={"max_new_tokens": 3})
+    assert runtime.run_job(job.id) == "succeeded"
+    while runtime.batcher.stats.jobs < 1 or not batches:  # the next statistics message
+        threading.Event().wait(0.05)
+    report = health.report()
+    assert report["last_batch_at"] is not None and report["pending"] == 0
+    assert batches == [1] and runtime.batcher.stats.as_dict()["jobs"] == 1
