@@ -274,3 +274,29 @@ def test_the_probes_and_heartbeat_read_the_model_process_statistics(
     report = health.report()
     assert report["last_batch_at"] is not None and report["pending"] == 0
     assert batches == [1] and runtime.batcher.stats.as_dict()["jobs"] == 1
+
+
+def test_jobs_prepared_in_the_task_threads_reach_the_model_process_as_shared_tensors(
+    service_settings: Settings, sessions: Any, storage: ObjectStorage
+) -> None:
+    from worker.process import _front_preparing
+    from worker.runtime import WorkerRuntime
+
+    spec = service_settings.default_model
+    client = client_for(spec, None)  # model_process: on without prepare processes
+    client.launch(timeout_s=300)
+    runtime = WorkerRuntime(
+        settings=service_settings,
+        spec=spec,
+        sessions=sessions,
+        storage=storage,
+        engine=None,
+        worker_id="cpu0.tiny@test",
+        preparing=_front_preparing(spec),
+        model=client,
+    )
+    try:
+        job = queue_job(sessions, storage, spec, [photo(91)], params={"max_new_tokens": 3})
+        assert runtime.run_job(job.id) == "succeeded"
+    finally:
+        client.stop()
