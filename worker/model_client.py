@@ -234,7 +234,12 @@ class ModelClient:
                 evict,
             )
             self._jobs[job_id] = _InFlight(future, views)
-            self._send_locked(("submit", submission))
+            assert self._connection is not None
+            try:
+                self._connection.send(("submit", submission))
+            except Exception as exc:  # noqa: BLE001 - the job goes back, with the reason
+                del self._jobs[job_id]
+                raise ModelError(f"the job could not be sent to the model process: {exc}") from exc
         future.add_done_callback(lambda done: self._dropped(job_id, done))
         return future
 
