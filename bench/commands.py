@@ -90,6 +90,12 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
         default=-1,
         help="the worker's prepare processes (0: prepare in its task threads; -1: automatic)",
     )
+    p.add_argument(
+        "--model-process",
+        default="auto",
+        help="simulated device: the worker's model_process setting (auto, on, off); several, "
+        "comma-separated (off,on), run one after another and are reported side by side",
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -239,22 +245,34 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
 def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
     from bench.simulated import format_simulated_report, run_simulated_bench
 
-    report = run_simulated_bench(
-        device=args.simulated_device,
-        cache_dir=Path(args.cache_dir),
-        database_url=args.database_url or settings.database_url,
-        broker_url=args.broker_url or settings.broker_url,
-        s3_endpoint_url=args.s3_endpoint_url or None,
-        jobs=args.images,
-        sizes=[_size(text) for text in args.sizes.split(",")],
-        new_tokens=args.new_tokens,
-        max_batch_size=args.max_batch_size,
-        log_dir=Path(args.log_dir),
-        prepare_processes=args.prepare_processes,
-    )
-    print(format_simulated_report(report))  # noqa: T201 - the command's output
-    _write_json(report, args.json)
+    reports = []
+    for mode in args.model_process.split(","):  # one stack after another, in one run
+        load_before = _load_average()
+        report = run_simulated_bench(
+            device=args.simulated_device,
+            cache_dir=Path(args.cache_dir),
+            database_url=args.database_url or settings.database_url,
+            broker_url=args.broker_url or settings.broker_url,
+            s3_endpoint_url=args.s3_endpoint_url or None,
+            jobs=args.images,
+            sizes=[_size(text) for text in args.sizes.split(",")],
+            new_tokens=args.new_tokens,
+            max_batch_size=args.max_batch_size,
+            log_dir=Path(args.log_dir),
+            prepare_processes=args.prepare_processes,
+            model_process=mode,
+        )
+        report["load_average"] = {"before": load_before, "after": _load_average()}
+        print(format_simulated_report(report))  # noqa: T201 - the command's output
+        print(f"load average before {load_before}, after {_load_average()}")  # noqa: T201
+        reports.append(report)
+    _write_json(reports[0] if len(reports) == 1 else {"runs": reports}, args.json)
     return 0
+
+
+def _load_average() -> str:
+    """The host's load averages (1, 5, 15 minutes), as /proc/loadavg says them."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _size(text: str) -> tuple[int, int]:

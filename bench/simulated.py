@@ -51,6 +51,7 @@ def run_simulated_bench(
     max_batch_size: int,
     log_dir: Path,
     prepare_processes: int = -1,
+    model_process: str = "auto",
 ) -> dict[str, Any]:
     """One round per image size through the whole service with the simulated device."""
     from core.migrations import upgrade
@@ -75,6 +76,7 @@ def run_simulated_bench(
                 "simulated_device": device,
                 "heartbeat_s": HEARTBEAT_S,
                 "prepare_processes": prepare_processes,
+                "model_process": model_process,
             }
         )
         running = stack.enter_context(
@@ -93,6 +95,7 @@ def run_simulated_bench(
         "jobs": jobs,
         "new_tokens": new_tokens,
         "prepare_processes": prepare_processes,
+        "model_process": model_process,
         "rows": rows,
     }
 
@@ -168,7 +171,8 @@ def format_simulated_report(report: dict[str, Any]) -> str:
     roles = list(report["rows"][0]["host_cpu_ms_per_job"]) if report["rows"] else []
     lines = [
         f"simulated {report['device']}, {report['jobs']} caption jobs per size, "
-        f"{report['new_tokens']} new tokens; host CPU ms per job (PostgreSQL, Redis not counted); "
+        f"{report['new_tokens']} new tokens, model process {report['model_process']}; "
+        "host CPU ms per job (PostgreSQL, Redis not counted); "
         "overhead: the service's processes (not s3) less the worker's preparing",
         "| image | tiles | ok | jobs/s | device busy | device ms/job | "
         + " | ".join(roles)

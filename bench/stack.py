@@ -8,6 +8,7 @@ shared machine.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,14 +28,27 @@ class Stack:
 
     base: str
     pids: dict[str, int] = field(default_factory=dict)
+    worker_log: Path | None = None
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each process has used so far; "prepare" is the worker's
-        prepare processes (its descendants: the fork server and the processes it forked)."""
+        prepare processes (its descendants: the fork server and the processes it forked),
+        "model" its model process when it has one (`model_process`), not counted in prepare."""
         seconds = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
         if "worker" in self.pids:
-            seconds["prepare"] = sum(_cpu_if_alive(pid) for pid in descendants(self.pids["worker"]))
+            below = descendants(self.pids["worker"])
+            model = self.model_pid()
+            if model is not None and model in below:
+                seconds["model"] = _cpu_if_alive(model)
+            seconds["prepare"] = sum(_cpu_if_alive(pid) for pid in below if pid != model)
         return seconds
+
+    def model_pid(self) -> int | None:
+        """The worker's model process, as its log names it (None: the model is in the worker)."""
+        if self.worker_log is None or not self.worker_log.exists():
+            return None
+        found = re.findall(r"the model runs in process (\d+)", self.worker_log.read_text())
+        return int(found[-1]) if found else None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,7 +124,7 @@ def service_processes(
         pids = {"api": children[0].pid, "worker": worker["pid"]}
         if sweeper:
             pids["sweeper"] = children[2].pid
-        yield Stack(base, pids)
+        yield Stack(base, pids, worker_log=log_dir / "worker.log")
     finally:
         for child in children:
             child.terminate()

@@ -430,6 +430,14 @@ class Settings(BaseSettings):
         "the host's cores minus one where that share is 4 cores or more, else 0; 0: none, jobs "
         "prepare in the worker's task threads.",
     )
+    model_process: Literal["auto", "on", "off"] = Field(
+        "off",
+        description="Whether a worker runs its model (engine, batcher, prepare cache) in a "
+        "process of its own, so that process runs the batch loop only while the worker's "
+        "process claims, prepares and records; auto: on when the worker has prepare processes. "
+        "Off by default until pixels that travel as shared tensors (video frames, images "
+        "prepared in the task threads) reach the model process in a running worker.",
+    )
     prepare_slot_mb: int = Field(
         8,
         ge=0,

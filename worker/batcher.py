@@ -175,10 +175,15 @@ class Batcher:
             self._cond.notify_all()
 
     def submit(
-        self, job: PreparedJob, *, announcement: Announcement | None = None
+        self,
+        job: PreparedJob,
+        *,
+        announcement: Announcement | None = None,
+        future: Future[Generation] | None = None,
     ) -> Future[Generation]:
-        """Queue a job for the next compatible batch; the future gets its Generation."""
-        future: Future[Generation] = Future()
+        """Queue a job for the next compatible batch; the future (given, or made) gets its
+        Generation."""
+        future = future or Future()
         if announcement is not None:
             announcement.close()
         with self._cond:

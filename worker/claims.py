@@ -6,8 +6,8 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from worker.batcher import Announcement
 from worker.engine import Generation
+from worker.model_host import Announced
 
 
 class WorkerDraining(Exception):
@@ -27,7 +27,7 @@ class Held:
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future[Generation] | None = None
     stop_reason: str | None = None  # "lost" | "canceled" | "shutdown"
-    announcement: Announcement | None = None  # tells the batcher this job is on its way
+    announcement: Announced | None = None  # tells the batcher this job is on its way
 
     def stop(self, reason: str) -> None:
         """Stop this job's generation at the next step (or before it starts)."""

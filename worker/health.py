@@ -210,7 +210,8 @@ class WorkerHealth(Collector):
                 beat,
             )
         yield from self._batch_counters(labels, values)
-        yield from _gpu_memory(labels, values)
+        # With a model process, the memory is its devices', sent with its statistics.
+        yield from _gpu_memory(labels, values, getattr(self.batcher, "gpu_memory", None))
 
     def _batch_counters(
         self, labels: list[str], values: list[str]
@@ -269,10 +270,13 @@ def _gauge(
     return family
 
 
-def _gpu_memory(labels: list[str], values: list[str]) -> Iterator[GaugeMetricFamily]:
-    import torch  # already loaded by the engine in this process
-
-    if not torch.cuda.is_available():
+def _gpu_memory(
+    labels: list[str], values: list[str], reported: list[tuple[int, int, int]] | None
+) -> Iterator[GaugeMetricFamily]:
+    """(allocated, peak, reserved) per device: reported by the model process, or read here."""
+    if reported is None:
+        reported = local_gpu_memory()
+    if not reported:
         return
     in_use = GaugeMetricFamily(
         "internvl_jobs_gpu_memory_allocated_bytes",
@@ -289,12 +293,27 @@ def _gpu_memory(labels: list[str], values: list[str]) -> Iterator[GaugeMetricFam
         "Memory held by PyTorch's caching allocator.",
         labels=[*labels, "device"],
     )
-    for index in range(torch.cuda.device_count()):
+    for index, (allocated, most, held) in enumerate(reported):
         device = [*values, str(index)]
-        in_use.add_metric(device, float(torch.cuda.memory_allocated(index)))
-        peak.add_metric(device, float(torch.cuda.max_memory_allocated(index)))
-        reserved.add_metric(device, float(torch.cuda.memory_reserved(index)))
+        in_use.add_metric(device, float(allocated))
+        peak.add_metric(device, float(most))
+        reserved.add_metric(device, float(held))
     yield from (in_use, peak, reserved)
+
+
+def local_gpu_memory() -> list[tuple[int, int, int]]:
+    import torch  # already loaded by the engine in this process
+
+    if not torch.cuda.is_available():
+        return []
+    return [
+        (
+            torch.cuda.memory_allocated(index),
+            torch.cuda.max_memory_allocated(index),
+            torch.cuda.memory_reserved(index),
+        )
+        for index in range(torch.cuda.device_count())
+    ]
 
 
 def _rounded(value: float | None) -> float | None:

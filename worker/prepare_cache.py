@@ -58,6 +58,13 @@ class PrepareCache:
                 _, dropped = self._entries.popitem(last=False)
                 self.bytes -= image_nbytes(dropped)
 
+    def discard(self, key: Hashable) -> None:
+        """Drop one entry, if it is there."""
+        with self._lock:
+            dropped = self._entries.pop(key, None)
+            if dropped is not None:
+                self.bytes -= image_nbytes(dropped)
+
     def clear(self) -> None:
         """Drop every entry."""
         with self._lock:

@@ -126,6 +126,17 @@ class SlotArena:
         start = self.base.ctypes.data
         return start <= pixels.data_ptr() < start + self.count * self.slot_bytes
 
+    def ref(self, image: ImagePixels) -> SlotRef | None:
+        """Where a view of a slot (as `view` made it) lies in the block; None if elsewhere.
+
+        The model client sends this to the model process, which maps the same block.
+        """
+        if not self.holds(image):
+            return None
+        pixels, grid = (image, None) if isinstance(image, torch.Tensor) else _interleaved(image)
+        index = (pixels.data_ptr() - self.base.ctypes.data) // self.slot_bytes
+        return SlotRef(index, tuple(pixels.shape), grid)
+
     def close(self) -> None:
         """Unlink the block (in its creator); the mapping goes with its last view."""
         if self.owner:

@@ -9,7 +9,10 @@ too. The process then exits; nothing it held is left for the lease sweeper.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from core.config import Settings
@@ -49,7 +52,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     storage = open_storage(
         settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
     )
-    state: dict[str, Any] = {"runtime": None}
+    state: dict[str, Any] = {"runtime": None, "model_died": False}
 
     def held() -> dict[str, int]:
         return state["runtime"].held_attempts() if state["runtime"] else {}
@@ -75,7 +78,17 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     )
     health.heartbeat = heartbeat
     heartbeat.start()
-    runtime = _load_runtime(settings, spec.alias, name, device, sessions, storage, heartbeat)
+
+    def on_model_death() -> None:
+        # The jobs in the model process were handed back (their futures failed); stop as a
+        # SIGTERM would, then exit non-zero so the launcher starts a new worker.
+        state["model_died"] = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    runtime = _load_runtime(
+        settings, spec.alias, name, device, sessions, storage, heartbeat,
+        loglevel=loglevel, on_model_death=on_model_death,
+    )  # fmt: skip
     state["runtime"] = runtime
     health.watch(runtime)
     runtime.batcher.start()
@@ -90,6 +103,8 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         heartbeat.stop(final_state=WorkerState.STOPPED)
         if probes is not None:
             probes.stop()
+    if state["model_died"]:
+        raise SystemExit("the model process died; the worker exits for its launcher to restart")
 
 
 def _start_health(
@@ -124,6 +139,9 @@ def _load_runtime(
     sessions: Any,
     storage: Any,
     heartbeat: Heartbeat,
+    *,
+    loglevel: str = "INFO",
+    on_model_death: Callable[[], None] | None = None,
 ) -> Any:
     import torch
 
@@ -134,11 +152,16 @@ def _load_runtime(
     if settings.worker_cpu_threads:  # the launcher's share of the host's cores
         torch.set_num_threads(settings.worker_cpu_threads)
     pool = _prepare_pool(settings, spec)  # its processes load the processor while the model loads
+    engine = model = None
     try:
-        engine = _engine(settings, spec, device)
+        if uses_model_process(settings):
+            model = _model_client(settings, spec, device, pool, loglevel, on_model_death)
+        else:
+            engine = _engine(settings, spec, device)
         if pool is not None:
             pool.wait_ready()
-            engine.prepare_cache.max_entries = pool.cache_entries
+            if engine is not None:
+                engine.prepare_cache.max_entries = pool.cache_entries
     except Exception:
         log.exception("loading %s failed", spec.checkpoint)
         if pool is not None:
@@ -146,9 +169,13 @@ def _load_runtime(
         heartbeat.stop(final_state=WorkerState.DEFUNCT)
         raise
     log.info(
-        "jobs prepare in %s",
+        "jobs prepare in %s; the model runs in %s",
         f"{pool.processes} prepare processes" if pool is not None else "the task threads",
+        "its own process" if model is not None else "the worker's process",
     )
+    preparing = pool
+    if model is not None and pool is None:  # no engine here: a processor to prepare with
+        preparing = _front_preparing(spec)
     return WorkerRuntime(
         settings=settings,
         spec=spec,
@@ -156,8 +183,59 @@ def _load_runtime(
         storage=storage,
         engine=engine,
         worker_id=name,
-        preparing=pool,
+        preparing=preparing,
+        model=model,
     )
+
+
+def uses_model_process(settings: Settings) -> bool:
+    """Whether the model runs in a process of its own (`model_process`; auto: with a pool)."""
+    from worker.launcher import prepare_processes_per_worker
+
+    if settings.model_process == "auto":
+        return prepare_processes_per_worker(settings) > 0
+    return settings.model_process == "on"
+
+
+def _model_client(
+    settings: Settings,
+    spec: Any,
+    device: str,
+    pool: Any,
+    loglevel: str,
+    on_death: Callable[[], None] | None,
+) -> Any:
+    """The model process, started and loaded (it maps the prepare slots' block, if any)."""
+    from worker.model_client import ModelClient
+    from worker.model_process import ModelProcessConfig
+
+    arena = pool.arena if pool is not None else None
+    config = ModelProcessConfig(
+        spec=spec,
+        device=device,
+        simulated_device=settings.simulated_device,
+        cpu_threads=settings.worker_cpu_threads or None,
+        slots=None if arena is None else (arena.name, arena.count, arena.slot_bytes),
+        loglevel=loglevel,
+        log_json=settings.log_json,
+    )
+    client = ModelClient(
+        config, arena=arena, cache_bytes=spec.prepare_cache_mb * 2**20, on_death=on_death
+    )
+    client.launch()
+    log.info("the model runs in process %d", client.pid)
+    return client
+
+
+def _front_preparing(spec: Any) -> Any:
+    """Preparing in the task threads with the checkpoint's processor only (no weights here)."""
+    from transformers import AutoProcessor
+
+    from worker.preparer import Preparer
+    from worker.preparing import InProcessPreparing
+
+    processor = AutoProcessor.from_pretrained(spec.checkpoint, revision=spec.revision)
+    return InProcessPreparing(Preparer(processor, model_alias=spec.alias, cache_bytes=0))
 
 
 def _prepare_pool(settings: Settings, spec: Any) -> Any:
@@ -191,13 +269,9 @@ def _prepare_pool(settings: Settings, spec: Any) -> Any:
 
 
 def _engine(settings: Settings, spec: Any, device: str) -> Any:
-    if settings.simulated_device:  # benchmarks: the real prepare, generation timed, no weights
-        from worker.simulated_device import SimulatedEngine
+    from worker.model_process import load_engine
 
-        return SimulatedEngine(spec, device=settings.simulated_device)
-    from worker.engine import InternVLEngine
-
-    return InternVLEngine(spec, device="cpu" if device.startswith("cpu") else "auto")
+    return load_engine(spec, device, settings.simulated_device)
 
 
 def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None:

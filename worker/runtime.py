@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Hashable
 from concurrent.futures import CancelledError
 from datetime import timedelta
 from typing import Any
@@ -33,11 +34,19 @@ from core.prompts import Conversation, build_conversation
 from core.retry import is_transient, retry_transient
 from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
-from worker.batcher import Announcement
+from worker.batcher import Batcher
 from worker.claims import Held, WorkerDraining
 from worker.continuous import make_batcher
-from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine
+from worker.model_client import ModelClient
+from worker.model_host import (
+    Announced,
+    CachedImage,
+    LocalModel,
+    ModelHost,
+    ModelRequest,
+    PromptImage,
+)
 from worker.prepare_reads import ImageMissing, StoredImage
 from worker.preparer import ImageUndecodable
 from worker.preparing import InProcessPreparing, Preparing
@@ -61,10 +70,11 @@ class WorkerRuntime:
         spec: ModelSpec,
         sessions: sessionmaker[Session],
         storage: ObjectStorage,
-        engine: InternVLEngine,
+        engine: InternVLEngine | None,
         worker_id: str,
         celery: Celery | None = None,
         preparing: Preparing | None = None,
+        model: ModelClient | None = None,
     ) -> None:
         self.settings = settings
         self.spec = spec
@@ -73,9 +83,21 @@ class WorkerRuntime:
         self.engine = engine
         self.worker_id = worker_id
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
-        self.batcher = make_batcher(engine, spec)
         # Prepare processes (worker.prepare_pool), or else this process's task threads.
-        self.preparing = preparing or InProcessPreparing(engine.preparer)
+        if preparing is None:
+            assert engine is not None, "without an engine here, jobs prepare elsewhere"
+            preparing = InProcessPreparing(engine.preparer)
+        self.preparing = preparing
+        # The model: in its own process (worker.model_client), or the engine and its batcher
+        # here; `batcher` starts, stops and reports it either way.
+        self.batcher: Batcher | ModelClient
+        self.model: ModelHost
+        if model is not None:
+            self.batcher = self.model = model
+        else:
+            assert engine is not None, "a worker runs the model here or in its model process"
+            self.batcher = make_batcher(engine, spec)
+            self.model = LocalModel(engine, self.batcher, cacheable=preparing.cacheable)
         self.held: dict[str, Held] = {}
         self._held_lock = threading.Lock()
         self.draining = False
@@ -92,19 +114,23 @@ class WorkerRuntime:
             raise Reject("the worker is shutting down", requeue=True)
         # Announced before the claim, so a batch about to start waits for this job (bounded);
         # withdrawn on every path that does not reach the batcher.
-        announcement = self.batcher.announce()
+        announcement = self.model.announce()
         try:
             return self._claim_and_run(job_id, announcement)
         finally:
             announcement.withdraw()
 
-    def _claim_and_run(self, job_id: str, announcement: Announcement) -> str:
+    def _claim_and_run(self, job_id: str, announcement: Announced) -> str:
         job = retry_transient(lambda: self._claim(job_id), what=f"claiming {job_id}", deadline_s=60)
         if job is None:
             # Duplicate or late delivery, or held back by its tenant's running limit (logged).
             log.info("job %s is not claimable now; message dropped", job_id)
             return "duplicate"
-        held = Held(attempt=job.attempts, announcement=announcement)
+        held = Held(
+            attempt=job.attempts,
+            announcement=announcement,
+            cancel=self.model.cancel_event(job_id),
+        )
         with self._held_lock:
             self.held[job_id] = held
         try:
@@ -230,25 +256,34 @@ class WorkerRuntime:
         params = GenerationParams.model_validate(spec["params"])
         max_tiles = params.max_tiles or self.spec.max_tiles
         frames: list[int] | None = None
-        if spec.get("video") is not None:  # sampled, decoded and prepared where images are
-            frames, input_ids, pixels, tiles = self._video_inputs(spec, max_tiles)
-            prepared = self.engine.prepared(job.id, input_ids, pixels, tiles, params)
-        else:
-            conversation = build_conversation(spec, control_tokens=self.engine.control_tokens)
-            input_ids, pixels, tiles = self._inputs(spec["images"], conversation, max_tiles)
-            prepared = self.engine.prepared(job.id, input_ids, pixels, tiles, params)
-        prepared.cancel = held.cancel
-        prepared.constraint = self.engine.constraint_for(spec.get("response_format"))
-        with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
-            if self.draining or held.stop_reason is not None:
-                raise WorkerDraining(job.id)
-            held.future = self.batcher.submit(prepared, announcement=held.announcement)
+        keys: list[Hashable] = []
+        if spec.get("video") is None:
+            keys = [self.model.cache_key(sha, max_tiles) for sha in spec["images"]]
+        with self.model.cached(keys) as cached:  # kept (not evicted) until submitted
+            if spec.get("video") is not None:  # sampled, decoded and prepared where images are
+                frames, input_ids, images, tiles = self._video_inputs(spec, max_tiles)
+            else:
+                conversation = build_conversation(spec, control_tokens=self.model.control_tokens)
+                input_ids, images, tiles = self._inputs(
+                    spec["images"], conversation, max_tiles, keys, cached
+                )
+            request = ModelRequest(
+                job.id, input_ids, images, tiles, params, spec.get("response_format"), held.cancel
+            )
+            prepared = self.model.prepared(request)
+            with self._held_lock:  # begin_shutdown takes this lock: no job slips in after it
+                if self.draining or held.stop_reason is not None:
+                    raise WorkerDraining(job.id)
+                held.future = self.model.submit(prepared, announcement=held.announcement)
+        tiles, prompt_tokens = request.tiles, request.prompt_tokens
+        # The pixels are the model's now: a lent prepare slot goes back once it is done with it.
+        del request, prepared, images
         generation = held.future.result()
-        return generation, prepared.image_tiles, prepared.prompt_tokens, frames
+        return generation, tiles, prompt_tokens, frames
 
     def _video_inputs(
         self, spec: dict[str, Any], max_tiles: int
-    ) -> tuple[list[int], torch.Tensor, list[ImagePixels], list[int]]:
+    ) -> tuple[list[int], torch.Tensor, list[PromptImage], list[int]]:
         """(frames read, ids, each frame's pixels, tiles per frame) of a video job.
 
         The clip is read here, or by the prepare process when the pool reads storage; its
@@ -259,10 +294,10 @@ class WorkerRuntime:
         try:
             video = self.preparing.run_video(
                 spec,
-                self.engine.control_tokens,
+                self.model.control_tokens,
                 self._source(sha),
                 max_tiles=max_tiles,
-                on_device=self.engine.resize_on_device,
+                on_device=self.model.resize_on_device,
             )
         except VideoUndecodable as exc:
             raise PermanentJobError(
@@ -270,34 +305,37 @@ class WorkerRuntime:
             ) from exc
         except ImageMissing as exc:
             raise _missing(sha) from exc
-        pixels: list[ImagePixels] = []
+        pixels: list[PromptImage] = []
         for index in video.order:
             image = video.inputs.tiles[index]
             assert image is not None  # every frame was given as a picture, none as a count
-            pixels.append(image)
+            pixels.append(PromptImage(image))
         counts = [video.inputs.counts[i] for i in video.order]
         return video.frames, video.inputs.input_ids, pixels, counts
 
     def _inputs(
-        self, shas: list[str], conversation: Conversation, max_tiles: int
-    ) -> tuple[torch.Tensor, list[ImagePixels], list[int]]:
-        """(ids, each image's pixels, tiles per image) of a job, in its conversation's order.
+        self,
+        shas: list[str],
+        conversation: Conversation,
+        max_tiles: int,
+        keys: list[Hashable],
+        cached: list[CachedImage | None],
+    ) -> tuple[torch.Tensor, list[PromptImage], list[int]]:
+        """(ids, each image, tiles per image) of a job, in its conversation's order.
 
         Images in the prepare cache are not read again; the others are read here, then decoded
         (and tiled, unless the device resizes) and tokenised around by the prepare processes
-        (or this thread), and cached. The pixels stay one tensor per image: the device copies
-        them into its batch one by one, so no host concatenation happens anywhere.
+        (or this thread), and marked fresh: the model keeps them in its cache. The pixels stay
+        one tensor per image: the device copies them into its batch one by one, so no host
+        concatenation happens anywhere.
         """
-        cache = self.engine.prepare_cache
-        keys = [self.engine.cache_key(sha, max_tiles) for sha in shas]
-        cached = [cache.get(key) for key in keys]
         sources: list[bytes | int | StoredImage] = [
-            self._source(sha) if image is None else image_tile_count(image)
+            self._source(sha) if image is None else image.tiles
             for sha, image in zip(shas, cached, strict=True)
         ]
         try:
             inputs = self.preparing.run(
-                conversation, sources, max_tiles=max_tiles, on_device=self.engine.resize_on_device
+                conversation, sources, max_tiles=max_tiles, on_device=self.model.resize_on_device
             )
         except ImageUndecodable as exc:
             raise PermanentJobError(
@@ -306,13 +344,13 @@ class WorkerRuntime:
             ) from exc
         except ImageMissing as exc:
             raise _missing(shas[exc.index]) from exc
-        images: list[ImagePixels] = []
+        images: list[PromptImage] = []
         for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
-            if new is not None:  # a copy when it is in a lent slot, which must go back
-                cache.put(key, self.preparing.cacheable(new))
-            image = old if old is not None else new
-            assert image is not None
-            images.append(image)
+            if new is not None:
+                images.append(PromptImage(new, key, fresh=True))
+            else:
+                assert old is not None
+                images.append(PromptImage(old.pixels, key))
         order = conversation.image_order
         return inputs.input_ids, [images[i] for i in order], [inputs.counts[i] for i in order]
 

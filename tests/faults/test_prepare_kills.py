@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.stack import Ledger, Stack, caption, wait_until
+from tests.support import ServiceProcess
+from tests.support.stack import Ledger, Stack, caption, model_pid, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +34,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def prepare_processes(worker_pid: int) -> list[int]:
-    """The worker's prepare processes: the children of its fork server (its own child)."""
-    return [grandchild for child in children(worker_pid) for grandchild in children(child)]
+def prepare_processes(worker: ServiceProcess) -> list[int]:
+    """The worker's prepare processes: the children of its fork server (its own child), but
+    its model process when it has one (`model_process`), forked there too."""
+    model = model_pid(worker)
+    forked = [grandchild for child in children(worker.pid) for grandchild in children(child)]
+    return [pid for pid in forked if pid != model]
 
 
 def test_prepare_processes_killed_under_load_lose_and_double_nothing(
@@ -45,14 +49,14 @@ def test_prepare_processes_killed_under_load_lose_and_double_nothing(
     stack.start_sweeper()
     worker = stack.start_worker("cpu0", prepare_processes=2)
     stack.wait_ready(sessions, worker, "cpu0")
-    assert len(prepare_processes(worker.pid)) == 2
+    assert len(prepare_processes(worker)) == 2
     ledger = Ledger()
     kills = 0
     with stack.client() as client:
         for seed in range(JOBS):
             ledger.submit(client, caption(24, seed=seed))
             if seed % 2 and kills < KILLS:
-                victims = wait_until(lambda: prepare_processes(worker.pid), "a prepare process")
+                victims = wait_until(lambda: prepare_processes(worker), "a prepare process")
                 os.kill(victims[0], signal.SIGKILL)
                 kills += 1
                 time.sleep(0.2)

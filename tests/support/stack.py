@@ -258,3 +258,9 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+
+def model_pid(worker: ServiceProcess) -> int | None:
+    """The process the worker says its model runs in (its latest start), if it said yet."""
+    found = re.findall(r"the model runs in process (\d+)", worker.log())
+    return int(found[-1]) if found else None
