@@ -38,11 +38,21 @@ def expected(engine: Any, clip: bytes, instruction: str, **sampling: Any) -> Any
     return indices, prepared, engine.generate([prepared])[0]
 
 
+# Where the worker runs its model: in its own process with the task threads preparing (the
+# default on small hosts), or in a model process beside a prepare process, where a video's
+# frames cross from the prepare process through the worker to the model process.
+PLACEMENTS = {
+    "in-process": {},
+    "model-process": {"INTERNVL_JOBS_MODEL_PROCESS": "on", "INTERNVL_JOBS_PREPARE_PROCESSES": "1"},
+}
+
+
+@pytest.mark.parametrize("placement", list(PLACEMENTS))
 def test_video_jobs_run_through_the_api(
-    service_settings: Settings, tmp_path: Path, in_process: Any
+    service_settings: Settings, tmp_path: Path, in_process: Any, placement: str
 ) -> None:
     port = free_port()
-    env = service_env(service_settings)
+    env = service_env(service_settings, **PLACEMENTS[placement])
     api = ServiceProcess(["api", "--port", str(port)], env, tmp_path / "api.log")
     worker = ServiceProcess(["worker", "--devices", "cpu"], env, tmp_path / "worker.log")
     params = {"max_new_tokens": 8}
