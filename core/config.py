@@ -431,12 +431,11 @@ class Settings(BaseSettings):
         "prepare in the worker's task threads.",
     )
     model_process: Literal["auto", "on", "off"] = Field(
-        "off",
+        "auto",
         description="Whether a worker runs its model (engine, batcher, prepare cache) in a "
         "process of its own, so that process runs the batch loop only while the worker's "
-        "process claims, prepares and records; auto: on when the worker has prepare processes. "
-        "Off by default until pixels that travel as shared tensors (video frames, images "
-        "prepared in the task threads) reach the model process in a running worker.",
+        "process claims, prepares and records; auto: on when the worker has prepare processes "
+        "(hosts with 4 cores or more per worker, or prepare_processes set).",
     )
     prepare_slot_mb: int = Field(
         8,
