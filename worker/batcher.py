@@ -108,8 +108,8 @@ class _Waiting:
 class Announcement:
     """A job a task thread is still preparing; it is submitted or withdrawn, once."""
 
-    def __init__(self, batcher: Batcher) -> None:
-        self._batcher = batcher
+    def __init__(self, on_close: Callable[[], None]) -> None:
+        self._on_close = on_close  # tells the batcher (here, or in the model process)
         self._open = True
         self._lock = threading.Lock()
 
@@ -119,7 +119,7 @@ class Announcement:
             if not self._open:
                 return
             self._open = False
-        self._batcher._arrived_or_gone()
+        self._on_close()
 
     withdraw = close
 
@@ -167,7 +167,7 @@ class Batcher:
         with self._cond:
             self._incoming += 1
             self._last_arrival = time.monotonic()
-        return Announcement(self)
+        return Announcement(self._arrived_or_gone)
 
     def _arrived_or_gone(self) -> None:
         with self._cond:

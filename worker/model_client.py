@@ -42,7 +42,7 @@ from typing import Any
 import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
 
 from core.errors import PermanentJobError
-from worker.batcher import BatchStats
+from worker.batcher import Announcement, BatchStats
 from worker.cache_index import CacheIndex
 from worker.device_tiles import ImagePixels, image_nbytes
 from worker.engine import Generation
@@ -63,25 +63,6 @@ class ModelProcessDied(RuntimeError):
 class _InFlight:
     future: Future[Generation]
     views: list[ImagePixels] = field(default_factory=list)  # slots lent until `received`
-
-
-class _RemoteAnnouncement:
-    """An announcement in the model process, closed (once) by a `withdraw` message."""
-
-    def __init__(self, client: ModelClient) -> None:
-        self._client = client
-        self._open = True
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        """The job was submitted, or will not be."""
-        with self._lock:
-            if not self._open:
-                return
-            self._open = False
-        self._client._send(("withdraw",))
-
-    withdraw = close
 
 
 class _RemoteCancel(threading.Event):
@@ -186,7 +167,7 @@ class ModelClient:
     def announce(self) -> Announced:
         """A job on its way: the model process's batcher waits for it (bounded)."""
         self._send(("announce",))
-        return _RemoteAnnouncement(self)
+        return Announcement(lambda: self._send(("withdraw",)))
 
     def cache_key(self, sha256: str, max_tiles: int) -> Hashable:
         """The prepare cache's key of an image (as the engine's Preparer makes it)."""
