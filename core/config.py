@@ -359,10 +359,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often a busy worker looks for cancel requests of its jobs."
     )
     task_events: bool = Field(
-        True,
-        description="Send Celery's task events (task-sent from the API; received, started, "
-        "succeeded from workers), which Flower shows. Off saves about 3 ms of CPU per job "
-        "across the API and the worker (docs/benchmarks.md); the service itself reads none.",
+        False,
+        description="Send every Celery task event from the start: task-sent from the API; "
+        "received, started, succeeded from workers. Off (Celery's default) saves about 3 ms of "
+        "CPU per job across the API and the worker (docs/benchmarks.md); Flower still turns "
+        "the workers' task events on at run time (its enable_events command), and only the "
+        "API's task-sent event needs this on. The service itself reads none.",
     )
     shutdown_grace_s: float = Field(
         20.0,

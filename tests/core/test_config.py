@@ -94,7 +94,7 @@ def test_private_image_urls_are_refused_in_production() -> None:
     assert make(environment="development", image_fetch_allow_private=True).image_fetch_allow_private
 
 
-def test_task_events_are_on_by_default_and_can_be_turned_off() -> None:
-    on, off = make_celery(make()), make_celery(make(task_events=False))
+def test_task_events_are_off_by_default_as_in_celery_and_can_be_turned_on() -> None:
+    off, on = make_celery(make()), make_celery(make(task_events=True))
     assert (on.conf.task_send_sent_event, on.conf.worker_send_task_events) == (True, True)
     assert (off.conf.task_send_sent_event, off.conf.worker_send_task_events) == (False, False)
