@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -53,6 +54,12 @@ class BatchStats:
     row_steps: int = 0  # rows decoded, summed over steps: row_steps / steps is the occupancy
     waits: int = 0  # jobs started, and their total wait from submission to their first step
     wait_s: float = 0.0
+    # The CPU clock of the model's thread (the batch loop), read whenever the stats are: the
+    # host's share of generating (admission, steps, choosing tokens, ending rows), which the
+    # benchmarks tell apart from the service's own work per job. None before the thread runs,
+    # and in a copy sent to another process, where loop_cpu_base_s carries the reading.
+    loop_clock: int | None = None
+    loop_cpu_base_s: float = 0.0
 
     def record_wait(self, wait_s: float) -> None:
         """A job left the queue for the model after waiting wait_s."""
@@ -93,7 +100,24 @@ class BatchStats:
             "mean_occupancy": round(self.row_steps / steps, 2) if steps else 0.0,
             "steps_per_s": round(steps / self.busy_s, 2) if steps and self.busy_s else 0.0,
             "mean_queue_wait_s": round(self.wait_s / self.waits, 3) if self.waits else 0.0,
+            "loop_cpu_s": round(self.loop_cpu_s(), 3),
         }
+
+    def loop_cpu_s(self) -> float:
+        """CPU seconds the model's thread has used so far (0 before it started, or once gone)."""
+        if self.loop_clock is None:
+            return self.loop_cpu_base_s
+        try:
+            return self.loop_cpu_base_s + time.clock_gettime(self.loop_clock)
+        except OSError:  # the thread has ended: its clock is gone
+            return self.loop_cpu_base_s
+
+    def portable(self) -> dict[str, Any]:
+        """The fields, for another process: the loop's CPU as a reading, not as this
+        process's clock."""
+        fields = dataclasses.asdict(self)
+        fields.update(loop_clock=None, loop_cpu_base_s=self.loop_cpu_s())
+        return fields
 
 
 @dataclass
@@ -161,6 +185,8 @@ class Batcher:
     def start(self) -> None:
         """Start the model thread."""
         self._thread.start()
+        assert self._thread.ident is not None
+        self.stats.loop_clock = time.pthread_getcpuclockid(self._thread.ident)
 
     def announce(self) -> Announcement:
         """A task thread has a job on its way (claiming, reading, tiling): batches wait for it."""

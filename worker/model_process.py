@@ -21,7 +21,6 @@ exits as soon as the front is gone.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import signal
@@ -257,7 +256,7 @@ class ModelLoop:
     def _snapshot(self) -> dict[str, Any]:
         batches, self._batches = self._batches, []
         return {
-            "stats": dataclasses.asdict(self.batcher.stats),
+            "stats": self.batcher.stats.portable(),
             "pending": self.batcher.pending,
             "batches": batches,
             "gpu_memory": local_gpu_memory(),

@@ -207,3 +207,23 @@ def test_stop_finishes_what_was_submitted(engine: InternVLEngine) -> None:
     assert all(future.done() and future.exception() is None for future in futures)
     with pytest.raises(RuntimeError, match="stopping"):
         batcher.submit(vqa(engine, 0, GenerationParams(max_new_tokens=3)))
+
+
+def test_the_model_threads_cpu_is_counted_and_travels_as_a_reading(
+    engine: InternVLEngine,
+) -> None:
+    jobs = [vqa(engine, i, GenerationParams(max_new_tokens=4), f"c{i}") for i in range(2)]
+    batcher = Batcher(engine.generate, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000)
+    assert batcher.stats.loop_cpu_s() == 0.0  # not started
+    futures = [batcher.submit(job) for job in jobs]
+    before_start = time.thread_time()
+    batcher.start()
+    for future in futures:
+        future.result(timeout=120)
+    spent = batcher.stats.loop_cpu_s()
+    # The generating ran on the model thread, not on this one.
+    assert spent > 0.005 and time.thread_time() - before_start < spent
+    copied = type(batcher.stats)(**batcher.stats.portable())
+    assert copied.loop_clock is None and copied.loop_cpu_s() >= spent
+    assert batcher.stats.as_dict()["loop_cpu_s"] >= round(spent, 3)
+    batcher.stop()
