@@ -301,13 +301,32 @@ def cmd_bench_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_pieces(args: argparse.Namespace) -> int:
+    """CPU per call of each piece of a job's path (API requests, submission, worker's work)."""
+    from bench.pieces import format_pieces, run_pieces
+
+    if not args.database_url or not args.broker_url:
+        raise SystemExit("--database-url and --broker-url are required (scratch ones)")
+    load_before = _load_average()
+    pieces = run_pieces(
+        database_url=args.database_url,
+        broker_url=args.broker_url,
+        s3_endpoint_url=args.s3_endpoint_url or None,
+        calls=args.calls,
+    )
+    print(format_pieces(pieces))  # noqa: T201 - the command's output
+    print(f"load average before {load_before}, after {_load_average()}")  # noqa: T201
+    _write_json({"pieces": [{"piece": n, "cpu_ms": ms} for n, ms in pieces]}, args.json)
+    return 0
+
+
 def _write_json(report: dict[str, object], path: str) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2))
 
 
 def register(bench: argparse._SubParsersAction) -> None:
-    """Add `engine`, `service`, `submit` and `prepare` to the `internvl-jobs bench` subcommands."""
+    """Add the `internvl-jobs bench` subcommands: engine, service, submit, prepare, pieces."""
     p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
     engine_arguments(p)
     p.set_defaults(func=cmd_bench_engine)
@@ -327,3 +346,10 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--api-pid", type=int, default=None, help="its pid, to report CPU per job")
     p.add_argument("--json", default="", help="also write the figures to this file")
     p.set_defaults(func=cmd_bench_submit)
+    p = bench.add_parser("pieces", help=cmd_bench_pieces.__doc__)
+    p.add_argument("--database-url", default="", help="a scratch database (migrated by the bench)")
+    p.add_argument("--broker-url", default="", help="redis://... (a database of its own)")
+    p.add_argument("--s3-endpoint-url", default="", help="S3 server; empty: start a moto server")
+    p.add_argument("--calls", type=int, default=200, help="calls of each piece")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_pieces)
