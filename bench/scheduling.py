@@ -43,8 +43,8 @@ from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from worker.batcher import Batcher
-from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine, PreparedJob
+from worker.schedulers import make_batcher
 
 
 @dataclass

@@ -36,7 +36,6 @@ from core.specs import GenerationParams
 from core.storage import ObjectNotFound, ObjectStorage, image_key
 from worker.batcher import Batcher
 from worker.claims import Held, WorkerDraining
-from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine
 from worker.model_client import ModelClient
 from worker.model_host import (
@@ -50,6 +49,7 @@ from worker.model_host import (
 from worker.prepare_reads import ImageMissing, StoredImage
 from worker.preparer import ImageUndecodable
 from worker.preparing import InProcessPreparing, Preparing
+from worker.schedulers import make_batcher
 from worker.video import VideoUndecodable
 
 log = logging.getLogger("worker.runtime")
