@@ -20,7 +20,8 @@ from core.storage import ObjectStorage, image_key, store_once
 from tests.support.structured import TICKET
 from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
-from worker.model_client import ModelClient, ModelProcessDied
+from worker.model_client import ModelClient
+from worker.model_messages import ModelProcessDied
 from worker.model_process import ModelProcessConfig
 from worker.prepare_pool import PreparePool
 from worker.prepare_reads import StorageAccess
