@@ -191,19 +191,18 @@ def run_engine_bench(
     repeats: int,
 ) -> dict[str, Any]:
     """Load the model once, measure every tile workload, and return the figures."""
-    spec = ModelSpec(
-        alias="bench",
+    engine = load_bench_engine(
         checkpoint=checkpoint,
+        device=device,
         dtype=dtype,
-        attn_implementation=attention,
+        attention=attention,
         max_batch_size=max_batch_size,
         max_batch_tiles=max(256, max_batch_size * max(tiles)),
     )
-    engine = InternVLEngine(spec, device=device)
     report: dict[str, Any] = {
         "checkpoint": checkpoint,
         "device": str(engine.device),
-        "device_name": _device_name(engine.device),
+        "device_name": device_name(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
         "attention": engine.attn_implementation,
         "torch_threads": torch.get_num_threads(),
@@ -225,7 +224,30 @@ def run_engine_bench(
     return report
 
 
-def _device_name(device: torch.device) -> str:
+def load_bench_engine(
+    *,
+    checkpoint: str,
+    device: str,
+    dtype: str,
+    attention: str,
+    max_batch_size: int,
+    **spec_fields: Any,
+) -> InternVLEngine:
+    """The engine a benchmark measures: the checkpoint loaded on the device as model `bench`
+    (further registry fields, such as max_batch_tiles, as given)."""
+    spec = ModelSpec(
+        alias="bench",
+        checkpoint=checkpoint,
+        dtype=dtype,
+        attn_implementation=attention,
+        max_batch_size=max_batch_size,
+        **spec_fields,
+    )
+    return InternVLEngine(spec, device=device)
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a report names it: the GPU's model, or the CPU and its threads."""
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
     return f"cpu ({torch.get_num_threads()} threads)"

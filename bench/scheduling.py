@@ -38,13 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.engine import bench_images
-from core.config import ModelSpec
+from bench.engine import bench_images, device_name, load_bench_engine
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from worker.batcher import Batcher
-from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine, PreparedJob
+from worker.schedulers import make_batcher
 
 
 @dataclass
@@ -263,14 +262,13 @@ def run_scheduling_bench(
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Load the model once and compare the two schedulers on it."""
-    spec = ModelSpec(
-        alias="bench",
+    engine = load_bench_engine(
         checkpoint=checkpoint,
+        device=device,
         dtype=dtype,
-        attn_implementation=attention,
+        attention=attention,
         max_batch_size=max_batch_size,
     )
-    engine = InternVLEngine(spec, device=device)
     report = compare_schedulers(
         engine,
         jobs=jobs,
@@ -280,14 +278,9 @@ def run_scheduling_bench(
         stream_rate=stream_rate,
         repeats=repeats,
     )
-    device_name = (
-        torch.cuda.get_device_name(engine.device)
-        if engine.device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)"
-    )
     return {
         "checkpoint": checkpoint,
-        "device_name": device_name,
+        "device_name": device_name(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
         "attention": engine.attn_implementation,
         "max_batch_size": max_batch_size,

@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from bench.engine import bench_images
-from core.config import ModelSpec
+from bench.engine import bench_images, device_name, load_bench_engine
 from core.prompts import build_conversation
 from core.specs import GenerationParams
 from worker.continuous import ContinuousBatcher
@@ -254,25 +253,19 @@ def run_staging_bench(
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Load the model once and compare copied and staged pixels on it."""
-    spec = ModelSpec(
-        alias="bench",
+    engine = load_bench_engine(
         checkpoint=checkpoint,
+        device=device,
         dtype=dtype,
-        attn_implementation=attention,
+        attention=attention,
         max_batch_size=max_batch_size,
     )
-    engine = InternVLEngine(spec, device=device)
     report = compare_staging(
         engine, jobs=jobs, new_tokens=new_tokens, stage_mb=stage_mb, repeats=repeats
     )
-    name = (
-        torch.cuda.get_device_name(engine.device)
-        if engine.device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)"
-    )
     return {
         "checkpoint": checkpoint,
-        "device_name": name,
+        "device_name": device_name(engine.device),
         "dtype": str(engine.dtype).removeprefix("torch."),
         "max_batch_size": max_batch_size,
         "jobs": jobs,

@@ -16,17 +16,18 @@ there.
 
 Beam search keeps the static path: a beam job runs through `generate` once the running batch
 has drained (the oldest job decides, so neither kind starves the other).
+
+The rows themselves (their tokens, how each picks the next, the model's cache of them) are
+worker.running_rows'; which batcher a model gets is worker.schedulers' choice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-from core.config import ModelSpec
 from worker.admission import Admission, PrefillCost
 from worker.batcher import (
     Batcher,
@@ -37,21 +38,11 @@ from worker.batcher import (
 )
 from worker.decode import Prefill, RunningBatch, kv_budget_tokens, prefill_cost
 from worker.engine import InternVLEngine, PreparedJob
-from worker.sampling import RowChooser, choose_tokens
-from worker.staging import Stager, make_stager
-from worker.structured import ConstrainedRow
+from worker.running_rows import RunningRows
+from worker.staging import Stager
 
 log = logging.getLogger("worker.continuous")
 ROWS = ("rows",)  # the batch key of every num_beams=1 job (worker/sampling.batch_key)
-
-
-@dataclass
-class _Row:
-    """One job being decoded: where its Generation goes, how it picks tokens, what it made."""
-
-    item: _Waiting
-    chooser: RowChooser
-    tokens: list[int] = field(default_factory=list)
 
 
 class ContinuousBatcher(Batcher):
@@ -101,10 +92,7 @@ class ContinuousBatcher(Batcher):
         )
         self.engine = engine
         self.stats.scheduler = "continuous"
-        self._rows: list[_Row] = []
-        self._batch = RunningBatch(engine)
-        self._prefill: Prefill | None = None
-        self._prefill_items: list[_Waiting] = []
+        self.running = RunningRows(engine)  # the rows decoding, and the group prefilling
         self.stager = stager  # copies the next group's pixels to the device ahead (a GPU)
 
     @property
@@ -128,7 +116,7 @@ class ContinuousBatcher(Batcher):
     # -- admission (under the condition's lock, on the model thread) -------------------------
 
     def _busy(self) -> bool:
-        return bool(self._rows) or self._prefill is not None
+        return self.running.busy()
 
     def _compatible(self) -> list[_Waiting]:
         return self._group()[0]
@@ -139,20 +127,20 @@ class ContinuousBatcher(Batcher):
             return ([] if self._busy() else super()._compatible()), len(self._waiting)
         rows = [item for item in self._waiting if item.key == ROWS]
         ordered = self.admission.order(rows, time.monotonic())
-        return self.admission.group(ordered, [row.item.job for row in self._rows]), len(rows)
+        return self.admission.group(ordered, self.running.jobs()), len(rows)
 
     def _admit(self) -> list[_Waiting] | None:
         """Jobs to start now: after the batching wait when idle, at once when busy."""
         if not self._busy():
             return self._next_batch()  # None: stopping and nothing left
         with self._cond:
-            if self._prefill is not None or not self._waiting:
+            if self.running.prefill is not None or not self._waiting:
                 return []
             chosen, waiting = self._group()
             if chosen and not self.admission.join_now(
                 len(chosen),
                 waiting,
-                len(self._rows),
+                len(self.running.rows),
                 waited_s=time.monotonic() - min(item.arrived for item in chosen),
                 max_wait_s=self.max_wait_s,
             ):
@@ -181,8 +169,7 @@ class ContinuousBatcher(Batcher):
         try:
             live = [item for item in admitted if self._start(item)]
             if live:
-                self._prefill = Prefill(self.engine, self._on_device([i.job for i in live]))
-                self._prefill_items = live
+                self.running.start_prefill(live, self._on_device([i.job for i in live]))
             if self._busy():
                 self._step()
         except Exception as exc:  # noqa: BLE001 - the loop must outlive any one failure
@@ -192,9 +179,7 @@ class ContinuousBatcher(Batcher):
     def _abandon(self, admitted: list[_Waiting], exc: Exception) -> None:
         """Hand an unexpected error to every job in flight (their task threads retry them)."""
         log.exception("continuous batching step failed", exc_info=exc)
-        items = [row.item for row in self._rows] + self._prefill_items + admitted
-        self._rows, self._prefill, self._prefill_items = [], None, []
-        self._batch.keep([])
+        items = self.running.clear() + admitted
         if self.stager is not None:
             self.stager.drop()
         self.stats.generating_since = None
@@ -216,18 +201,18 @@ class ContinuousBatcher(Batcher):
         self.stats.running_since = time.time()  # the stuck-generation watchdog reads it
         if self.stats.generating_since is None:
             self.stats.generating_since = self.stats.running_since
-        prefilled = self._prefill is not None
+        prefilled = self.running.prefill is not None
         splits = self.stats.oom_splits
         try:
-            if self._prefill is not None:
+            if self.running.prefill is not None:
                 self._advance_prefill()
-            self._leave(canceled_only=True)
-            rows = len(self._rows)
+            self.running.leave(self.stats, canceled_only=True)
+            rows = len(self.running.rows)
             if rows:
                 self._decode()
         finally:
             self.stats.running_since = None
-            if not self._rows and self._prefill is None:  # the batch ran dry: idle again
+            if not self.running.busy():  # the batch ran dry: idle again
                 self.stats.generating_since = None
         if self.stats.oom_splits == splits:
             self._clean_step()
@@ -242,10 +227,10 @@ class ContinuousBatcher(Batcher):
 
     @torch.inference_mode()
     def _advance_prefill(self) -> None:
-        prefill = self._prefill
+        prefill = self.running.prefill
         assert prefill is not None
         # While others decode, the chunk is bounded so that they do not wait for all of it.
-        chunk = self.admission.chunk_columns(prefill.rows, decoding=bool(self._rows))
+        chunk = self.admission.chunk_columns(prefill.rows, decoding=bool(self.running.rows))
         columns = prefill.width if chunk is None else chunk
         try:
             logits = self._prefill_chunk(prefill, columns)
@@ -254,33 +239,24 @@ class ContinuousBatcher(Batcher):
             return
         if logits is None:
             return
-        items, self._prefill, self._prefill_items = self._prefill_items, None, []
-        rows = [_Row(item, self._chooser(item.job)) for item in items]
-        tokens = choose_tokens([r.chooser for r in rows], [[] for _ in rows], logits)
-        self._batch.join(prefill, tokens)
-        self._rows.extend(rows)
-        for row, token in zip(rows, tokens.tolist(), strict=True):
-            row.tokens.append(token)
+        items = self.running.take_prefill()
+        self.running.join(prefill, items, logits)
         self.stats.batches += 1
         self.stats.tiles += sum(item.job.tiles for item in items)
         if self.on_batch is not None:  # a group joined: its size, and how long it prefilled
             self.on_batch(len(items), time.monotonic() - prefill.started)
-        self._leave()
+        self.running.leave(self.stats)
 
     @torch.inference_mode()
     def _decode(self) -> None:
         try:
-            logits = self._decode_step(self._batch)
+            logits = self._decode_step(self.running.batch)
         except Exception as exc:  # noqa: BLE001 - every failure ends in the jobs' futures
             self._decode_failed(exc)
             return
         self._stage_next()  # while the step computes, before its tokens are read below
-        generated = [row.tokens for row in self._rows]
-        tokens = choose_tokens([row.chooser for row in self._rows], generated, logits)
-        self._batch.next_tokens = tokens
-        for row, token in zip(self._rows, tokens.tolist(), strict=True):
-            row.tokens.append(token)
-        self._leave()
+        self.running.decoded(logits)
+        self.running.leave(self.stats)
 
     def _on_device(self, jobs: list[PreparedJob]) -> list[PreparedJob]:
         """The jobs with their pixels on the device, staged or copied now; as they are without
@@ -314,10 +290,8 @@ class ContinuousBatcher(Batcher):
         if not self._waiting or self._waiting[0].key != ROWS:
             return []
         rows = [i for i in self._waiting if i.key == ROWS and not i.future.cancelled()]
-        running = [row.item.job for row in self._rows if not _last_step(row)]
-        running += [item.job for item in self._prefill_items]
         ordered = self.admission.order(rows, time.monotonic())
-        return [item.job for item in self.admission.group(ordered, running)]
+        return [item.job for item in self.admission.group(ordered, self.running.staying_jobs())]
 
     # Model calls, separate so that tests can make them run out of memory like a full GPU.
     def _prefill_chunk(self, prefill: Prefill, columns: int) -> torch.Tensor | None:
@@ -326,51 +300,17 @@ class ContinuousBatcher(Batcher):
     def _decode_step(self, batch: RunningBatch) -> torch.Tensor:
         return batch.step()
 
-    def _chooser(self, job: PreparedJob) -> RowChooser:
-        chooser = RowChooser(
-            job.params,
-            seed=job.seed,
-            prompt_ids=job.input_ids,
-            eos_token_ids=self.engine.eos_token_ids,
-            device=self.engine.device,
-        )
-        if job.constraint is not None:  # structured output: masks before the row's draw
-            chooser.processors.append(ConstrainedRow(job.constraint))
-        return chooser
-
-    def _leave(self, *, canceled_only: bool = False) -> None:
-        """Rows that ended get their results and leave the batch; the others go on."""
-        keep: list[int] = []
-        for index, row in enumerate(self._rows):
-            job = row.item.job
-            ended = job.cancel.is_set() or (
-                not canceled_only
-                and (
-                    row.tokens[-1] in self.engine.eos_token_ids
-                    or len(row.tokens) >= job.params.max_new_tokens
-                )
-            )
-            if not ended:
-                keep.append(index)
-                continue
-            generation = self.engine.result(job, row.tokens)
-            self.stats.record_job(generation.completion_tokens)
-            row.item.future.set_result(generation)
-        if len(keep) < len(self._rows):
-            self._rows = [self._rows[i] for i in keep]
-            self._batch.keep(keep)
-
     # -- failures ----------------------------------------------------------------------------
 
     def _prefill_failed(self, exc: Exception) -> None:
-        items, self._prefill, self._prefill_items = self._prefill_items, None, []
+        items = self.running.take_prefill()
         if not is_out_of_memory(exc):
             log.warning("prefill of %d jobs failed (%s); running them one by one", len(items), exc)
             for item in items:
                 self._run_batch([item])  # the static path: only the job that breaks fails
             return
         _free_accelerator_memory()
-        if len(items) == 1 and not self._rows:
+        if len(items) == 1 and not self.running.rows:
             job = items[0].job
             items[0].future.set_exception(
                 OutOfMemory(f"job {job.job_id} does not fit in device memory alone")
@@ -382,8 +322,7 @@ class ContinuousBatcher(Batcher):
         self._requeue(items)
 
     def _decode_failed(self, exc: Exception) -> None:
-        rows, self._rows = self._rows, []
-        self._batch.keep([])
+        rows = self.running.take_rows()
         if not is_out_of_memory(exc):
             log.warning("a step of %d rows failed (%s); running them one by one", len(rows), exc)
             for row in rows:
@@ -403,7 +342,7 @@ class ContinuousBatcher(Batcher):
 
     def _out_of_memory(self, jobs: list[PreparedJob]) -> None:
         self.stats.oom_splits += 1
-        running = [row.item.job for row in self._rows]
+        running = self.running.jobs()
         budget = self.admission.out_of_memory(running, jobs)
         log.warning(
             "out of memory with %d rows; the KV budget is now %d tokens",
@@ -414,37 +353,3 @@ class ContinuousBatcher(Batcher):
     def _requeue(self, items: list[_Waiting]) -> None:
         with self._cond:
             self._waiting[:0] = items  # first in line again, their futures still running
-
-
-def _last_step(row: _Row) -> bool:
-    """Whether the step being computed ends the row for sure (an end token may end it too)."""
-    job = row.item.job
-    return job.cancel.is_set() or len(row.tokens) + 1 >= job.params.max_new_tokens
-
-
-def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
-    """The batcher a model's registry entry asks for: continuous (default) or static."""
-    if spec.scheduler == "static" or not engine.steps_rows:
-        return Batcher(
-            engine.generate,
-            max_batch_size=spec.max_batch_size,
-            max_wait_ms=spec.max_batch_wait_ms,
-            max_batch_tiles=spec.max_batch_tiles,
-            gap_ms=spec.batch_gap_ms,
-        )
-    return ContinuousBatcher(
-        engine,
-        max_batch_size=spec.max_batch_size,
-        max_wait_ms=spec.max_batch_wait_ms,
-        max_batch_tiles=spec.max_batch_tiles,
-        gap_ms=spec.batch_gap_ms,
-        prefill_tokens_per_step=spec.prefill_tokens_per_step,
-        kv_cache_fraction=spec.kv_cache_memory_fraction,
-        join_waiting_ratio=spec.join_waiting_ratio,
-        join_max_wait_steps=spec.join_max_wait_steps,
-        shortest_first=spec.join_order == "shortest",
-        overtake_max_ms=spec.join_overtake_max_ms,
-        recover_steps=spec.kv_budget_recover_steps,
-        recover_factor=spec.kv_budget_recover_factor,
-        stager=make_stager(engine.device, spec.stage_pixels_mb),
-    )

@@ -22,6 +22,8 @@ client gives the runtime what the engine and batcher gave it in one process:
 - `stats`, `pending` and `on_batch` follow the statistics the model process sends every half
   second, for the heartbeat, the probes (stuck generation) and the metrics.
 
+How jobs and their outcomes cross the pipe on this side is worker.model_messages'.
+
 If the model process dies, every job in flight fails with ModelProcessDied (a transient
 error: the runtime hands it back with a backoff) and `on_death` runs (the worker stops and
 exits non-zero, so its launcher restarts it). If this process dies, the model process exits.
@@ -33,36 +35,30 @@ import logging
 import multiprocessing
 import threading
 from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
 import torch.multiprocessing  # noqa: F401 - registers the reductions that share tensors
 
-from core.errors import PermanentJobError
 from worker.batcher import Announcement, BatchStats
 from worker.cache_index import CacheIndex
-from worker.device_tiles import ImagePixels, image_nbytes
 from worker.engine import Generation
 from worker.model_host import Announced, CachedImage, ModelRequest
-from worker.model_process import ModelProcessConfig, Part, Submission, serve_model
+from worker.model_messages import (
+    InFlight,
+    ModelError,
+    ModelProcessDied,
+    image_parts,
+    settle,
+)
+from worker.model_process import ModelProcessConfig, Submission, serve_model
 from worker.prepare_slots import SlotArena
 
 log = logging.getLogger("worker.model_client")
 
 START_METHOD = "forkserver"
-
-
-class ModelProcessDied(RuntimeError):
-    """The model process exited while jobs were in it (they are handed back)."""
-
-
-@dataclass
-class _InFlight:
-    future: Future[Generation]
-    views: list[ImagePixels] = field(default_factory=list)  # slots lent until `received`
 
 
 class _RemoteCancel(threading.Event):
@@ -103,7 +99,7 @@ class ModelClient:
         self._info: dict[str, Any] = {}
         self._failure: str | None = None
         self._ready = threading.Event()
-        self._jobs: dict[str, _InFlight] = {}
+        self._jobs: dict[str, InFlight] = {}
         self._lock = threading.Lock()  # sends, and the cache index's changes, in order
         self._connection: Connection | None = None
         self._reader: threading.Thread | None = None
@@ -204,7 +200,7 @@ class ModelClient:
         with self._lock:
             if self.dead:
                 raise ModelProcessDied("the model process is gone")
-            parts, views, evict = self._parts(request)
+            parts, views, evict = image_parts(request, self.index, self.arena)
             submission = Submission(
                 job_id,
                 request.input_ids.numpy(),
@@ -214,7 +210,7 @@ class ModelClient:
                 request.response_format,
                 evict,
             )
-            self._jobs[job_id] = _InFlight(future, views)
+            self._jobs[job_id] = InFlight(future, views)
             assert self._connection is not None
             try:
                 self._connection.send(("submit", submission))
@@ -228,29 +224,6 @@ class ModelClient:
         """A future canceled here (shutdown, before it started): the model process drops it."""
         if future.cancelled():
             self._send(("stop", job_id))
-
-    def _parts(self, request: ModelRequest) -> tuple[list[Part], list[ImagePixels], list[Hashable]]:
-        """Each image as it crosses (a key, a slot, a shared tensor), the slot views to keep
-        until the model process has them, and the cache keys to evict first."""
-        parts: list[Part] = []
-        views: list[ImagePixels] = []
-        evict: list[Hashable] = []
-        for image, tiles in zip(request.images, request.tiles, strict=True):
-            if image.pixels is None:
-                parts.append(("cached", image.key, None))
-                continue
-            store = None
-            if image.fresh and image.key is not None:
-                kept, evicted = self.index.add(image.key, image_nbytes(image.pixels), tiles)
-                evict.extend(evicted)
-                store = image.key if kept else None
-            ref = self.arena.ref(image.pixels) if self.arena is not None else None
-            if ref is not None:
-                parts.append(("slot", ref, store))
-                views.append(image.pixels)
-            else:
-                parts.append(("tensor", image.pixels, store))
-        return parts, views, evict
 
     # -- the connection --------------------------------------------------------------------
 
@@ -291,7 +264,7 @@ class ModelClient:
         elif tag == "done":
             job = self._jobs.pop(message[1], None)
             if job is not None:
-                _settle(job.future, message[2])
+                settle(job.future, message[2])
         elif tag == "ready":
             self._info = message[1]
             self._ready.set()
@@ -323,25 +296,3 @@ class ModelClient:
         log.error("the model process exited (code %s); %d jobs handed back", code, len(jobs))
         if self.on_death is not None:
             self.on_death()
-
-
-def _settle(future: Future[Generation], outcome: Generation | tuple[Any, ...]) -> None:
-    """Give a job's future what the model process said (unless it was settled here already)."""
-    if future.done():
-        return  # canceled here (the job was handed back): a late outcome is ignored
-    if isinstance(outcome, Generation):
-        if future.running() or future.set_running_or_notify_cancel():
-            future.set_result(outcome)
-        return
-    if outcome[0] == "canceled":
-        if not future.cancel():
-            future.set_exception(CancelledError())
-        return
-    _, permanent, code, detail = outcome
-    error = PermanentJobError(detail, code=code) if permanent else ModelError(detail)
-    if future.running() or future.set_running_or_notify_cancel():
-        future.set_exception(error)
-
-
-class ModelError(RuntimeError):
-    """A job's generation failed in the model process (it is retried, within its attempts)."""

@@ -39,12 +39,12 @@ from core.errors import ServiceError
 from core.logs import setup_logging
 from core.specs import GenerationParams
 from worker.batcher import Batcher
-from worker.continuous import make_batcher
 from worker.device_tiles import ImagePixels
 from worker.engine import Generation, InternVLEngine
 from worker.health import local_gpu_memory
 from worker.prepare_pool import _exit_with_parent
 from worker.prepare_slots import SlotArena, SlotRef, private
+from worker.schedulers import make_batcher
 
 log = logging.getLogger("worker.model_process")
 

@@ -240,10 +240,10 @@ def _front_preparing(spec: Any) -> Any:
 
 def _prepare_pool(settings: Settings, spec: Any) -> Any:
     """The worker's prepare processes, started (None: jobs prepare in the task threads)."""
+    from worker.gathering import IMAGE_READ_DEADLINE_S
     from worker.launcher import prepare_processes_per_worker
     from worker.prepare_pool import PreparePool
     from worker.prepare_reads import StorageAccess
-    from worker.runtime import IMAGE_READ_DEADLINE_S
 
     processes = prepare_processes_per_worker(settings)
     if processes == 0:

@@ -1,10 +1,12 @@
 """A worker process's state: the engine and batcher, the jobs it holds, and how it runs one.
 
-Every outcome is a fenced write (conditional on the attempt this worker holds), retried
-while the database is unreachable; the Celery task returns, and so acknowledges its message,
-only after that write. Errors are sorted: a permanent one fails the job with its code, any
-other gives the job back with a backoff (attempts are capped), and a stop for shutdown gives
-it back at once, without counting the attempt against the job.
+A job's message is claimed (a fenced claim on the database), its inputs are gathered
+(worker.gathering: images read, prepared and put in prompt order), the model generates
+(in this process, or in the model process: worker.model_host), and the outcome is written
+(worker.outcomes: fenced, retried while the database is unreachable; the Celery task returns,
+and so acknowledges its message, only after that write). Lease checks and cancels stop a held
+job's generation; a shutdown hands back the jobs not yet generating at once, and the others
+once its grace has passed.
 """
 
 from __future__ import annotations
@@ -14,50 +16,31 @@ import threading
 import time
 from collections.abc import Hashable
 from concurrent.futures import CancelledError
-from datetime import timedelta
-from typing import Any
 
-import torch
 from celery import Celery
 from celery.exceptions import Reject
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
-from core.dispatch import publish_or_defer
-from core.errors import PermanentJobError, ServiceError
-from core.jobs import cancel_job, claim_job, complete_job, fail_job, release_job
+from core.jobs import claim_job
 from core.leases import LeaseCheck
 from core.models import Job
-from core.prompts import Conversation, build_conversation
-from core.retry import is_transient, retry_transient
+from core.prompts import build_conversation
+from core.retry import retry_transient
 from core.specs import GenerationParams
-from core.storage import ObjectNotFound, ObjectStorage, image_key
+from core.storage import ObjectStorage
 from worker.batcher import Batcher
 from worker.claims import Held, WorkerDraining
-from worker.continuous import make_batcher
 from worker.engine import Generation, InternVLEngine
+from worker.gathering import IMAGE_READ_DEADLINE_S, Gatherer
 from worker.model_client import ModelClient
-from worker.model_host import (
-    Announced,
-    CachedImage,
-    LocalModel,
-    ModelHost,
-    ModelRequest,
-    PromptImage,
-)
-from worker.prepare_reads import ImageMissing, StoredImage
-from worker.preparer import ImageUndecodable
+from worker.model_host import Announced, LocalModel, ModelHost, ModelRequest
+from worker.outcomes import RESULT_WRITE_DEADLINE_S, OutcomeWriter
 from worker.preparing import InProcessPreparing, Preparing
-from worker.video import VideoUndecodable
+from worker.schedulers import make_batcher
 
 log = logging.getLogger("worker.runtime")
-
-# How long a finished job's result write is retried while the database is unreachable, and
-# how long an image read is retried before the job is handed back.
-RESULT_WRITE_DEADLINE_S = 600.0
-IMAGE_READ_DEADLINE_S = 30.0
 
 
 class WorkerRuntime:
@@ -157,9 +140,9 @@ class WorkerRuntime:
         try:
             generation, prepared_tiles, prompt_tokens, frames = self._generate(job, held)
         except (CancelledError, WorkerDraining):
-            return self._after_stop(job, held, usage=None)
+            return self._outcomes().after_stop(job, held, usage=None)
         except Exception as exc:  # noqa: BLE001 - every error ends in a recorded outcome
-            return self._after_error(job, held, exc)
+            return self._outcomes().after_error(job, held, exc)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": generation.completion_tokens,
@@ -169,84 +152,11 @@ class WorkerRuntime:
             "inference_s": round(time.monotonic() - started, 3),
         }
         if generation.finish_reason == "canceled" and held.stop_reason is not None:
-            return self._after_stop(job, held, usage=usage)
-        result: dict[str, Any] = {
-            "text": generation.text,
-            "finish_reason": generation.finish_reason,
-            **generation.extra,  # structured output: the parsed value as "json"
-        }
-        if generation.seed is not None:
-            result["seed"] = generation.seed  # sampled: the seed that reproduces this text
-        stored = self._write(
-            lambda s: complete_job(s, job.id, attempt=held.attempt, result=result, usage=usage)
-        )
-        if not stored:
-            return "superseded"
-        self.jobs_done += 1
-        return "succeeded"
-
-    def _after_stop(self, job: Job, held: Held, *, usage: dict[str, Any] | None) -> str:
-        if held.stop_reason == "lost":  # another attempt owns the job now; writes are fenced
-            return "superseded"
-        if held.stop_reason == "canceled":
-            ended = self._write(lambda s: cancel_job(s, job.id, attempt=held.attempt, usage=usage))
-            return "canceled" if ended else "superseded"
-        released = self._write(
-            lambda s: release_job(
-                s,
-                job.id,
-                attempt=held.attempt,
-                reason="worker_shutdown",
-                published=True,
-                refund_attempt=True,
-            )
-        )
-        if released is None or released.status != "queued":
-            return "superseded" if released is None else released.status
-        if self.celery is not None:
-            publish_or_defer(
-                sessions=self.sessions,
-                celery=self.celery,
-                model=self.spec,
-                job_id=job.id,
-                priority=job.priority,
-            )
-        return "released"
-
-    def _after_error(self, job: Job, held: Held, exc: Exception) -> str:
-        permanent = _permanent_code(exc)
-        if permanent is not None:
-            code, message = permanent
-            self._write(
-                lambda s: fail_job(s, job.id, code=code, message=message, attempt=held.attempt)
-            )
-            return "failed"
-        reason = f"{type(exc).__name__}: {exc}"
-        if not is_transient(exc):
-            log.error("job %s raised an unexpected error", job.id, exc_info=exc)
-        if held.attempt >= job.max_attempts:
-            message = f"the job failed {held.attempt} times; last error: {reason}"
-            self._write(
-                lambda s: fail_job(
-                    s, job.id, code="attempts_exhausted", message=message, attempt=held.attempt
-                )
-            )
-            return "failed"
-        delay = min(
-            self.settings.retry_backoff_max_s,
-            self.settings.retry_backoff_s * 2 ** (held.attempt - 1),
-        )
-        log.warning("job %s: %s; it runs again in %.1fs", job.id, reason, delay)
-        self._write(
-            lambda s: release_job(
-                s,
-                job.id,
-                attempt=held.attempt,
-                reason=reason[:500],
-                available_at=utcnow() + timedelta(seconds=delay),
-            )
-        )
-        return "released"
+            return self._outcomes().after_stop(job, held, usage=usage)
+        outcome = self._outcomes().complete(job, held, generation, usage)
+        if outcome == "succeeded":
+            self.jobs_done += 1
+        return outcome
 
     def _generate(
         self, job: Job, held: Held
@@ -259,12 +169,13 @@ class WorkerRuntime:
         keys: list[Hashable] = []
         if spec.get("video") is None:
             keys = [self.model.cache_key(sha, max_tiles) for sha in spec["images"]]
+        gatherer = self._gatherer()
         with self.model.cached(keys) as cached:  # kept (not evicted) until submitted
             if spec.get("video") is not None:  # sampled, decoded and prepared where images are
-                frames, input_ids, images, tiles = self._video_inputs(spec, max_tiles)
+                frames, input_ids, images, tiles = gatherer.video_inputs(spec, max_tiles)
             else:
                 conversation = build_conversation(spec, control_tokens=self.model.control_tokens)
-                input_ids, images, tiles = self._inputs(
+                input_ids, images, tiles = gatherer.image_inputs(
                     spec["images"], conversation, max_tiles, keys, cached
                 )
             request = ModelRequest(
@@ -281,103 +192,24 @@ class WorkerRuntime:
         generation = held.future.result()
         return generation, tiles, prompt_tokens, frames
 
-    def _video_inputs(
-        self, spec: dict[str, Any], max_tiles: int
-    ) -> tuple[list[int], torch.Tensor, list[PromptImage], list[int]]:
-        """(frames read, ids, each frame's pixels, tiles per frame) of a video job.
+    # Built where they are used, from the runtime's attributes as they are then (the worker
+    # sets `celery` once its app exists; tests swap storage, settings and deadlines).
+    def _gatherer(self) -> Gatherer:
+        return Gatherer(
+            preparing=self.preparing,
+            model=self.model,
+            storage=self.storage,
+            read_deadline_s=self.read_deadline_s,
+        )
 
-        The clip is read here, or by the prepare process when the pool reads storage; its
-        frames are sampled, decoded and prepared by the prepare processes (or this thread), not
-        cached: a clip is rarely asked twice.
-        """
-        sha = str(spec["video"]["sha256"])
-        try:
-            video = self.preparing.run_video(
-                spec,
-                self.model.control_tokens,
-                self._source(sha),
-                max_tiles=max_tiles,
-                on_device=self.model.resize_on_device,
-            )
-        except VideoUndecodable as exc:
-            raise PermanentJobError(
-                f"video sha256:{sha} could not be decoded: {exc.reason}", code="invalid_video"
-            ) from exc
-        except ImageMissing as exc:
-            raise _missing(sha) from exc
-        pixels: list[PromptImage] = []
-        for index in video.order:
-            image = video.inputs.tiles[index]
-            assert image is not None  # every frame was given as a picture, none as a count
-            pixels.append(PromptImage(image))
-        counts = [video.inputs.counts[i] for i in video.order]
-        return video.frames, video.inputs.input_ids, pixels, counts
-
-    def _inputs(
-        self,
-        shas: list[str],
-        conversation: Conversation,
-        max_tiles: int,
-        keys: list[Hashable],
-        cached: list[CachedImage | None],
-    ) -> tuple[torch.Tensor, list[PromptImage], list[int]]:
-        """(ids, each image, tiles per image) of a job, in its conversation's order.
-
-        Images in the prepare cache are not read again; the others are read here, then decoded
-        (and tiled, unless the device resizes) and tokenised around by the prepare processes
-        (or this thread), and marked fresh: the model keeps them in its cache. The pixels stay
-        one tensor per image: the device copies them into its batch one by one, so no host
-        concatenation happens anywhere.
-        """
-        sources: list[bytes | int | StoredImage] = [
-            self._source(sha) if image is None else image.tiles
-            for sha, image in zip(shas, cached, strict=True)
-        ]
-        try:
-            inputs = self.preparing.run(
-                conversation, sources, max_tiles=max_tiles, on_device=self.model.resize_on_device
-            )
-        except ImageUndecodable as exc:
-            raise PermanentJobError(
-                f"image sha256:{shas[exc.index]} could not be decoded: {exc.reason}",
-                code="invalid_image",
-            ) from exc
-        except ImageMissing as exc:
-            raise _missing(shas[exc.index]) from exc
-        images: list[PromptImage] = []
-        for key, old, new in zip(keys, cached, inputs.tiles, strict=True):
-            if new is not None:
-                images.append(PromptImage(new, key, fresh=True))
-            else:
-                assert old is not None
-                images.append(PromptImage(old.pixels, key))
-        order = conversation.image_order
-        return inputs.input_ids, [images[i] for i in order], [inputs.counts[i] for i in order]
-
-    def _source(self, sha: str) -> bytes | StoredImage:
-        """An image to prepare: its key when the prepare processes read it, else its bytes."""
-        return StoredImage(sha) if self.preparing.reads_storage else self._read_image(sha)
-
-    def _read_image(self, sha: str) -> bytes:
-        try:
-            data: bytes = retry_transient(
-                lambda: self.storage.get(image_key(sha)),
-                what=f"reading image {sha}",
-                deadline_s=self.read_deadline_s,
-            )
-        except ObjectNotFound as exc:
-            raise _missing(sha) from exc
-        return data
-
-    def _write(self, change: Any) -> Any:
-        """Apply a fenced state change, retrying while the database is unreachable."""
-
-        def attempt() -> Any:
-            with transaction(self.sessions) as session:
-                return change(session)
-
-        deadline_s = self.write_deadline_s
-        return retry_transient(attempt, what="writing a job result", deadline_s=deadline_s)
+    def _outcomes(self) -> OutcomeWriter:
+        return OutcomeWriter(
+            settings=self.settings,
+            spec=self.spec,
+            sessions=self.sessions,
+            celery=self.celery,
+            write_deadline_s=self.write_deadline_s,
+        )
 
     # -- leases, cancels and shutdown ------------------------------------------------------
 
@@ -419,16 +251,3 @@ class WorkerRuntime:
             for job_id, held in self.held.items():
                 log.info("job %s: still running after the shutdown grace; handing it back", job_id)
                 held.stop("shutdown")
-
-
-def _missing(sha: str) -> PermanentJobError:
-    return PermanentJobError(f"image sha256:{sha} is no longer stored", code="image_missing")
-
-
-def _permanent_code(exc: Exception) -> tuple[str, str] | None:
-    """(code, message) for errors that fail however often the job is retried."""
-    if isinstance(exc, ServiceError) and exc.permanent:
-        return exc.code, exc.detail
-    if isinstance(exc, ValidationError):
-        return "invalid_params", str(exc)
-    return None

@@ -10,6 +10,7 @@ import pytest
 
 from core.config import ModelSpec, Settings
 from core.storage import ObjectStorage, open_storage
+from tests.support.runtimes import started_runtime
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +30,5 @@ def storage(service_settings: Settings) -> ObjectStorage:
 def worker_runtime(
     service_settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any
 ) -> Iterator[Any]:
-    from worker.runtime import WorkerRuntime
-
-    engine.prepare_cache.clear()  # the engine outlives tests; the bytes behind a sha may not
-    runtime = WorkerRuntime(
-        settings=service_settings,
-        spec=service_settings.default_model,
-        sessions=sessions,
-        storage=storage,
-        engine=engine,
-        worker_id="cpu0.tiny@test",
-    )
-    runtime.batcher.start()
-    yield runtime
-    runtime.batcher.stop()
+    with started_runtime(service_settings, sessions, storage, engine=engine) as runtime:
+        yield runtime

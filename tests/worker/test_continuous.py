@@ -17,9 +17,10 @@ from core.specs import GenerationParams
 from tests.support.worker import vqa
 from worker.admission import PrefillCost, footprint_tokens
 from worker.batcher import Batcher, OutOfMemory
-from worker.continuous import ContinuousBatcher, make_batcher
+from worker.continuous import ContinuousBatcher
 from worker.decode import Prefill, RunningBatch, prefill_cost
 from worker.engine import Generation, InternVLEngine, PreparedJob
+from worker.schedulers import make_batcher
 
 MIXED = [
     GenerationParams(max_new_tokens=4),

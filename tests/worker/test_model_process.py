@@ -17,15 +17,15 @@ import torch
 
 from core.config import ModelSpec, Settings
 from core.storage import ObjectStorage, image_key, store_once
+from tests.support.runtimes import SLOTS, slotted_pool, started_runtime
 from tests.support.structured import TICKET
 from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
-from worker.model_client import ModelClient, ModelProcessDied
+from worker.model_client import ModelClient
+from worker.model_messages import ModelProcessDied
 from worker.model_process import ModelProcessConfig
 from worker.prepare_pool import PreparePool
-from worker.prepare_reads import StorageAccess
 
-SLOTS = 4
 TICKET_FORMAT = {"type": "json_schema", "name": "ticket", "schema": TICKET}
 
 
@@ -49,29 +49,14 @@ def remote_runtime(
 ) -> Iterator[Any]:
     """A runtime whose model runs in a model process and whose jobs prepare in a pool with
     slots (as a worker with prepare processes); all stopped after."""
-    from worker.runtime import WorkerRuntime
-
-    access = StorageAccess(settings.storage_url, settings.s3_endpoint_url, read_deadline_s=30.0)
     spec = spec or settings.default_model
-    pool = PreparePool(spec, processes=1, slots=SLOTS, slot_bytes=8 * 2**20, storage=access)
+    pool = slotted_pool(settings, spec)
     client = client_for(spec, pool, **config)
     client.launch(timeout_s=300)
-    runtime = WorkerRuntime(
-        settings=settings,
-        spec=spec,
-        sessions=sessions,
-        storage=storage,
-        engine=None,
-        worker_id="cpu0.tiny@test",
-        preparing=pool,
-        model=client,
-    )
-    runtime.batcher.start()
-    try:
+    with started_runtime(
+        settings, sessions, storage, spec=spec, preparing=pool, model=client
+    ) as runtime:
         yield runtime
-    finally:
-        runtime.batcher.stop()
-        pool.close()
 
 
 @pytest.fixture
@@ -280,23 +265,13 @@ def test_jobs_prepared_in_the_task_threads_reach_the_model_process_as_shared_ten
     service_settings: Settings, sessions: Any, storage: ObjectStorage
 ) -> None:
     from worker.process import _front_preparing
-    from worker.runtime import WorkerRuntime
 
     spec = service_settings.default_model
     client = client_for(spec, None)  # model_process: on without prepare processes
     client.launch(timeout_s=300)
-    runtime = WorkerRuntime(
-        settings=service_settings,
-        spec=spec,
-        sessions=sessions,
-        storage=storage,
-        engine=None,
-        worker_id="cpu0.tiny@test",
-        preparing=_front_preparing(spec),
-        model=client,
-    )
-    try:
+    preparing = _front_preparing(spec)
+    with started_runtime(
+        service_settings, sessions, storage, spec=spec, preparing=preparing, model=client
+    ) as runtime:  # the runtime's batcher is the client: stopping it stops the model process
         job = queue_job(sessions, storage, spec, [photo(91)], params={"max_new_tokens": 3})
         assert runtime.run_job(job.id) == "succeeded"
-    finally:
-        client.stop()

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,57 +21,26 @@ from core.config import Settings
 from core.models import Job, JobEvent
 from core.storage import ObjectStorage, image_key, store_once
 from tests.support.prepare import die, stop_once, stop_video_once, wait_for_pid
+from tests.support.runtimes import SLOTS, slotted_pool, started_runtime
 from tests.support.videos import make_clip
 from tests.support.worker import photo, queue_job
 from worker.prepare_pool import PreparePool, Work, prepare_job
 from worker.prepare_reads import StorageAccess
 from worker.preprocess import Picture
 
-SLOTS = 4
 
-
-@contextmanager
 def running(
     settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, pool: PreparePool
-) -> Iterator[Any]:
+) -> AbstractContextManager[Any]:
     """A worker runtime preparing in `pool`, its batcher running; both stopped after."""
-    from worker.runtime import WorkerRuntime
-
-    engine.prepare_cache.clear()  # the engine outlives tests; the bytes behind a sha may not
-    runtime = WorkerRuntime(
-        settings=settings,
-        spec=settings.default_model,
-        sessions=sessions,
-        storage=storage,
-        engine=engine,
-        worker_id="cpu0.tiny@test",
-        preparing=pool,
-    )
-    runtime.batcher.start()
-    try:
-        yield runtime
-    finally:
-        runtime.batcher.stop()
-        pool.close()
+    return started_runtime(settings, sessions, storage, engine=engine, preparing=pool)
 
 
-@contextmanager
 def pooled_runtime(
     settings: Settings, sessions: Any, storage: ObjectStorage, engine: Any, work: Work
-) -> Iterator[Any]:
-    """A runtime whose pool has slots as a worker's (one per task thread; 8 MiB holds a
-    13-tile image of 448 px) and reads images with its own storage client."""
-    access = StorageAccess(settings.storage_url, settings.s3_endpoint_url, read_deadline_s=30.0)
-    pool = PreparePool(
-        settings.default_model,
-        processes=1,
-        work=work,
-        slots=SLOTS,
-        slot_bytes=8 * 2**20,
-        storage=access,
-    )
-    with running(settings, sessions, storage, engine, pool) as runtime:
-        yield runtime
+) -> AbstractContextManager[Any]:
+    """A runtime whose pool has slots as a worker's and reads images with its own client."""
+    return running(settings, sessions, storage, engine, slotted_pool(settings, work=work))
 
 
 @pytest.fixture
