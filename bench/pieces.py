@@ -300,7 +300,7 @@ def _noop_worker(broker_url: str) -> None:
     app = make_celery(settings)
     counter = redis.Redis.from_url(broker_url)
 
-    @app.task(name="bench.noop")  # type: ignore[untyped-decorator]
+    @app.task(name="bench.noop")
     def noop() -> None:
         counter.incr(_COUNTER)
 
