@@ -259,6 +259,9 @@ def test_the_probes_and_heartbeat_read_the_model_process_statistics(
     report = health.report()
     assert report["last_batch_at"] is not None and report["pending"] == 0
     assert batches == [1] and runtime.batcher.stats.as_dict()["jobs"] == 1
+    # The model thread's CPU arrives as a reading (its clock belongs to the model process).
+    assert runtime.batcher.stats.loop_clock is None
+    assert runtime.batcher.stats.as_dict()["loop_cpu_s"] > 0
 
 
 def test_jobs_prepared_in_the_task_threads_reach_the_model_process_as_shared_tensors(
