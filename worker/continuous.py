@@ -73,8 +73,14 @@ class ContinuousBatcher(Batcher):
             max_batch_size=max_batch_size,
             max_batch_tiles=max_batch_tiles,
             prefill_tokens_per_step=prefill_tokens_per_step,
-            # Measured once the model is loaded, so the weights are not counted as free memory.
-            kv_budget=kv_budget or kv_budget_tokens(engine, kv_cache_fraction),
+            # Measured once the model is loaded, so the weights are not counted as free memory;
+            # the device memory staged pixels may hold is kept out of the cache's share.
+            kv_budget=kv_budget
+            or kv_budget_tokens(
+                engine,
+                kv_cache_fraction,
+                reserved_bytes=stager.limit_bytes if stager is not None else 0,
+            ),
             join_waiting_ratio=join_waiting_ratio,
             join_max_wait_steps=join_max_wait_steps,
             shortest_first=shortest_first,

@@ -196,10 +196,12 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def kv_budget_tokens(engine: InternVLEngine, fraction: float) -> int:
-    """Cache tokens (rows x padded length) the running batch may hold: a fraction of free memory."""
+def kv_budget_tokens(engine: InternVLEngine, fraction: float, *, reserved_bytes: int = 0) -> int:
+    """Cache tokens (rows x padded length) the running batch may hold: a fraction of free memory,
+    less `reserved_bytes` that something else on the device holds at times (staged pixels)."""
     per_token = kv_bytes_per_token(engine.model, engine.dtype)
-    return max(int(free_memory_bytes(engine.device) * fraction) // per_token, 1)
+    usable = int(free_memory_bytes(engine.device) * fraction) - reserved_bytes
+    return max(usable // per_token, 1)
 
 
 def activation_elements(config: Any) -> int:

@@ -17,8 +17,9 @@ A job is staged as an object, not by its id, and a staged copy is used only by t
 that very job, so a job prepared again is copied again. What `stage` staged and the next call
 no longer names (the job was canceled, a shorter one took its place, it no longer fits) is
 dropped, and `take` drops whatever it was not asked for: staged pixels live at most until the
-next group joins. Staged device memory is bounded by the same bytes as the pinned buffers;
-a pinned buffer is reused only once the copy out of it has completed.
+next group joins. Staged device memory is bounded by the same bytes as the pinned buffers,
+and the continuous batcher keeps that bound out of its KV-cache budget; a pinned buffer is
+reused only once the copy out of it has completed.
 
 The primitives are injected (worker.copies.Copies): CUDA's on a GPU, plain memory in tests,
 so the logic here runs and is tested without a GPU.

@@ -352,3 +352,25 @@ def test_cuda_copies_run_on_the_side_stream_and_the_compute_stream_waits_on_the_
         ("wait_event", "compute"),  # the compute stream waits for it on the device
         ("used by", "compute"),  # the allocator keeps the memory until the compute stream is done
     ]
+
+
+def test_the_memory_staged_pixels_may_hold_is_kept_out_of_the_cache_budget(
+    engine: InternVLEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import decode
+
+    monkeypatch.setattr(decode, "free_memory_bytes", lambda device: 2**30)  # 1 GiB free
+    per_token = decode.kv_bytes_per_token(engine.model, engine.dtype)
+    alone_budget = ContinuousBatcher(
+        engine, max_batch_size=8, max_wait_ms=0, max_batch_tiles=1000, kv_cache_fraction=0.5
+    ).admission.kv_budget
+    staged = ContinuousBatcher(
+        engine,
+        max_batch_size=8,
+        max_wait_ms=0,
+        max_batch_tiles=1000,
+        kv_cache_fraction=0.5,
+        stager=Stager(DeferredCopies(), limit_bytes=64 * 2**20),
+    ).admission.kv_budget
+    assert alone_budget == 2**29 // per_token
+    assert staged == (2**29 - 64 * 2**20) // per_token
