@@ -32,6 +32,7 @@ from devtools.harness import free_port, moto_server
 
 NOOP_QUEUE = "bench-noop"
 PUBLISH_QUEUE = "bench-publish"
+_COUNTER = "bench-pieces-noop"  # the Redis key the no-op task counts itself in
 Piece = tuple[str, float]
 
 
@@ -56,12 +57,15 @@ def run_pieces(
         )
         with _credentials():
             ensure_bucket(settings)
-            pictures = [photo_jpeg(640, 480, seed=7_000_000 + i) for i in range(3 * calls)]
+            pictures = [photo_jpeg(640, 480, seed=7_000_000 + i) for i in range(2 * calls)]
             pieces = _api_pieces(settings, pictures[:calls], calls)
             pieces += _submission_pieces(settings, pictures[calls:], calls)
             pieces += _worker_pieces(settings, calls)
-            pieces.append(("worker: Celery receiving, running and acknowledging a task that does "
-                           "nothing (32 threads)", _celery_task_ms(settings, calls)))  # fmt: skip
+            celery_task = (
+                "worker: Celery receiving, running and acknowledging a task that does nothing "
+                f"({settings.task_threads(settings.default_model)} threads)"
+            )
+            pieces.append((celery_task, _celery_task_ms(settings, calls)))
     return pieces
 
 
@@ -269,9 +273,6 @@ def _celery_task_ms(settings: Settings, calls: int) -> float:
         counter.delete(_COUNTER)
 
 
-_COUNTER = "bench-pieces-noop"
-
-
 def _drop_queue(broker_url: str, queue: str) -> None:
     """Delete a queue's Redis lists (one per priority step)."""
     import redis
@@ -304,11 +305,15 @@ def _noop_worker(broker_url: str) -> None:
     def noop() -> None:
         counter.incr(_COUNTER)
 
-    threads = 2 * settings.default_model.max_batch_size  # as a worker's task threads
-    celery_worker(
-        app, settings, hostname="bench-noop@pieces", queue=NOOP_QUEUE, threads=threads,
+    worker = celery_worker(
+        app,
+        settings,
+        hostname="bench-noop@pieces",
+        queue=NOOP_QUEUE,
+        threads=settings.task_threads(settings.default_model),
         loglevel="WARNING",
-    ).start()  # fmt: skip
+    )
+    worker.start()
 
 
 def format_pieces(pieces: list[Piece]) -> str:

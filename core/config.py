@@ -582,6 +582,10 @@ class Settings(BaseSettings):
         """The registry entry with this alias, if any."""
         return next((m for m in self.models if m.alias == alias), None)
 
+    def task_threads(self, spec: ModelSpec) -> int:
+        """A worker's Celery task threads for a model: worker_threads, else twice its batch."""
+        return self.worker_threads or 2 * spec.max_batch_size
+
     def as_env(self) -> dict[str, str]:
         """These settings as INTERNVL_JOBS_* variables, for child processes."""
         env: dict[str, str] = {}

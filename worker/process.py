@@ -248,7 +248,7 @@ def _prepare_pool(settings: Settings, spec: Any) -> Any:
     processes = prepare_processes_per_worker(settings)
     if processes == 0:
         return None
-    slots = settings.worker_threads or 2 * spec.max_batch_size  # one per task thread
+    slots = settings.task_threads(spec)  # one per task thread
     pool = PreparePool(
         spec,
         processes=processes,
@@ -288,7 +288,7 @@ def _consume(settings: Settings, runtime: Any, name: str, loglevel: str) -> None
         runtime.begin_shutdown(settings.shutdown_grace_s if how == "Warm" else 0.0)
 
     worker_shutting_down.connect(on_shutting_down, weak=False)
-    threads = settings.worker_threads or 2 * runtime.spec.max_batch_size
+    threads = settings.task_threads(runtime.spec)
     worker = celery_worker(
         app, settings, hostname=name, queue=runtime.spec.queue, threads=threads, loglevel=loglevel
     )
