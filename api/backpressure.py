@@ -18,15 +18,30 @@ from core.errors import TooManyRequests
 from core.models import Job, JobStatus
 
 GLOBAL_DEPTH_TTL_S = 1.0
+_TENANTS_KEPT = 10_000  # counts kept per process; the oldest are dropped past this
+
+
+@dataclass
+class _Count:
+    value: int
+    counted_at: float
 
 
 @dataclass
 class QueueDepth:
-    """The number of queued jobs across tenants, counted at most once per ttl_s per process."""
+    """Queued jobs, across tenants and per tenant, counted at most once per ttl_s per process.
+
+    Between counts, the jobs this process committed are added to the last count, so one API
+    process passes a tenant's cap by no more than the submissions it has in flight; other
+    processes' jobs are seen at the next count (the caps are soft by up to ttl_s of their
+    submissions). Jobs that leave the queue in between are seen at the next count too: until
+    then the count errs high, towards 429.
+    """
 
     ttl_s: float = GLOBAL_DEPTH_TTL_S
     _value: int = 0
     _counted_at: float = float("-inf")
+    _tenants: dict[str, _Count] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, session: Session) -> int:
@@ -38,6 +53,28 @@ class QueueDepth:
         with self._lock:
             self._value, self._counted_at = value, time.monotonic()
         return value
+
+    def tenant(self, session: Session, tenant_id: str) -> int:
+        """One tenant's queued jobs: counted up to ttl_s ago, plus those admitted since."""
+        with self._lock:
+            known = self._tenants.get(tenant_id)
+            if known is not None and time.monotonic() - known.counted_at < self.ttl_s:
+                return known.value
+        value = _count_queued(session, tenant_id)
+        with self._lock:
+            self._tenants.pop(tenant_id, None)  # re-inserted last: the dict stays oldest-first
+            self._tenants[tenant_id] = _Count(value, time.monotonic())
+            while len(self._tenants) > _TENANTS_KEPT:
+                del self._tenants[next(iter(self._tenants))]
+        return value
+
+    def admitted(self, tenant_id: str, jobs: int) -> None:
+        """Add jobs just committed for a tenant to its last count (and to the global one)."""
+        with self._lock:
+            known = self._tenants.get(tenant_id)
+            if known is not None:
+                known.value += jobs
+            self._value += jobs
 
 
 def _count_queued(session: Session, tenant_id: str | None = None) -> int:
@@ -53,7 +90,7 @@ def check_queue_room(
     """Raise 429 queue_full when `adding` more jobs would pass a queue cap."""
     retry = {"Retry-After": str(settings.queue_full_retry_after_s)}
     tenant_cap = settings.max_queued_jobs_per_tenant
-    if tenant_cap and _count_queued(session, tenant_id) + adding > tenant_cap:
+    if tenant_cap and depth.tenant(session, tenant_id) + adding > tenant_cap:
         raise TooManyRequests(
             f"this tenant already has the most queued jobs allowed ({tenant_cap}); "
             "retry when some have run",

@@ -193,6 +193,7 @@ def submit_batch(
     except BaseException:
         forget_objects(runtime, stored)
         raise
+    runtime.queue_depth.admitted(tenant_id, len(jobs))
     for job, ready in zip(jobs, prepared, strict=True):
         publish_or_defer(
             sessions=runtime.sessions,

@@ -62,3 +62,43 @@ def test_the_global_cap_stops_every_tenant(capped: tuple[TestClient, Runtime]) -
     assert refused.status_code == 429
     assert refused.json()["code"] == "queue_full"
     assert "retry-after" in refused.headers
+
+
+def test_a_cached_tenant_count_still_counts_the_jobs_admitted_since(
+    capped: tuple[TestClient, Runtime],
+) -> None:
+    client, runtime = capped
+    runtime.queue_depth = QueueDepth(ttl_s=3600)  # counted once, at the first submission
+    acme = make_key(runtime, "acme")
+    refused_invalid = client.post(
+        "/v1/jobs", json={"task": "caption", "images": [{"data": "bm90IGFuIGltYWdl"}]}, headers=acme
+    )
+    accepted = [client.post("/v1/jobs", json=caption_body(), headers=acme) for _ in range(2)]
+    refused = client.post("/v1/jobs", json=caption_body(b"\x89PNG other"), headers=acme)
+    assert refused_invalid.status_code == 415  # refused jobs take no room
+    assert [r.status_code for r in accepted] == [202, 202]
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "queue_full"
+    # Room that frees between counts is seen at the next count, not before.
+    finish_job(runtime, accepted[0].json()["id"])
+    assert client.post("/v1/jobs", json=caption_body(), headers=acme).status_code == 429
+    runtime.queue_depth.ttl_s = 0
+    assert client.post("/v1/jobs", json=caption_body(), headers=acme).status_code == 202
+
+
+def test_tenant_counts_kept_are_bounded() -> None:
+    from api import backpressure
+
+    depth = QueueDepth(ttl_s=3600)
+
+    class Counting:
+        def scalar(self, _query: object) -> int:
+            return 5
+
+    session = Counting()
+    for i in range(backpressure._TENANTS_KEPT + 10):
+        depth.tenant(session, f"t{i}")  # type: ignore[arg-type]
+    depth.admitted("t9999", 1)
+    assert len(depth._tenants) == backpressure._TENANTS_KEPT
+    assert "t0" not in depth._tenants  # the oldest went first
+    assert depth.tenant(session, "t9999") == 6  # type: ignore[arg-type]
