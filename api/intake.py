@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,6 +267,18 @@ def put_new_objects(runtime: Runtime, images: ImageSet) -> list[str]:
     return stored
 
 
+@functools.cache
+def _image_upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT refreshing last_used_at, built once per dialect: its rows are
+    bound at execution, so its compiled form is cached (rows inlined with .values() made
+    SQLAlchemy compile it anew on every submission)."""
+    insert: Any = upsert_dialects[dialect](Image)
+    return insert.on_conflict_do_update(
+        index_elements=[Image.tenant_id, Image.sha256],
+        set_={"last_used_at": insert.excluded.last_used_at},
+    )
+
+
 def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
     """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
 
@@ -287,13 +300,7 @@ def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> Non
         for sha, (info, _) in images.new.items()
     ]
     if sent:
-        insert: Any = upsert_dialects[session.get_bind().dialect.name](Image).values(sent)
-        session.execute(
-            insert.on_conflict_do_update(
-                index_elements=[Image.tenant_id, Image.sha256],
-                set_={"last_used_at": insert.excluded.last_used_at},
-            )
-        )
+        session.execute(_image_upsert(session.get_bind().dialect.name), sent)
     referenced = [sha for sha in dict.fromkeys(images.objects) if sha not in images.new]
     if referenced:
         touched = session.execute(
@@ -389,6 +396,7 @@ def submit_job(
     except BaseException:
         forget_objects(runtime, stored)
         raise
+    runtime.queue_depth.admitted(tenant_id, 1)
     publish_or_defer(
         sessions=runtime.sessions,
         celery=runtime.celery,
