@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, or_, select, update
+from sqlalchemy import ColumnElement, Update, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.config import ModelSpec
@@ -35,6 +35,59 @@ EVENT_FOR_STATUS = {
 # Called inside the transaction of every status change (webhooks, metrics hook in here).
 EventListener = Callable[[Session, Job, str], None]
 _listeners: list[EventListener] = []
+
+# The statements every job runs, built once with their values bound at execution: building an
+# UPDATE and generating its cache key cost a claim or a completion about as much CPU as
+# running it. (Parameter names differ from column names: SQLAlchemy reserves those in SET.)
+_EVENT_INSERT = insert(JobEvent)
+_OWNER = (
+    select(Job.tenant_id, Tenant.max_running_jobs)
+    .outerjoin(Tenant, Tenant.id == Job.tenant_id)
+    .where(Job.id == bindparam("p_job_id"))
+)
+_CLAIM = (
+    update(Job)
+    .where(
+        Job.id == bindparam("p_job_id"),
+        Job.status == JobStatus.QUEUED.value,
+        Job.attempts < Job.max_attempts,
+        Job.cancel_requested_at.is_(None),
+        # A job waiting out its retry backoff is published again by the sweeper when due.
+        or_(Job.available_at.is_(None), Job.available_at <= bindparam("p_now")),
+        or_(Job.expires_at.is_(None), Job.expires_at > bindparam("p_now")),
+    )
+    .values(
+        status=JobStatus.RUNNING.value,
+        updated_at=bindparam("p_now"),
+        attempts=Job.attempts + 1,
+        worker_id=bindparam("p_worker_id"),
+        lease_expires_at=bindparam("p_lease_until"),
+        started_at=bindparam("p_now"),
+        available_at=None,
+    )
+    .returning(Job)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
+_COMPLETE = (
+    update(Job)
+    .where(
+        Job.id == bindparam("p_job_id"),
+        Job.status == JobStatus.RUNNING.value,
+        Job.attempts == bindparam("p_attempt"),
+    )
+    .values(
+        status=JobStatus.SUCCEEDED.value,
+        updated_at=bindparam("p_now"),
+        result=bindparam("p_result", type_=Job.__table__.c.result.type),
+        usage=bindparam("p_usage", type_=Job.__table__.c.usage.type),
+        finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+        error_code=None,
+        error_message=None,
+    )
+    .returning(Job)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
 
 
 def add_event_listener(listener: EventListener) -> None:
@@ -104,15 +157,28 @@ def transition(
     if attempt is not None:
         conditions.append(Job.attempts == attempt)
     changes = {"status": to.value, "updated_at": utcnow(), **(values or {})}
-    # One round trip: the changed row comes back with the UPDATE (RETURNING, on PostgreSQL and
-    # SQLite alike), refreshing a copy this session already holds, instead of a SELECT after.
-    job = session.scalars(
+    statement = (
         update(Job)
         .where(*conditions)
         .values(**changes)
         .returning(Job)
         .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
+    )
+    return _moved(session, statement, {}, to=to, event_data=event_data)
+
+
+def _moved(
+    session: Session,
+    statement: Update,
+    params: dict[str, Any],
+    *,
+    to: JobStatus,
+    event_data: dict[str, Any] | None = None,
+) -> Job | None:
+    """Run a status change's UPDATE ... RETURNING; record its event when a row moved."""
+    # One round trip: the changed row comes back with the UPDATE (RETURNING, on PostgreSQL and
+    # SQLite alike), refreshing a copy this session already holds, instead of a SELECT after.
+    job: Job | None = session.scalars(statement, params).one_or_none()
     if job is None:
         return None
     _record(session, job, EVENT_FOR_STATUS[to], attempt=job.attempts, data=event_data or {})
@@ -125,9 +191,14 @@ def _record(
     # A plain INSERT, not an ORM object: nothing reads the event back in this transaction, and
     # the unit of work's flush of one row costs more CPU than the statement itself.
     session.execute(
-        insert(JobEvent).values(
-            job_id=job.id, type=event_type, attempt=attempt, created_at=utcnow(), data=data
-        )
+        _EVENT_INSERT,
+        {
+            "job_id": job.id,
+            "type": event_type,
+            "attempt": attempt,
+            "created_at": utcnow(),
+            "data": data,
+        },
     )
     for listener in _listeners:
         listener(session, job, event_type)
@@ -151,55 +222,38 @@ def claim_job(
     sweeper publishes it then), and no attempt is used.
     """
     now = now or utcnow()
-    claimable = [
-        Job.attempts < Job.max_attempts,
-        Job.cancel_requested_at.is_(None),
-        # A job waiting out its retry backoff is published again by the sweeper when due.
-        or_(Job.available_at.is_(None), Job.available_at <= now),
-        or_(Job.expires_at.is_(None), Job.expires_at > now),
-    ]
     # The job's tenant and that tenant's own limit in one read (a join on primary keys).
-    owner = session.execute(
-        select(Job.tenant_id, Tenant.max_running_jobs)
-        .outerjoin(Tenant, Tenant.id == Job.tenant_id)
-        .where(Job.id == job_id)
-    ).first()
+    owner = session.execute(_OWNER, {"p_job_id": job_id}).first()
     tenant_id, own_limit = owner if owner is not None else (None, None)
     limit = effective_limit(own_limit, running_limit)
     if tenant_id is not None and limit_reached(session, tenant_id, limit, lock=True):
-        if _hold(session, job_id, claimable, until=now + timedelta(seconds=hold_s)):
+        if _hold(session, job_id, now=now, until=now + timedelta(seconds=hold_s)):
             log.info("job %s held: its tenant %s is at its running limit", job_id, tenant_id)
             return None
         claimed = None
     else:
-        claimed = transition(
-            session,
-            job_id,
-            to=JobStatus.RUNNING,
-            expect=[JobStatus.QUEUED],
-            where=claimable,
-            values={
-                "attempts": Job.attempts + 1,
-                "worker_id": worker_id,
-                "lease_expires_at": now + timedelta(seconds=lease_s),
-                "started_at": now,
-                "available_at": None,
-            },
-        )
+        params = {
+            "p_job_id": job_id,
+            "p_now": now,
+            "p_worker_id": worker_id,
+            "p_lease_until": now + timedelta(seconds=lease_s),
+        }
+        claimed = _moved(session, _CLAIM, params, to=JobStatus.RUNNING)
     if claimed is None:
         expire_job(session, job_id, now=now)
     return claimed
 
 
-def _hold(
-    session: Session, job_id: str, claimable: list[ColumnElement[bool]], *, until: datetime
-) -> bool:
+def _hold(session: Session, job_id: str, *, now: datetime, until: datetime) -> bool:
     """Leave a claimable queued job queued until `until`, for the sweeper to publish again."""
+    claimable = _CLAIM.whereclause
+    assert claimable is not None
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value, *claimable)
+        .where(claimable)
         .values(available_at=until, published_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
+        {"p_job_id": job_id, "p_now": now},
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -221,21 +275,14 @@ def complete_job(
     session: Session, job_id: str, *, attempt: int, result: dict[str, Any], usage: dict[str, Any]
 ) -> Job | None:
     """Store the result if this attempt still holds the job (fencing); else None."""
-    return transition(
-        session,
-        job_id,
-        to=JobStatus.SUCCEEDED,
-        expect=[JobStatus.RUNNING],
-        attempt=attempt,
-        values={
-            "result": result,
-            "usage": usage,
-            "finished_at": utcnow(),
-            "lease_expires_at": None,
-            "error_code": None,
-            "error_message": None,
-        },
-    )
+    params = {
+        "p_job_id": job_id,
+        "p_attempt": attempt,
+        "p_now": utcnow(),
+        "p_result": result,
+        "p_usage": usage,
+    }
+    return _moved(session, _COMPLETE, params, to=JobStatus.SUCCEEDED)
 
 
 def fail_job(
