@@ -61,6 +61,7 @@ class Runtime:
                 settings.storage_url,
                 endpoint_url=settings.s3_endpoint_url,
                 region=settings.s3_region,
+                s3_direct=settings.s3_direct,
             ),
             celery=make_celery(settings),
             feed=job_feed(settings),

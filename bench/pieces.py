@@ -182,7 +182,7 @@ def _submission_pieces(settings: Settings, pictures: list[bytes], calls: int) ->
         _drop_queue(settings.broker_url, PUBLISH_QUEUE)
     return [
         ("API: the submission called in-process (no HTTP)", submitted),
-        ("API: of which the S3 conditional PUT (botocore)", put),
+        (f"API: of which the S3 conditional PUT ({_s3_path(runtime.storage)})", put),
         ("API: of which the Celery publish (no task event)", publish),
     ]
 
@@ -196,7 +196,9 @@ def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
 
     engine = make_engine(settings.database_url, pool_size=2)
     sessions = make_session_factory(engine)
-    storage = open_storage(settings.storage_url, endpoint_url=settings.s3_endpoint_url)
+    storage = open_storage(
+        settings.storage_url, endpoint_url=settings.s3_endpoint_url, s3_direct=settings.s3_direct
+    )
     storage.put("pieces/read", photo_jpeg(640, 480, seed=3))
     spec = {"task": "caption", "images": [], "params": {"max_new_tokens": 32}}
     with transaction(sessions) as session:
@@ -231,7 +233,7 @@ def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
         ("worker: the claim transaction", _per_call(claim, calls, time.thread_time)),
         ("worker: the completion transaction", _per_call(complete, calls, time.thread_time)),
         (
-            "worker: the S3 GET of a 640x480 JPEG (botocore)",
+            f"worker: the S3 GET of a 640x480 JPEG ({_s3_path(storage)})",
             _per_call(lambda i: storage.get("pieces/read"), calls, time.thread_time),
         ),
         (
@@ -321,6 +323,13 @@ def format_pieces(pieces: list[Piece]) -> str:
     lines = ["| piece | CPU ms per call |", "|---|---:|"]
     lines += [f"| {name} | {ms} |" for name, ms in pieces]
     return "\n".join(lines)
+
+
+def _s3_path(storage: object) -> str:
+    """Which path a storage's S3 object calls take: the direct one, or boto3."""
+    if getattr(storage, "direct", None) is not None:
+        return "botocore signer on urllib3"
+    return "boto3" if hasattr(storage, "client") else "local directory"
 
 
 if __name__ == "__main__":

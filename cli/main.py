@@ -87,7 +87,10 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     install_job_hooks(job_feed(settings))
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
     storage = open_storage(
-        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        s3_direct=settings.s3_direct,
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         None, description="S3-compatible endpoint (MinIO, ...); credentials via AWS_* variables."
     )
     s3_region: str | None = Field(None, description="Region of the bucket (AWS S3).")
+    s3_direct: bool = Field(
+        True,
+        description="Object puts, gets and HEADs signed with botocore's signer and sent on a "
+        "urllib3 pool of their own (a third of boto3's CPU per call, same retries); false: "
+        "every call through boto3.",
+    )
     models: list[ModelSpec] = Field(
         default_factory=lambda: list(DEFAULT_MODELS),
         description="Model registry as JSON: [{alias, checkpoint, default, ...}].",

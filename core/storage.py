@@ -8,10 +8,13 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import unquote, urlparse
 
 from core.errors import Unavailable
+
+if TYPE_CHECKING:
+    from core.s3_direct import DirectS3
 
 
 class ObjectNotFound(KeyError):
@@ -140,7 +143,12 @@ class LocalStorage:
 
 
 class S3Storage:
-    """A bucket on any S3-compatible server (AWS, MinIO, ...); one client per process."""
+    """A bucket on any S3-compatible server (AWS, MinIO, ...); one client per process.
+
+    Puts, gets and HEADs go the direct path (core.s3_direct: botocore's signer on a urllib3
+    pool, a third of boto3's CPU per call) unless direct=False, the client was given, or the
+    bucket is one only boto3 can address; deletes, listings and checks stay on boto3.
+    """
 
     def __init__(
         self,
@@ -150,13 +158,21 @@ class S3Storage:
         endpoint_url: str | None = None,
         region: str | None = None,
         client: Any = None,
+        direct: bool = True,
     ) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = client or boto3.client(
+        self.direct: DirectS3 | None = None
+        if client is not None:  # its credentials and settings are its own: boto3 only
+            self.client = client
+            return
+        from botocore.session import get_session
+
+        session = get_session()  # botocore's, whose credentials and CA bundle the client uses
+        self.client = boto3.session.Session(botocore_session=session).client(
             "s3",
             endpoint_url=endpoint_url,
             region_name=region,
@@ -167,8 +183,15 @@ class S3Storage:
                 read_timeout=30,
             ),
         )
+        if direct:
+            from core.s3_direct import direct_for_session
+
+            self.direct = direct_for_session(session, self.client, bucket, endpoint_url)
 
     def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        if self.direct is not None:
+            self.direct.put(self.prefix + key, data, {"Content-Type": content_type})
+            return
         self.client.put_object(
             Bucket=self.bucket, Key=self.prefix + key, Body=data, ContentType=content_type
         )
@@ -180,13 +203,17 @@ class S3Storage:
 
         try:
             # A conditional PUT: one round trip instead of HEAD then PUT, and no overwrite.
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self.prefix + key,
-                Body=data,
-                ContentType=content_type,
-                IfNoneMatch="*",
-            )
+            if self.direct is not None:
+                headers = {"Content-Type": content_type, "If-None-Match": "*"}
+                self.direct.put(self.prefix + key, data, headers)
+            else:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.prefix + key,
+                    Body=data,
+                    ContentType=content_type,
+                    IfNoneMatch="*",
+                )
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (409, 412):  # already there (412), or being written right now (409)
@@ -195,6 +222,18 @@ class S3Storage:
         return True
 
     def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        if self.direct is None:
+            return self._boto_get(key)
+        try:
+            return self.direct.get(self.prefix + key).body
+        except ClientError as exc:
+            if exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+                raise ObjectNotFound(key) from exc
+            raise
+
+    def _boto_get(self, key: str) -> bytes:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         except self.client.exceptions.NoSuchKey as exc:
@@ -206,7 +245,10 @@ class S3Storage:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+            if self.direct is not None:
+                self.direct.head(self.prefix + key)
+            else:
+                self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -234,15 +276,23 @@ class S3Storage:
 
 
 def open_storage(
-    url: str, *, endpoint_url: str | None = None, region: str | None = None
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    s3_direct: bool = True,
 ) -> ObjectStorage:
-    """The storage a URL names: s3://bucket/prefix or file:///path."""
+    """The storage a URL names: s3://bucket/prefix or file:///path (s3_direct: see S3Storage)."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"storage URL {url!r} names no bucket")
         return S3Storage(
-            parsed.netloc, prefix=parsed.path, endpoint_url=endpoint_url, region=region
+            parsed.netloc,
+            prefix=parsed.path,
+            endpoint_url=endpoint_url,
+            region=region,
+            direct=s3_direct,
         )
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))

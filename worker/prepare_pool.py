@@ -99,7 +99,12 @@ def _start_process(
         name, count, slot_bytes = slots
         _arena = SlotArena(count, slot_bytes, name=name)
     if storage is not None:
-        client = open_storage(storage.url, endpoint_url=storage.endpoint_url, region=storage.region)
+        client = open_storage(
+            storage.url,
+            endpoint_url=storage.endpoint_url,
+            region=storage.region,
+            s3_direct=storage.s3_direct,
+        )
         _storage = (client, storage.read_deadline_s)
     processor = AutoProcessor.from_pretrained(checkpoint, revision=revision)
     _preparer = Preparer(processor, model_alias=alias, cache_bytes=0)

@@ -35,6 +35,7 @@ class StorageAccess:
     endpoint_url: str | None
     read_deadline_s: float
     region: str | None = None
+    s3_direct: bool = True
 
 
 class ImageMissing(LookupError):

@@ -50,7 +50,10 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     install_job_hooks(job_feed(settings))  # long-poll wake-ups, batch settling
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
     storage = open_storage(
-        settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        s3_direct=settings.s3_direct,
     )
     state: dict[str, Any] = {"runtime": None, "model_died": False}
 
@@ -262,6 +265,7 @@ def _prepare_pool(settings: Settings, spec: Any) -> Any:
             settings.s3_endpoint_url,
             IMAGE_READ_DEADLINE_S,
             region=settings.s3_region,
+            s3_direct=settings.s3_direct,
         ),
     )
     pool.start()
