@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
 from api import strict_json
@@ -246,9 +247,9 @@ async def get_job(
         ),
         waiters.watch(job_id) as finished,
     ):
-        job = await run_in_threadpool(read_job, runtime, tenant_id, job_id)
-        if JobStatus(job["status"]).is_terminal():
-            return job
+        ended = await run_in_threadpool(read_ended_job, runtime, tenant_id, job_id)
+        if ended is not None:
+            return ended
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(finished.wait(), timeout=wait)
     return await run_in_threadpool(read_job, runtime, tenant_id, job_id)
@@ -257,15 +258,32 @@ async def get_job(
 def read_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any]:
     """The public view of one of the tenant's jobs; NotFound for anyone else's."""
     with runtime.sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None or job.tenant_id != tenant_id:
-            raise NotFound(f"no job {job_id}")
-        public = job_public(job)
-        if job.status == JobStatus.QUEUED.value:
-            stats = runtime.model_stats.get(session, runtime.settings)
-            limit = runtime.settings.max_running_jobs_per_tenant
-            public.update(waiting_fields(session, job, stats, running_limit=limit))
-        return public
+        return _job_view(session, runtime, _tenant_job(session, tenant_id, job_id))
+
+
+def read_ended_job(runtime: Runtime, tenant_id: str, job_id: str) -> dict[str, Any] | None:
+    """The public view of one of the tenant's jobs if it has ended, else None (a long-poll's
+    first read: the view of a job still queued, with its queue position, would be thrown
+    away); NotFound for anyone else's."""
+    with runtime.sessions() as session:
+        job = _tenant_job(session, tenant_id, job_id)
+        return _job_view(session, runtime, job) if job.job_status.is_terminal() else None
+
+
+def _tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def _job_view(session: Session, runtime: Runtime, job: Job) -> dict[str, Any]:
+    public = job_public(job)
+    if job.status == JobStatus.QUEUED.value:
+        stats = runtime.model_stats.get(session, runtime.settings)
+        limit = runtime.settings.max_running_jobs_per_tenant
+        public.update(waiting_fields(session, job, stats, running_limit=limit))
+    return public
 
 
 @router.post(
