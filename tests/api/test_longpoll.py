@@ -69,6 +69,7 @@ def test_wait_that_runs_out_returns_the_job_as_it_is(client: TestClient) -> None
     response = client.get(f"/v1/jobs/{job['id']}", params={"wait": 1})
     assert response.status_code == 200
     assert response.json()["status"] == "queued"
+    assert response.json()["queue_position"] == 0  # a queued job's view, as without wait
 
 
 def test_wait_over_the_cap_is_refused(client: TestClient) -> None:
