@@ -7,6 +7,7 @@ import binascii
 import functools
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import update
@@ -24,7 +25,7 @@ from core.dispatch import publish_or_defer
 from core.errors import InvalidImage, InvalidRequest, InvalidVideo
 from core.idempotency import IdempotentRequest, find_original, remember
 from core.images import ImageInfo, ImageLimits, inspect_image
-from core.jobs import create_job
+from core.jobs import insert_job, new_job
 from core.models import Image, Job
 from core.response_format import stored_format
 from core.retention import delete_if_unreferenced, hold_image_objects, store_held
@@ -37,6 +38,7 @@ from core.specs import (
     validate_job_request,
 )
 from core.storage import store_once
+from core.submission_pg import insert_submission
 from core.tasks import preset_format
 from core.video import VideoInfo, VideoLimits, inspect_video, is_video_format
 from core.webhooks import check_webhook_url
@@ -279,14 +281,9 @@ def _image_upsert(dialect: str) -> Any:
     )
 
 
-def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
-    """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
-
-    One INSERT ... ON CONFLICT for the images sent as bytes (no SELECT first: a round trip
-    per image saved on every submission), one UPDATE for those referenced by image_id.
-    """
-    now = utcnow()
-    sent = [
+def sent_image_rows(tenant_id: str, images: ImageSet, now: datetime) -> list[dict[str, Any]]:
+    """The image rows of the images sent as bytes (new, or known: last_used_at refreshed)."""
+    return [
         {
             "tenant_id": tenant_id,
             "sha256": sha,
@@ -299,8 +296,24 @@ def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> Non
         }
         for sha, (info, _) in images.new.items()
     ]
+
+
+def upsert_image_rows(session: Session, tenant_id: str, images: ImageSet) -> None:
+    """Record the tenant's images (new rows, or a fresh last_used_at for known ones).
+
+    One INSERT ... ON CONFLICT for the images sent as bytes (no SELECT first: a round trip
+    per image saved on every submission), one UPDATE for those referenced by image_id.
+    """
+    now = utcnow()
+    sent = sent_image_rows(tenant_id, images, now)
     if sent:
         session.execute(_image_upsert(session.get_bind().dialect.name), sent)
+    touch_referenced(session, tenant_id, images, now)
+
+
+def touch_referenced(session: Session, tenant_id: str, images: ImageSet, now: datetime) -> None:
+    """Refresh last_used_at of the images referenced by image_id; 422 image_not_found when one
+    is no longer stored."""
     referenced = [sha for sha in dict.fromkeys(images.objects) if sha not in images.new]
     if referenced:
         touched = session.execute(
@@ -418,24 +431,30 @@ def commit_job(
     stored: list[str],
 ) -> Job:
     """In one transaction: the images' bytes (under their lock, see core.retention; what it
-    stores is added to `stored`), image rows, the queued job, its Idempotency-Key."""
+    stores is added to `stored`), image rows, the queued job, its Idempotency-Key. On
+    PostgreSQL the locks and rows are one statement (core.submission_pg)."""
+    job = new_job(
+        tenant_id=tenant_id,
+        model=model,
+        spec=spec,
+        max_attempts=runtime.settings.max_attempts,
+        priority=request.priority,
+        metadata=request.metadata,
+        webhook=request.webhook.model_dump() if request.webhook else None,
+        custom_id=request.custom_id,
+        expires_at=deadline_of(request, now=utcnow()),
+    )
     with transaction(runtime.sessions) as session:
-        hold_image_objects(session, images.objects)
-        stored += store_held(runtime.storage, images.objects, images.new)
-        upsert_image_rows(session, tenant_id, images)
-        job = create_job(
-            session=session,
-            tenant_id=tenant_id,
-            model=model,
-            spec=spec,
-            image_shas=images.objects,
-            max_attempts=runtime.settings.max_attempts,
-            priority=request.priority,
-            metadata=request.metadata,
-            webhook=request.webhook.model_dump() if request.webhook else None,
-            custom_id=request.custom_id,
-            expires_at=deadline_of(request, now=utcnow()),
-        )
+        if session.get_bind().dialect.name == "postgresql":
+            sent = sent_image_rows(tenant_id, images, job.created_at)
+            insert_submission(session, job, sent=sent, objects=images.objects)
+            stored += store_held(runtime.storage, images.objects, images.new)
+            touch_referenced(session, tenant_id, images, job.created_at)
+        else:
+            hold_image_objects(session, images.objects)
+            stored += store_held(runtime.storage, images.objects, images.new)
+            upsert_image_rows(session, tenant_id, images)
+            insert_job(session, job, image_shas=images.objects)
         if idempotency is not None:
             remember(session, tenant_id, idempotency, job.id)
     return job

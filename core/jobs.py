@@ -42,7 +42,7 @@ _listeners: list[EventListener] = []
 _EVENT_INSERT = insert(JobEvent)
 _JOB_IMAGE_INSERT = insert(JobImage)
 _JOB_INSERT = insert(cast(Table, Job.__table__))
-# (column, attribute) of what a new job's INSERT sets; the rest (result, usage, ...) stay NULL.
+# (column, attribute) of what a new job's INSERT sets (job_row).
 _JOB_INSERTED = [
     (Job.__mapper__.attrs[key].columns[0].name, key)
     for key in (
@@ -50,6 +50,7 @@ _JOB_INSERTED = [
         "webhook_events attempts max_attempts expires_at created_at published_at updated_at"
     ).split()
 ]
+NEW_JOB_COLUMNS = [column for column, _ in _JOB_INSERTED]
 _OWNER = (
     select(Job.tenant_id, Tenant.max_running_jobs)
     .outerjoin(Tenant, Tenant.id == Job.tenant_id)
@@ -106,6 +107,48 @@ def add_event_listener(listener: EventListener) -> None:
         _listeners.append(listener)
 
 
+def new_job(
+    *,
+    tenant_id: str,
+    model: ModelSpec,
+    spec: dict[str, Any],
+    max_attempts: int,
+    priority: int = 0,
+    metadata: dict[str, Any] | None = None,
+    webhook: dict[str, Any] | None = None,
+    batch_id: str | None = None,
+    custom_id: str | None = None,
+    expires_at: datetime | None = None,
+) -> Job:
+    """A queued job, not stored yet (create_job stores it, or a submission's one statement)."""
+    now = utcnow()
+    return Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        batch_id=batch_id,
+        custom_id=custom_id,
+        task=spec["task"],
+        model=model.alias,
+        status=JobStatus.QUEUED.value,
+        priority=priority,
+        spec=spec,
+        meta=metadata or {},
+        webhook_url=webhook["url"] if webhook else None,
+        webhook_events=list(webhook["events"]) if webhook else None,
+        attempts=0,
+        max_attempts=max_attempts,
+        expires_at=expires_at,
+        created_at=now,
+        published_at=now,
+        updated_at=now,
+    )
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    """What a new job's INSERT sets, by column name; the rest (result, usage, ...) stay NULL."""
+    return {column: getattr(job, key) for column, key in _JOB_INSERTED}
+
+
 def create_job(
     *,
     session: Session,
@@ -127,35 +170,37 @@ def create_job(
     returned Job is not added to the session, which spares the unit of work's flush, the
     costliest part of a submission's transaction.
     """
-    now = utcnow()
-    job = Job(
-        id=new_id("job"),
+    job = new_job(
         tenant_id=tenant_id,
+        model=model,
+        spec=spec,
+        max_attempts=max_attempts,
+        priority=priority,
+        metadata=metadata,
+        webhook=webhook,
         batch_id=batch_id,
         custom_id=custom_id,
-        task=spec["task"],
-        model=model.alias,
-        status=JobStatus.QUEUED.value,
-        priority=priority,
-        spec=spec,
-        meta=metadata or {},
-        webhook_url=webhook["url"] if webhook else None,
-        webhook_events=list(webhook["events"]) if webhook else None,
-        attempts=0,
-        max_attempts=max_attempts,
         expires_at=expires_at,
-        created_at=now,
-        published_at=now,
-        updated_at=now,
     )
-    session.execute(_JOB_INSERT, {column: getattr(job, key) for column, key in _JOB_INSERTED})
+    insert_job(session, job, image_shas=image_shas)
+    return job
+
+
+def insert_job(session: Session, job: Job, *, image_shas: list[str]) -> None:
+    """Insert a job from new_job, its image references in order, and its job.queued event."""
+    session.execute(_JOB_INSERT, job_row(job))
     if image_shas:
         session.execute(
             _JOB_IMAGE_INSERT,
             [{"job_id": job.id, "position": i, "sha256": sha} for i, sha in enumerate(image_shas)],
         )
     _record(session, job, "job.queued", attempt=0, data={})
-    return job
+
+
+def job_queued(session: Session, job: Job) -> None:
+    """Tell the job event listeners about a job stored with its job.queued event by other
+    means than create_job (a submission's one statement on PostgreSQL)."""
+    _notify(session, job, "job.queued")
 
 
 def transition(
@@ -217,6 +262,10 @@ def _record(
             "data": data,
         },
     )
+    _notify(session, job, event_type)
+
+
+def _notify(session: Session, job: Job, event_type: str) -> None:
     for listener in _listeners:
         listener(session, job, event_type)
 

@@ -69,6 +69,11 @@ class RetentionReport:
         return any(getattr(self, f.name) for f in fields(self))
 
 
+def object_lock_key(sha: str) -> int:
+    """An object's advisory lock key in OBJECT_LOCK_NAMESPACE (PostgreSQL's int4 key)."""
+    return int(sha[:8], 16) - 2**31
+
+
 def hold_image_objects(session: Session, shas: list[str]) -> None:
     """Lock these objects until the transaction ends, against retention deleting them."""
     connection = session.connection()  # on SQLite this BEGINs IMMEDIATE: the write lock
@@ -77,7 +82,7 @@ def hold_image_objects(session: Session, shas: list[str]) -> None:
     for sha in sorted(set(shas)):  # one order everywhere: no deadlocks
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:namespace, :key)"),
-            {"namespace": OBJECT_LOCK_NAMESPACE, "key": int(sha[:8], 16) - 2**31},
+            {"namespace": OBJECT_LOCK_NAMESPACE, "key": object_lock_key(sha)},
         )
 
 
