@@ -9,15 +9,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, Update, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, Update, update
 from sqlalchemy.orm import Session
 
 from core.config import ModelSpec
 from core.db import utcnow
 from core.ids import new_id
-from core.models import Job, JobEvent, JobImage, JobStatus, Tenant
+from core.job_statements import (
+    CLAIM,
+    COMPLETE,
+    EVENT_INSERT,
+    JOB_IMAGE_INSERT,
+    JOB_INSERT,
+    JOB_INSERTED,
+    OWNER,
+)
+from core.models import Job, JobStatus
 from core.running_limits import effective_limit, limit_reached
 from core.webhooks import record_job_event
 
@@ -35,70 +44,6 @@ EVENT_FOR_STATUS = {
 # Called inside the transaction of every status change (webhooks, metrics hook in here).
 EventListener = Callable[[Session, Job, str], None]
 _listeners: list[EventListener] = []
-
-# The statements every job runs, built once with their values bound at execution: building an
-# UPDATE and generating its cache key cost a claim or a completion about as much CPU as
-# running it. (Parameter names differ from column names: SQLAlchemy reserves those in SET.)
-_EVENT_INSERT = insert(JobEvent)
-_JOB_IMAGE_INSERT = insert(JobImage)
-_JOB_INSERT = insert(cast(Table, Job.__table__))
-# (column, attribute) of what a new job's INSERT sets (job_row).
-_JOB_INSERTED = [
-    (Job.__mapper__.attrs[key].columns[0].name, key)
-    for key in (
-        "id tenant_id batch_id custom_id task model status priority spec meta webhook_url "
-        "webhook_events attempts max_attempts expires_at created_at published_at updated_at"
-    ).split()
-]
-NEW_JOB_COLUMNS = [column for column, _ in _JOB_INSERTED]
-_OWNER = (
-    select(Job.tenant_id, Tenant.max_running_jobs)
-    .outerjoin(Tenant, Tenant.id == Job.tenant_id)
-    .where(Job.id == bindparam("p_job_id"))
-)
-_CLAIM = (
-    update(Job)
-    .where(
-        Job.id == bindparam("p_job_id"),
-        Job.status == JobStatus.QUEUED.value,
-        Job.attempts < Job.max_attempts,
-        Job.cancel_requested_at.is_(None),
-        # A job waiting out its retry backoff is published again by the sweeper when due.
-        or_(Job.available_at.is_(None), Job.available_at <= bindparam("p_now")),
-        or_(Job.expires_at.is_(None), Job.expires_at > bindparam("p_now")),
-    )
-    .values(
-        status=JobStatus.RUNNING.value,
-        updated_at=bindparam("p_now"),
-        attempts=Job.attempts + 1,
-        worker_id=bindparam("p_worker_id"),
-        lease_expires_at=bindparam("p_lease_until"),
-        started_at=bindparam("p_now"),
-        available_at=None,
-    )
-    .returning(Job)
-    .execution_options(synchronize_session=False, populate_existing=True)
-)
-_COMPLETE = (
-    update(Job)
-    .where(
-        Job.id == bindparam("p_job_id"),
-        Job.status == JobStatus.RUNNING.value,
-        Job.attempts == bindparam("p_attempt"),
-    )
-    .values(
-        status=JobStatus.SUCCEEDED.value,
-        updated_at=bindparam("p_now"),
-        result=bindparam("p_result", type_=Job.__table__.c.result.type),
-        usage=bindparam("p_usage", type_=Job.__table__.c.usage.type),
-        finished_at=bindparam("p_now"),
-        lease_expires_at=None,
-        error_code=None,
-        error_message=None,
-    )
-    .returning(Job)
-    .execution_options(synchronize_session=False, populate_existing=True)
-)
 
 
 def add_event_listener(listener: EventListener) -> None:
@@ -146,7 +91,7 @@ def new_job(
 
 def job_row(job: Job) -> dict[str, Any]:
     """What a new job's INSERT sets, by column name; the rest (result, usage, ...) stay NULL."""
-    return {column: getattr(job, key) for column, key in _JOB_INSERTED}
+    return {column: getattr(job, key) for column, key in JOB_INSERTED}
 
 
 def create_job(
@@ -188,10 +133,10 @@ def create_job(
 
 def insert_job(session: Session, job: Job, *, image_shas: list[str]) -> None:
     """Insert a job from new_job, its image references in order, and its job.queued event."""
-    session.execute(_JOB_INSERT, job_row(job))
+    session.execute(JOB_INSERT, job_row(job))
     if image_shas:
         session.execute(
-            _JOB_IMAGE_INSERT,
+            JOB_IMAGE_INSERT,
             [{"job_id": job.id, "position": i, "sha256": sha} for i, sha in enumerate(image_shas)],
         )
     _record(session, job, "job.queued", attempt=0, data={})
@@ -253,7 +198,7 @@ def _record(
     # A plain INSERT, not an ORM object: nothing reads the event back in this transaction, and
     # the unit of work's flush of one row costs more CPU than the statement itself.
     session.execute(
-        _EVENT_INSERT,
+        EVENT_INSERT,
         {
             "job_id": job.id,
             "type": event_type,
@@ -289,7 +234,7 @@ def claim_job(
     """
     now = now or utcnow()
     # The job's tenant and that tenant's own limit in one read (a join on primary keys).
-    owner = session.execute(_OWNER, {"p_job_id": job_id}).first()
+    owner = session.execute(OWNER, {"p_job_id": job_id}).first()
     tenant_id, own_limit = owner if owner is not None else (None, None)
     limit = effective_limit(own_limit, running_limit)
     if tenant_id is not None and limit_reached(session, tenant_id, limit, lock=True):
@@ -304,7 +249,7 @@ def claim_job(
             "p_worker_id": worker_id,
             "p_lease_until": now + timedelta(seconds=lease_s),
         }
-        claimed = _moved(session, _CLAIM, params, to=JobStatus.RUNNING)
+        claimed = _moved(session, CLAIM, params, to=JobStatus.RUNNING)
     if claimed is None:
         expire_job(session, job_id, now=now)
     return claimed
@@ -312,7 +257,7 @@ def claim_job(
 
 def _hold(session: Session, job_id: str, *, now: datetime, until: datetime) -> bool:
     """Leave a claimable queued job queued until `until`, for the sweeper to publish again."""
-    claimable = _CLAIM.whereclause
+    claimable = CLAIM.whereclause
     assert claimable is not None
     result = session.execute(
         update(Job)
@@ -348,7 +293,7 @@ def complete_job(
         "p_result": result,
         "p_usage": usage,
     }
-    return _moved(session, _COMPLETE, params, to=JobStatus.SUCCEEDED)
+    return _moved(session, COMPLETE, params, to=JobStatus.SUCCEEDED)
 
 
 def fail_job(

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.jobs import NEW_JOB_COLUMNS, job_queued, job_row
+from core.job_statements import NEW_JOB_COLUMNS
+from core.jobs import job_queued, job_row
 from core.models import Job
 from core.retention import OBJECT_LOCK_NAMESPACE, object_lock_key
 
