@@ -7,9 +7,10 @@ Parameter names differ from column names: SQLAlchemy reserves those in SET.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import JSON, Table, bindparam, insert, literal, or_, select, update
+from sqlalchemy import cast as sql_cast
 
 from core.models import Job, JobEvent, JobImage, JobStatus, Tenant
 
@@ -30,46 +31,81 @@ OWNER = (
     .outerjoin(Tenant, Tenant.id == Job.tenant_id)
     .where(Job.id == bindparam("p_job_id"))
 )
-CLAIM = (
-    update(Job)
-    .where(
-        Job.id == bindparam("p_job_id"),
-        Job.status == JobStatus.QUEUED.value,
-        Job.attempts < Job.max_attempts,
-        Job.cancel_requested_at.is_(None),
-        # A job waiting out its retry backoff is published again by the sweeper when due.
-        or_(Job.available_at.is_(None), Job.available_at <= bindparam("p_now")),
-        or_(Job.expires_at.is_(None), Job.expires_at > bindparam("p_now")),
-    )
-    .values(
-        status=JobStatus.RUNNING.value,
-        updated_at=bindparam("p_now"),
-        attempts=Job.attempts + 1,
-        worker_id=bindparam("p_worker_id"),
-        lease_expires_at=bindparam("p_lease_until"),
-        started_at=bindparam("p_now"),
-        available_at=None,
-    )
-    .returning(Job)
-    .execution_options(synchronize_session=False, populate_existing=True)
+_CLAIMABLE = (
+    Job.id == bindparam("p_job_id"),
+    Job.status == JobStatus.QUEUED.value,
+    Job.attempts < Job.max_attempts,
+    Job.cancel_requested_at.is_(None),
+    # A job waiting out its retry backoff is published again by the sweeper when due.
+    or_(Job.available_at.is_(None), Job.available_at <= bindparam("p_now")),
+    or_(Job.expires_at.is_(None), Job.expires_at > bindparam("p_now")),
 )
-COMPLETE = (
-    update(Job)
-    .where(
-        Job.id == bindparam("p_job_id"),
-        Job.status == JobStatus.RUNNING.value,
-        Job.attempts == bindparam("p_attempt"),
-    )
-    .values(
-        status=JobStatus.SUCCEEDED.value,
-        updated_at=bindparam("p_now"),
-        result=bindparam("p_result", type_=Job.__table__.c.result.type),
-        usage=bindparam("p_usage", type_=Job.__table__.c.usage.type),
-        finished_at=bindparam("p_now"),
-        lease_expires_at=None,
-        error_code=None,
-        error_message=None,
-    )
-    .returning(Job)
-    .execution_options(synchronize_session=False, populate_existing=True)
+_CLAIMED = {
+    "status": JobStatus.RUNNING.value,
+    "updated_at": bindparam("p_now"),
+    "attempts": Job.attempts + 1,
+    "worker_id": bindparam("p_worker_id"),
+    "lease_expires_at": bindparam("p_lease_until"),
+    "started_at": bindparam("p_now"),
+    "available_at": None,
+}
+_HELD = (
+    Job.id == bindparam("p_job_id"),
+    Job.status == JobStatus.RUNNING.value,
+    Job.attempts == bindparam("p_attempt"),
 )
+_COMPLETED = {
+    "status": JobStatus.SUCCEEDED.value,
+    "updated_at": bindparam("p_now"),
+    "result": bindparam("p_result", type_=Job.__table__.c.result.type),
+    "usage": bindparam("p_usage", type_=Job.__table__.c.usage.type),
+    "finished_at": bindparam("p_now"),
+    "lease_expires_at": None,
+    "error_code": None,
+    "error_message": None,
+}
+
+
+def _change(where: tuple[Any, ...], values: dict[str, Any]) -> Any:
+    """A status change: UPDATE ... RETURNING the job (its event is inserted after it)."""
+    return (
+        update(Job)
+        .where(*where)
+        .values(**values)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+def _recorded(where: tuple[Any, ...], values: dict[str, Any], event_type: str) -> Any:
+    """The same change and its event row in one statement, for PostgreSQL (data-modifying
+    CTEs): the UPDATE's row feeds the event's INSERT and comes back as the ORM's Job."""
+    table = cast(Table, Job.__table__)
+    moved = update(table).where(*where).values(**values).returning(*table.c).cte("moved")
+    event = (
+        insert(cast(Table, JobEvent.__table__))
+        .from_select(
+            ["job_id", "type", "attempt", "created_at", "data"],
+            select(
+                moved.c.id,
+                literal(event_type),
+                moved.c.attempts,
+                bindparam("p_now"),
+                sql_cast(literal("{}"), JSON),
+            ),
+        )
+        .cte("event")
+    )
+    return (
+        select(Job)
+        .from_statement(select(moved).add_cte(event))
+        .execution_options(populate_existing=True)
+    )
+
+
+# Claim a queued job for one attempt (p_job_id, p_now, p_worker_id, p_lease_until).
+CLAIM = _change(_CLAIMABLE, _CLAIMED)
+CLAIM_RECORDED = _recorded(_CLAIMABLE, _CLAIMED, "job.running")
+# Store the result of the attempt a worker holds (p_job_id, p_attempt, p_now, p_result, ...).
+COMPLETE = _change(_HELD, _COMPLETED)
+COMPLETE_RECORDED = _recorded(_HELD, _COMPLETED, "job.succeeded")

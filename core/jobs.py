@@ -19,7 +19,9 @@ from core.db import utcnow
 from core.ids import new_id
 from core.job_statements import (
     CLAIM,
+    CLAIM_RECORDED,
     COMPLETE,
+    COMPLETE_RECORDED,
     EVENT_INSERT,
     JOB_IMAGE_INSERT,
     JOB_INSERT,
@@ -181,8 +183,18 @@ def _moved(
     *,
     to: JobStatus,
     event_data: dict[str, Any] | None = None,
+    recorded: Any = None,
 ) -> Job | None:
-    """Run a status change's UPDATE ... RETURNING; record its event when a row moved."""
+    """Run a status change's UPDATE ... RETURNING; record its event when a row moved.
+
+    `recorded` is the same change with its event row in one statement, run instead on
+    PostgreSQL (core.job_statements: the event's data is {} and its time p_now).
+    """
+    if recorded is not None and session.get_bind().dialect.name == "postgresql":
+        moved: Job | None = session.scalars(recorded, params).one_or_none()
+        if moved is not None:
+            _notify(session, moved, EVENT_FOR_STATUS[to])
+        return moved
     # One round trip: the changed row comes back with the UPDATE (RETURNING, on PostgreSQL and
     # SQLite alike), refreshing a copy this session already holds, instead of a SELECT after.
     job: Job | None = session.scalars(statement, params).one_or_none()
@@ -249,7 +261,7 @@ def claim_job(
             "p_worker_id": worker_id,
             "p_lease_until": now + timedelta(seconds=lease_s),
         }
-        claimed = _moved(session, CLAIM, params, to=JobStatus.RUNNING)
+        claimed = _moved(session, CLAIM, params, to=JobStatus.RUNNING, recorded=CLAIM_RECORDED)
     if claimed is None:
         expire_job(session, job_id, now=now)
     return claimed
@@ -293,7 +305,7 @@ def complete_job(
         "p_result": result,
         "p_usage": usage,
     }
-    return _moved(session, COMPLETE, params, to=JobStatus.SUCCEEDED)
+    return _moved(session, COMPLETE, params, to=JobStatus.SUCCEEDED, recorded=COMPLETE_RECORDED)
 
 
 def fail_job(

@@ -1,0 +1,102 @@
+"""A claim and a completion record their event with the status change, on PostgreSQL (one
+statement) and SQLite (two), and a change that does not happen records none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core import jobs
+from core.config import ModelSpec
+from core.db import make_engine, make_session_factory, transaction
+from core.jobs import claim_job, complete_job
+from core.migrations import upgrade
+from core.models import Job, JobEvent
+from tests.support.jobs import new_job
+
+MODEL = ModelSpec(alias="tiny", checkpoint="unused", default=True)
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("sessions")
+        return
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def heard() -> Iterator[list[tuple[str, str, str]]]:
+    """(job id, status as the listener saw it, event) for every job event listened to."""
+    events: list[tuple[str, str, str]] = []
+
+    def listener(_session: Any, job: Job, event: str) -> None:
+        events.append((job.id, job.status, event))
+
+    jobs.add_event_listener(listener)
+    yield events
+    jobs._listeners.remove(listener)
+
+
+def events(sessions: Any, job_id: str) -> list[tuple[str, int, dict[str, Any]]]:
+    with sessions() as session:
+        return [
+            (row.type, row.attempt, row.data)
+            for row in session.execute(
+                select(JobEvent.type, JobEvent.attempt, JobEvent.data)
+                .where(JobEvent.job_id == job_id)
+                .order_by(JobEvent.id)
+            )
+        ]
+
+
+def test_claim_and_completion_record_their_events(
+    any_sessions: Any, heard: list[tuple[str, str, str]]
+) -> None:
+    job_id = new_job(any_sessions, MODEL)
+    with transaction(any_sessions) as session:
+        claimed = claim_job(session, job_id, worker_id="w-1", lease_s=60)
+        assert claimed is not None
+        assert (claimed.status, claimed.attempts, claimed.worker_id) == ("running", 1, "w-1")
+    with transaction(any_sessions) as session:
+        done = complete_job(session, job_id, attempt=1, result={"text": "hi"}, usage={"n": 1})
+        assert done is not None
+        assert (done.status, done.result, done.usage) == ("succeeded", {"text": "hi"}, {"n": 1})
+    assert events(any_sessions, job_id) == [
+        ("job.queued", 0, {}),
+        ("job.running", 1, {}),
+        ("job.succeeded", 1, {}),
+    ]
+    assert heard[-2:] == [
+        (job_id, "running", "job.running"),
+        (job_id, "succeeded", "job.succeeded"),
+    ]
+    with any_sessions() as session:
+        times = session.scalars(
+            select(JobEvent.created_at).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        ).all()
+        job = session.get(Job, job_id)
+        assert job is not None and job.started_at is not None and job.finished_at is not None
+        assert times[1] <= job.finished_at and times[1] >= job.started_at
+
+
+def test_a_change_that_does_not_happen_records_nothing(
+    any_sessions: Any, heard: list[tuple[str, str, str]]
+) -> None:
+    job_id = new_job(any_sessions, MODEL)
+    with transaction(any_sessions) as session:
+        assert complete_job(session, job_id, attempt=1, result={}, usage={}) is None  # queued
+        assert claim_job(session, job_id, worker_id="w", lease_s=60) is not None
+    with transaction(any_sessions) as session:
+        assert claim_job(session, job_id, worker_id="w", lease_s=60) is None  # claimed already
+        assert complete_job(session, job_id, attempt=2, result={}, usage={}) is None  # fenced
+    assert [event for event, _, _ in events(any_sessions, job_id)] == ["job.queued", "job.running"]
+    assert [event for _, _, event in heard] == ["job.queued", "job.running"]
