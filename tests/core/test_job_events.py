@@ -4,7 +4,6 @@ statement) and SQLite (two), and a change that does not happen records none."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,25 +11,12 @@ from sqlalchemy import select
 
 from core import jobs
 from core.config import ModelSpec
-from core.db import make_engine, make_session_factory, transaction
+from core.db import transaction
 from core.jobs import claim_job, complete_job
-from core.migrations import upgrade
 from core.models import Job, JobEvent
 from tests.support.jobs import new_job
 
 MODEL = ModelSpec(alias="tiny", checkpoint="unused", default=True)
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "postgresql":
-        yield request.getfixturevalue("sessions")
-        return
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

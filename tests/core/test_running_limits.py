@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from celery import Celery
 from sqlalchemy import func, select, text
 
 from core.config import ModelSpec, Settings
-from core.db import make_engine, make_session_factory, transaction, utcnow
+from core.db import transaction, utcnow
 from core.jobs import claim_job, complete_job
-from core.migrations import upgrade
 from core.models import Job, JobEvent
 from core.sweeper import sweep_once
 from core.tenants import ensure_tenant, set_running_limit
@@ -24,19 +20,6 @@ from tests.support.jobs import load, new_job, published_ids
 
 MODEL = ModelSpec(alias="tiny", checkpoint="unused", default=True)
 HOLD_S = 2.0
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A session factory on the PostgreSQL test database, then on a migrated SQLite file."""
-    if request.param == "postgresql":
-        yield request.getfixturevalue("sessions")
-        return
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def limit(sessions: Any, tenant: str, value: int | None) -> None:
