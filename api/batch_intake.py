@@ -28,7 +28,7 @@ from core.db import transaction, utcnow
 from core.deadlines import deadline_of, earliest
 from core.dispatch import publish_or_defer
 from core.errors import InvalidRequest, ServiceError
-from core.jobs import create_job
+from core.jobs import insert_job, new_job
 from core.models import Batch, Job
 from core.retention import ensure_stored, hold_image_objects
 from core.specs import (
@@ -206,19 +206,21 @@ def submit_batch(
 
 
 def _create(session: Any, runtime: Runtime, tenant_id: str, batch: Batch, job: PreparedJob) -> Job:
-    return create_job(
-        session=session,
-        tenant_id=tenant_id,
-        model=job.model,
-        spec=job.spec,
+    return insert_job(
+        session,
+        new_job(
+            tenant_id=tenant_id,
+            model=job.model,
+            spec=job.spec,
+            max_attempts=runtime.settings.max_attempts,
+            priority=job.request.priority,
+            metadata=job.request.metadata,
+            webhook=job.request.webhook.model_dump() if job.request.webhook else None,
+            batch_id=batch.id,
+            custom_id=job.custom_id,
+            expires_at=earliest(batch.expires_at, deadline_of(job.request, now=utcnow())),
+        ),
         image_shas=job.images.objects,
-        max_attempts=runtime.settings.max_attempts,
-        priority=job.request.priority,
-        metadata=job.request.metadata,
-        webhook=job.request.webhook.model_dump() if job.request.webhook else None,
-        batch_id=batch.id,
-        custom_id=job.custom_id,
-        expires_at=earliest(batch.expires_at, deadline_of(job.request, now=utcnow())),
     )
 
 

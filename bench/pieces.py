@@ -190,7 +190,7 @@ def _submission_pieces(settings: Settings, pictures: list[bytes], calls: int) ->
 def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
     """A worker's transactions and image read, called in this process."""
     from core.db import make_engine, make_session_factory, transaction
-    from core.jobs import claim_job, complete_job, create_job
+    from core.jobs import claim_job, complete_job, insert_job, new_job
     from core.storage import open_storage
     from core.tenants import ensure_tenant
 
@@ -204,13 +204,10 @@ def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
     with transaction(sessions) as session:
         tenant = ensure_tenant(session, "pieces").id
         ids = [
-            create_job(
-                session=session,
-                tenant_id=tenant,
-                model=settings.default_model,
-                spec=spec,
+            insert_job(
+                session,
+                new_job(tenant_id=tenant, model=settings.default_model, spec=spec, max_attempts=3),
                 image_shas=[],
-                max_attempts=3,
             ).id
             for _ in range(calls)
         ]

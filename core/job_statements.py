@@ -14,6 +14,15 @@ from sqlalchemy import cast as sql_cast
 
 from core.models import Job, JobEvent, JobImage, JobStatus, Tenant
 
+# The event each status change records.
+EVENT_FOR_STATUS = {
+    JobStatus.QUEUED: "job.queued",
+    JobStatus.RUNNING: "job.running",
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELED: "job.canceled",
+    JobStatus.EXPIRED: "job.expired",
+}
 EVENT_INSERT = insert(JobEvent)
 JOB_IMAGE_INSERT = insert(JobImage)
 JOB_INSERT = insert(cast(Table, Job.__table__))
@@ -105,7 +114,7 @@ def _recorded(where: tuple[Any, ...], values: dict[str, Any], event_type: str) -
 
 # Claim a queued job for one attempt (p_job_id, p_now, p_worker_id, p_lease_until).
 CLAIM = _change(_CLAIMABLE, _CLAIMED)
-CLAIM_RECORDED = _recorded(_CLAIMABLE, _CLAIMED, "job.running")
+CLAIM_RECORDED = _recorded(_CLAIMABLE, _CLAIMED, EVENT_FOR_STATUS[JobStatus.RUNNING])
 # Store the result of the attempt a worker holds (p_job_id, p_attempt, p_now, p_result, ...).
 COMPLETE = _change(_HELD, _COMPLETED)
-COMPLETE_RECORDED = _recorded(_HELD, _COMPLETED, "job.succeeded")
+COMPLETE_RECORDED = _recorded(_HELD, _COMPLETED, EVENT_FOR_STATUS[JobStatus.SUCCEEDED])

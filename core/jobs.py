@@ -22,6 +22,7 @@ from core.job_statements import (
     CLAIM_RECORDED,
     COMPLETE,
     COMPLETE_RECORDED,
+    EVENT_FOR_STATUS,
     EVENT_INSERT,
     JOB_IMAGE_INSERT,
     JOB_INSERT,
@@ -34,14 +35,6 @@ from core.webhooks import record_job_event
 
 log = logging.getLogger("core.jobs")
 
-EVENT_FOR_STATUS = {
-    JobStatus.QUEUED: "job.queued",
-    JobStatus.RUNNING: "job.running",
-    JobStatus.SUCCEEDED: "job.succeeded",
-    JobStatus.FAILED: "job.failed",
-    JobStatus.CANCELED: "job.canceled",
-    JobStatus.EXPIRED: "job.expired",
-}
 
 # Called inside the transaction of every status change (webhooks, metrics hook in here).
 EventListener = Callable[[Session, Job, str], None]
@@ -67,7 +60,7 @@ def new_job(
     custom_id: str | None = None,
     expires_at: datetime | None = None,
 ) -> Job:
-    """A queued job, not stored yet (create_job stores it, or a submission's one statement)."""
+    """A queued job, not stored yet (insert_job stores it, or a submission's one statement)."""
     now = utcnow()
     return Job(
         id=new_id("job"),
@@ -96,45 +89,13 @@ def job_row(job: Job) -> dict[str, Any]:
     return {column: getattr(job, key) for column, key in JOB_INSERTED}
 
 
-def create_job(
-    *,
-    session: Session,
-    tenant_id: str,
-    model: ModelSpec,
-    spec: dict[str, Any],
-    image_shas: list[str],
-    max_attempts: int,
-    priority: int = 0,
-    metadata: dict[str, Any] | None = None,
-    webhook: dict[str, Any] | None = None,
-    batch_id: str | None = None,
-    custom_id: str | None = None,
-    expires_at: datetime | None = None,
-) -> Job:
-    """Insert a queued job with its image references and its job.queued event.
+def insert_job(session: Session, job: Job, *, image_shas: list[str]) -> Job:
+    """Insert a job from new_job, its image references in order, and its job.queued event.
 
     The rows go in as plain INSERTs (the job's, then one executemany for its images): the
-    returned Job is not added to the session, which spares the unit of work's flush, the
-    costliest part of a submission's transaction.
+    job is not added to the session, which spares the unit of work's flush, the costliest
+    part of a submission's transaction.
     """
-    job = new_job(
-        tenant_id=tenant_id,
-        model=model,
-        spec=spec,
-        max_attempts=max_attempts,
-        priority=priority,
-        metadata=metadata,
-        webhook=webhook,
-        batch_id=batch_id,
-        custom_id=custom_id,
-        expires_at=expires_at,
-    )
-    insert_job(session, job, image_shas=image_shas)
-    return job
-
-
-def insert_job(session: Session, job: Job, *, image_shas: list[str]) -> None:
-    """Insert a job from new_job, its image references in order, and its job.queued event."""
     session.execute(JOB_INSERT, job_row(job))
     if image_shas:
         session.execute(
@@ -142,11 +103,12 @@ def insert_job(session: Session, job: Job, *, image_shas: list[str]) -> None:
             [{"job_id": job.id, "position": i, "sha256": sha} for i, sha in enumerate(image_shas)],
         )
     _record(session, job, "job.queued", attempt=0, data={})
+    return job
 
 
 def job_queued(session: Session, job: Job) -> None:
     """Tell the job event listeners about a job stored with its job.queued event by other
-    means than create_job (a submission's one statement on PostgreSQL)."""
+    means than insert_job (a submission's one statement on PostgreSQL)."""
     _notify(session, job, "job.queued")
 
 

@@ -16,7 +16,7 @@ from core.config import Settings
 from core.db import transaction, utcnow
 from core.errors import InvalidRequest
 from core.images import ImageLimits, inspect_image
-from core.jobs import claim_job, complete_job, create_job
+from core.jobs import claim_job, complete_job, insert_job, new_job
 from core.models import IdempotencyKey, Image, Job, JobEvent
 from core.retention import (
     collect_orphan_objects,
@@ -57,13 +57,15 @@ def add_image(sessions: Any, storage: ObjectStorage, data: bytes, tenant: str = 
 
 def add_job(sessions: Any, settings: Settings, sha: str, tenant: str = "t1") -> str:
     with transaction(sessions) as session:
-        job = create_job(
-            session=session,
-            tenant_id=ensure_tenant(session, tenant).id,
-            model=settings.default_model,
-            spec={"task": "caption", "images": [sha], "params": {}},
+        job = insert_job(
+            session,
+            new_job(
+                tenant_id=ensure_tenant(session, tenant).id,
+                model=settings.default_model,
+                spec={"task": "caption", "images": [sha], "params": {}},
+                max_attempts=3,
+            ),
             image_shas=[sha],
-            max_attempts=3,
         )
         return job.id
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import transaction
-from core.jobs import create_job
+from core.jobs import insert_job, new_job
 from core.models import WebhookDelivery
 from core.specs import WebhookSpec
 from core.tenants import ensure_tenant
@@ -56,14 +56,16 @@ def test_dripping_headers_end_within_the_budget(
 def _other_tenant_delivery(sessions: sessionmaker[Session], url: str) -> WebhookDelivery:
     with transaction(sessions) as session:
         tenant = ensure_tenant(session, "other-tenant")
-        job = create_job(
-            session=session,
-            tenant_id=tenant.id,
-            model=MODEL,
-            spec={"task": "caption", "images": [], "params": {}},
+        job = insert_job(
+            session,
+            new_job(
+                tenant_id=tenant.id,
+                model=MODEL,
+                spec={"task": "caption", "images": [], "params": {}},
+                max_attempts=3,
+                webhook=WebhookSpec(url=url).model_dump(),
+            ),
             image_shas=[],
-            max_attempts=3,
-            webhook=WebhookSpec(url=url).model_dump(),
         )
     run_job(sessions, job.id)
     return deliveries(sessions, job.id)[-1]

@@ -12,7 +12,8 @@ from sqlalchemy import select, update
 
 from core.config import ModelSpec, Settings
 from core.db import transaction, utcnow
-from core.jobs import claim_job, create_job
+from core.jobs import claim_job, insert_job
+from core.jobs import new_job as queued_job
 from core.models import Job, JobEvent
 from core.queue import queue_keys
 from core.specs import GenerationParams
@@ -32,14 +33,16 @@ def new_job(
     spec = {"task": "prompt", "prompt": "hi", "images": [], "params": params}
     with transaction(sessions) as session:
         tenant_row = ensure_tenant(session, tenant) if tenant else ensure_default_tenant(session)
-        job = create_job(
-            session=session,
-            tenant_id=tenant_row.id,
-            model=model,
-            spec=spec,
+        job = insert_job(
+            session,
+            queued_job(
+                tenant_id=tenant_row.id,
+                model=model,
+                spec=spec,
+                max_attempts=max_attempts,
+                priority=priority,
+            ),
             image_shas=[],
-            max_attempts=max_attempts,
-            priority=priority,
         )
         return job.id
 

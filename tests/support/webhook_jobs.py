@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import ModelSpec
 from core.db import transaction
-from core.jobs import claim_job, complete_job, create_job, fail_job
+from core.jobs import claim_job, complete_job, fail_job, insert_job, new_job
 from core.models import Job, WebhookAttempt, WebhookDelivery
 from core.specs import WebhookSpec
 from core.tenants import ensure_default_tenant
@@ -27,14 +27,16 @@ def queued_job(
         webhook = spec.model_dump()
     with transaction(sessions) as session:
         tenant = ensure_default_tenant(session)
-        return create_job(
-            session=session,
-            tenant_id=tenant.id,
-            model=MODEL,
-            spec={"task": "caption", "images": [], "params": {}},
+        return insert_job(
+            session,
+            new_job(
+                tenant_id=tenant.id,
+                model=MODEL,
+                spec={"task": "caption", "images": [], "params": {}},
+                max_attempts=3,
+                webhook=webhook,
+            ),
             image_shas=[],
-            max_attempts=3,
-            webhook=webhook,
         )
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.config import ModelSpec
 from core.db import transaction
-from core.jobs import create_job
+from core.jobs import insert_job, new_job
 from core.models import Job
 from core.prompts import build_conversation
 from core.specs import GenerationParams
@@ -45,13 +45,10 @@ def queue_job(
     }
     with transaction(sessions) as session:
         tenant = ensure_default_tenant(session)
-        return create_job(
-            session=session,
-            tenant_id=tenant.id,
-            model=model,
-            spec=spec,
+        return insert_job(
+            session,
+            new_job(tenant_id=tenant.id, model=model, spec=spec, max_attempts=3),
             image_shas=shas,
-            max_attempts=3,
         )
 
 
