@@ -24,7 +24,7 @@ from core.notify import JobFeed, job_feed
 from core.queue import make_celery
 from core.queue_info import ModelStatsCache
 from core.ratelimit import RateLimiter, rate_limiter
-from core.storage import ObjectStorage, open_storage
+from core.storage import ObjectStorage, settings_storage
 from core.tenants import DEFAULT_TENANT_ID, authenticate_key
 
 
@@ -57,12 +57,7 @@ class Runtime:
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
-            storage=open_storage(
-                settings.storage_url,
-                endpoint_url=settings.s3_endpoint_url,
-                region=settings.s3_region,
-                s3_direct=settings.s3_direct,
-            ),
+            storage=settings_storage(settings),
             celery=make_celery(settings),
             feed=job_feed(settings),
             limiter=rate_limiter(settings),

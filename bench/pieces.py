@@ -191,14 +191,12 @@ def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
     """A worker's transactions and image read, called in this process."""
     from core.db import make_engine, make_session_factory, transaction
     from core.jobs import claim_job, complete_job, insert_job, new_job
-    from core.storage import open_storage
+    from core.storage import settings_storage
     from core.tenants import ensure_tenant
 
     engine = make_engine(settings.database_url, pool_size=2)
     sessions = make_session_factory(engine)
-    storage = open_storage(
-        settings.storage_url, endpoint_url=settings.s3_endpoint_url, s3_direct=settings.s3_direct
-    )
+    storage = settings_storage(settings)
     storage.put("pieces/read", photo_jpeg(640, 480, seed=3))
     spec = {"task": "caption", "images": [], "params": {"max_new_tokens": 32}}
     with transaction(sessions) as session:

@@ -77,7 +77,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     from core.hooks import install_job_hooks
     from core.notify import job_feed
     from core.queue import make_celery
-    from core.storage import open_storage
+    from core.storage import settings_storage
     from core.sweeper import run_forever
 
     settings = get_settings()
@@ -86,12 +86,7 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
     serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
     install_job_hooks(job_feed(settings))
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
-    storage = open_storage(
-        settings.storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        s3_direct=settings.s3_direct,
-    )
+    storage = settings_storage(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

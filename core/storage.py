@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 from core.errors import Unavailable
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from core.s3_direct import DirectS3
 
 
@@ -297,6 +298,16 @@ def open_storage(
     if parsed.scheme == "file":
         return LocalStorage(Path(unquote(parsed.netloc + parsed.path)))
     raise ValueError(f"unsupported storage URL {url!r}: use s3://bucket/prefix or file:///path")
+
+
+def settings_storage(settings: Settings) -> ObjectStorage:
+    """The storage the settings name (storage_url, s3_endpoint_url, s3_region, s3_direct)."""
+    return open_storage(
+        settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        s3_direct=settings.s3_direct,
+    )
 
 
 def store_once(storage: ObjectStorage, data: bytes, *, content_type: str) -> tuple[str, bool]:

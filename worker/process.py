@@ -26,7 +26,7 @@ from core.models import WorkerState
 from core.notify import job_feed
 from core.probe_server import ProbeServer, start_probe_server
 from core.queue import celery_worker, make_celery
-from core.storage import open_storage
+from core.storage import settings_storage
 from worker.health import WorkerHealth, probe_port
 from worker.heartbeat import Heartbeat
 
@@ -49,12 +49,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     set_pixel_limit(settings.max_image_pixels)
     install_job_hooks(job_feed(settings))  # long-poll wake-ups, batch settling
     sessions = make_session_factory(make_engine(settings.database_url, pool_size=4))
-    storage = open_storage(
-        settings.storage_url,
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        s3_direct=settings.s3_direct,
-    )
+    storage = settings_storage(settings)
     state: dict[str, Any] = {"runtime": None, "model_died": False}
 
     def held() -> dict[str, int]:

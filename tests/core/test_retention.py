@@ -26,7 +26,7 @@ from core.retention import (
     hold_image_objects,
     purge_expired,
 )
-from core.storage import ObjectStorage, image_key, open_storage, store_once
+from core.storage import ObjectStorage, image_key, settings_storage, store_once
 from core.tenants import ensure_tenant
 
 DAY = timedelta(days=1)
@@ -34,7 +34,7 @@ DAY = timedelta(days=1)
 
 @pytest.fixture
 def storage(service_settings: Settings) -> ObjectStorage:
-    return open_storage(service_settings.storage_url, endpoint_url=service_settings.s3_endpoint_url)
+    return settings_storage(service_settings)
 
 
 def png(seed: int) -> bytes:

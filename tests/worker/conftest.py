@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.config import ModelSpec, Settings
-from core.storage import ObjectStorage, open_storage
+from core.storage import ObjectStorage, settings_storage
 from tests.support.runtimes import started_runtime
 
 
@@ -23,7 +23,7 @@ def engine(tiny_model_path: Path) -> Any:
 
 @pytest.fixture
 def storage(service_settings: Settings) -> ObjectStorage:
-    return open_storage(service_settings.storage_url, endpoint_url=service_settings.s3_endpoint_url)
+    return settings_storage(service_settings)
 
 
 @pytest.fixture
