@@ -52,7 +52,7 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         """Connect to the database, storage and broker the settings name."""
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.pool_size(10))
         return cls(
             settings=settings,
             engine=engine,

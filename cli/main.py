@@ -85,7 +85,9 @@ def cmd_sweeper(args: argparse.Namespace) -> int:
 
     serve_process_probes(settings, role="sweeper", port=settings.sweeper_probe_port)
     install_job_hooks(job_feed(settings))
-    sessions = make_session_factory(make_engine(settings.database_url, pool_size=2))
+    sessions = make_session_factory(
+        make_engine(settings.database_url, pool_size=settings.pool_size(2))
+    )
     storage = settings_storage(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

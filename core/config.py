@@ -204,6 +204,15 @@ class Settings(BaseSettings):
         Path(".internvl-jobs"), description="Where embedded defaults keep their files."
     )
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite file in data_dir.")
+    database_pool_size: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Connections each process keeps open to PostgreSQL, and as many again "
+        "opened for bursts (SQLite: ignored); 0: the API 10, a worker half its task threads "
+        "(at least 4), the sweeper 2. A worker whose task threads outnumber its pool opens "
+        "and closes connections under load.",
+    )
     broker_url: str = Field(
         "",
         description="Celery broker: redis://host:6379/0, or filesystem:///dir (embedded); "
@@ -591,6 +600,10 @@ class Settings(BaseSettings):
     def task_threads(self, spec: ModelSpec) -> int:
         """A worker's Celery task threads for a model: worker_threads, else twice its batch."""
         return self.worker_threads or 2 * spec.max_batch_size
+
+    def pool_size(self, automatic: int) -> int:
+        """A process's database pool: database_pool_size, else the process's own default."""
+        return self.database_pool_size or automatic
 
     def as_env(self) -> dict[str, str]:
         """These settings as INTERNVL_JOBS_* variables, for child processes."""

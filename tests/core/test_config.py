@@ -98,3 +98,25 @@ def test_task_events_are_off_by_default_as_in_celery_and_can_be_turned_on() -> N
     off, on = make_celery(make()), make_celery(make(task_events=True))
     assert (on.conf.task_send_sent_event, on.conf.worker_send_task_events) == (True, True)
     assert (off.conf.task_send_sent_event, off.conf.worker_send_task_events) == (False, False)
+
+
+def test_database_pools_follow_the_setting_else_each_process_default(tmp_path: Path) -> None:
+    from api.deps import Runtime
+    from worker.process import worker_engine
+
+    url = "postgresql+psycopg://u@db.invalid/jobs"  # engines connect lazily: nothing is dialed
+    spec = ModelSpec(alias="m", checkpoint="c", max_batch_size=16)
+    automatic = make(database_url=url, data_dir=tmp_path)
+    # A worker's pool: half its task threads (twice the batch by default), at least 4.
+    assert worker_engine(automatic, spec).pool.size() == 16  # type: ignore[attr-defined]
+    small = spec.model_copy(update={"max_batch_size": 2})
+    assert worker_engine(automatic, small).pool.size() == 4  # type: ignore[attr-defined]
+    assert automatic.pool_size(10) == 10
+    chosen = make(database_url=url, database_pool_size=6, data_dir=tmp_path)
+    assert worker_engine(chosen, spec).pool.size() == 6  # type: ignore[attr-defined]
+    assert chosen.pool_size(10) == 6
+    runtime = Runtime.from_settings(chosen)
+    try:
+        assert runtime.engine.pool.size() == 6  # type: ignore[attr-defined]
+    finally:
+        runtime.close()
