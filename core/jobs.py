@@ -20,6 +20,7 @@ from core.ids import new_id
 from core.job_statements import (
     CLAIM,
     CLAIM_RECORDED,
+    CLAIM_UNLIMITED_RECORDED,
     COMPLETE,
     COMPLETE_RECORDED,
     EVENT_FOR_STATUS,
@@ -207,6 +208,20 @@ def claim_job(
     sweeper publishes it then), and no attempt is used.
     """
     now = now or utcnow()
+    params = {
+        "p_job_id": job_id,
+        "p_now": now,
+        "p_worker_id": worker_id,
+        "p_lease_until": now + timedelta(seconds=lease_s),
+    }
+    if running_limit <= 0 and session.get_bind().dialect.name == "postgresql":
+        # Most claims: no default limit, and a tenant with none of its own. One statement;
+        # a job it does not take (limited, not claimable, past its deadline) takes the path
+        # below, which finds out why.
+        claimed: Job | None = session.scalars(CLAIM_UNLIMITED_RECORDED, params).one_or_none()
+        if claimed is not None:
+            _notify(session, claimed, EVENT_FOR_STATUS[JobStatus.RUNNING])
+            return claimed
     # The job's tenant and that tenant's own limit in one read (a join on primary keys).
     owner = session.execute(OWNER, {"p_job_id": job_id}).first()
     tenant_id, own_limit = owner if owner is not None else (None, None)
@@ -217,12 +232,6 @@ def claim_job(
             return None
         claimed = None
     else:
-        params = {
-            "p_job_id": job_id,
-            "p_now": now,
-            "p_worker_id": worker_id,
-            "p_lease_until": now + timedelta(seconds=lease_s),
-        }
         claimed = _moved(session, CLAIM, params, to=JobStatus.RUNNING, recorded=CLAIM_RECORDED)
     if claimed is None:
         expire_job(session, job_id, now=now)

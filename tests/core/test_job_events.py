@@ -7,13 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from core import jobs
 from core.config import ModelSpec
 from core.db import transaction
 from core.jobs import claim_job, complete_job
 from core.models import Job, JobEvent
+from core.tenants import ensure_tenant, set_running_limit
 from tests.support.jobs import new_job
 
 MODEL = ModelSpec(alias="tiny", checkpoint="unused", default=True)
@@ -86,3 +87,38 @@ def test_a_change_that_does_not_happen_records_nothing(
         assert complete_job(session, job_id, attempt=2, result={}, usage={}) is None  # fenced
     assert [event for event, _, _ in events(any_sessions, job_id)] == ["job.queued", "job.running"]
     assert [event for _, _, event in heard] == ["job.queued", "job.running"]
+
+
+def test_on_postgresql_a_claim_no_limit_applies_to_is_one_statement(
+    sessions: Any, heard: list[tuple[str, str, str]]
+) -> None:
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    free = new_job(sessions, MODEL, tenant="ten_free")
+    limited = new_job(sessions, MODEL, tenant="ten_limited")
+    with transaction(sessions) as session:
+        ensure_tenant(session, "ten_limited")
+        set_running_limit(session, "ten_limited", 5)
+    engine = sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with transaction(sessions) as session:
+            assert claim_job(session, free, worker_id="w", lease_s=60) is not None
+        claims_free = [s for s in statements if not s.startswith(("BEGIN", "COMMIT", "select"))]
+        statements.clear()
+        with transaction(sessions) as session:
+            assert claim_job(session, limited, worker_id="w", lease_s=60) is not None
+        claims_limited = [s for s in statements if not s.startswith(("BEGIN", "COMMIT", "select"))]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    # The owner's limit is read, locked and counted only where one applies.
+    assert len(claims_free) == 1
+    assert len(claims_limited) > 2
+    assert [(job_id, event) for job_id, _, event in heard[-2:]] == [
+        (free, "job.running"),
+        (limited, "job.running"),
+    ]
+    assert [event for event, _, _ in events(sessions, free)] == ["job.queued", "job.running"]
