@@ -52,6 +52,12 @@ def worker_engine(settings: Settings, spec: ModelSpec) -> Engine:
 def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = "INFO") -> None:
     """Run a worker for one model on one device (already pinned by the launcher) until stopped."""
     setup_logging(loglevel, json_lines=settings.log_json)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # Celery's own lines for each task received and succeeded repeat what each job's
+        # events log (internvl_jobs.jobs: job.running, job.succeeded, with the job's id), at
+        # a tenth of a millisecond each; its warnings and errors stay.
+        for per_task in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(per_task).setLevel(logging.WARNING)
     spec = settings.model(model_alias)
     if spec is None:
         raise SystemExit(f"model '{model_alias}' is not in the registry")

@@ -250,6 +250,9 @@ def check_job_lines(seen: Observed) -> None:
     succeeded = [e for e in worker_lines if e.get("event") == "job.succeeded"]
     assert {entry["job_id"] for entry in succeeded} == set(seen.job_ids)
     assert all(entry["completion_tokens"] > 0 for entry in succeeded)
+    # Celery's own line per task received and succeeded would repeat the job events' lines.
+    loggers = {e.get("logger") for e in json_lines(seen.processes["worker"])}
+    assert not loggers & {"celery.worker.strategy", "celery.app.trace"}, loggers
     access = [
         e
         for e in json_lines(seen.processes["api"])
