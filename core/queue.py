@@ -7,11 +7,14 @@ steps enabled. The filesystem broker of dev mode has no priorities.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from core.config import ModelSpec, Settings
 
@@ -53,6 +56,35 @@ def broker_options(broker_url: str) -> tuple[str, dict[str, Any]]:
     return broker_url, {}
 
 
+class _RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, keeping one client over its connection pool.
+
+    kombu builds a new redis-py client object for every command it sends outside its
+    consumer's BRPOP (each publish, each message's acknowledgement and unacked-index entry),
+    about 0.2 ms of CPU each. A client holds no connection of its own (they come from the
+    channel's pool, per command), so one client serves every such command; a new one is made
+    whenever the channel replaces its pool (after a fork or a disconnect).
+    """
+
+    _reused_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        reused = self._reused_client
+        if reused is None or reused.connection_pool is not self.pool:
+            reused = self._reused_client = self._create_client()  # type: ignore[no-untyped-call]
+        yield reused
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with the channel above (redis:// brokers)."""
+
+    Channel = _RedisChannel
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for at-least-once delivery of job ids."""
     url, transport_options = broker_options(settings.broker_url)
@@ -84,6 +116,8 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=settings.task_events,
         broker_pool_limit=10,
     )
+    if url.startswith("redis://"):  # rediss:// keeps kombu's own, which sets its TLS up
+        app.conf.broker_transport = f"{__name__}:RedisTransport"
     return app
 
 
