@@ -209,9 +209,10 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="Connections each process keeps open to PostgreSQL, and as many again "
-        "opened for bursts (SQLite: ignored); 0: the API 10, a worker half its task threads "
-        "(at least 4), the sweeper 2. A worker whose task threads outnumber its pool opens "
-        "and closes connections under load.",
+        "opened for bursts (SQLite: ignored); 0: the API 10, a worker 4, the sweeper 2. A "
+        "worker's task threads (twice its batch) open and close connections beyond its pool "
+        "at full load: half the task threads opens almost none, at the price of more held "
+        "connections (docs/scaling.md).",
     )
     broker_url: str = Field(
         "",

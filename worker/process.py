@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from core.config import ModelSpec, Settings
+from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.hooks import install_job_hooks
 from core.images import set_pixel_limit
@@ -40,13 +40,14 @@ def worker_name(model_alias: str, device: str, host: str | None = None) -> str:
     return f"{device}.{model_alias}@{host or socket.gethostname()}"
 
 
-def worker_engine(settings: Settings, spec: ModelSpec) -> Engine:
-    """The worker's database engine. Its pool holds half the task threads' worth of
-    connections (at least 4), as many again for bursts: claims and completions are short
-    transactions, and a smaller pool made the task threads open and close connections of
-    their own under load (one for every three jobs at 40 jobs/s, batches of 16)."""
-    automatic = max(4, settings.task_threads(spec) // 2)
-    return make_engine(settings.database_url, pool_size=settings.pool_size(automatic))
+def worker_engine(settings: Settings) -> Engine:
+    """The worker's database engine: a pool of 4 connections, as many again for bursts,
+    unless database_pool_size says otherwise. At full load its task threads (twice the batch)
+    open and close connections beyond those, about one for every three jobs with batches of
+    16; a pool of half the task threads opens almost none, but holds 16 to 32 connections per
+    worker process, which PostgreSQL's default max_connections (100) caps at a few GPUs per
+    database (docs/scaling.md). The bench measured no difference in the worker's CPU."""
+    return make_engine(settings.database_url, pool_size=settings.pool_size(4))
 
 
 def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = "INFO") -> None:
@@ -65,7 +66,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     health, probes = _start_health(settings, name, model_alias, device)
     set_pixel_limit(settings.max_image_pixels)
     install_job_hooks(job_feed(settings))  # long-poll wake-ups, batch settling
-    sessions = make_session_factory(worker_engine(settings, spec))
+    sessions = make_session_factory(worker_engine(settings))
     storage = settings_storage(settings)
     state: dict[str, Any] = {"runtime": None, "model_died": False}
 

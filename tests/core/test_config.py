@@ -105,18 +105,14 @@ def test_database_pools_follow_the_setting_else_each_process_default(tmp_path: P
     from worker.process import worker_engine
 
     url = "postgresql+psycopg://u@db.invalid/jobs"  # engines connect lazily: nothing is dialed
-    spec = ModelSpec(alias="m", checkpoint="c", max_batch_size=16)
     automatic = make(database_url=url, data_dir=tmp_path)
-    # A worker's pool: half its task threads (twice the batch by default), at least 4.
-    assert worker_engine(automatic, spec).pool.size() == 16  # type: ignore[attr-defined]
-    small = spec.model_copy(update={"max_batch_size": 2})
-    assert worker_engine(automatic, small).pool.size() == 4  # type: ignore[attr-defined]
+    assert worker_engine(automatic).pool.size() == 4  # type: ignore[attr-defined]
     assert automatic.pool_size(10) == 10
-    chosen = make(database_url=url, database_pool_size=6, data_dir=tmp_path)
-    assert worker_engine(chosen, spec).pool.size() == 6  # type: ignore[attr-defined]
-    assert chosen.pool_size(10) == 6
+    chosen = make(database_url=url, database_pool_size=16, data_dir=tmp_path)
+    assert worker_engine(chosen).pool.size() == 16  # type: ignore[attr-defined]
+    assert chosen.pool_size(10) == 16
     runtime = Runtime.from_settings(chosen)
     try:
-        assert runtime.engine.pool.size() == 6  # type: ignore[attr-defined]
+        assert runtime.engine.pool.size() == 16  # type: ignore[attr-defined]
     finally:
         runtime.close()
