@@ -46,7 +46,7 @@ def worker_engine(settings: Settings) -> Engine:
     open and close connections beyond those, about one for every three jobs with batches of
     16; a pool of half the task threads opens almost none, but holds 16 to 32 connections per
     worker process, which PostgreSQL's default max_connections (100) caps at a few GPUs per
-    database (docs/scaling.md). The bench measured no difference in the worker's CPU."""
+    database, and in the bench it was no cheaper (docs/scaling.md, docs/benchmarks.md)."""
     return make_engine(settings.database_url, pool_size=settings.pool_size(4))
 
 
@@ -56,7 +56,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # Celery's own lines for each task received and succeeded repeat what each job's
         # events log (internvl_jobs.jobs: job.running, job.succeeded, with the job's id), at
-        # a tenth of a millisecond each; its warnings and errors stay.
+        # about 0.05 ms of CPU each; its warnings and errors stay.
         for per_task in ("celery.worker.strategy", "celery.app.trace"):
             logging.getLogger(per_task).setLevel(logging.WARNING)
     spec = settings.model(model_alias)
