@@ -105,6 +105,12 @@ def resolve_model(settings: Settings, alias: str | None) -> ModelSpec:
 def decode_base64(text: str, *, index: int, what: str | None = None) -> bytes:
     """Strict base64 (whitespace allowed); anything else is a clear 422."""
     try:
+        # Most clients send no whitespace: decoded as it is, without copying a string that
+        # can be megabytes long (1.2 ms for a 12-Mpx photo's 3 MB).
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass  # line-wrapped, or not base64 at all: the second try tells
+    try:
         return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         error = InvalidVideo if what else InvalidImage

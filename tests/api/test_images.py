@@ -177,3 +177,21 @@ def test_a_failed_upload_keeps_bytes_another_tenant_recorded_meanwhile(
     monkeypatch.setattr(api.uploads, "record_image", database_lost)
     assert upload(client, data).status_code == 503
     assert runtime.storage.get(image_key(sha)) == data  # globex's image keeps its bytes
+
+
+def test_base64_with_and_without_line_breaks_decodes_and_anything_else_is_a_clear_422() -> None:
+    import base64
+
+    from api.intake import decode_base64
+    from core.errors import InvalidImage
+
+    data = png_bytes((64, 48))
+    plain = base64.b64encode(data).decode()
+    wrapped = "\n".join(plain[i : i + 76] for i in range(0, len(plain), 76)) + "\r\n"
+    assert decode_base64(plain, index=0) == data
+    assert decode_base64(wrapped, index=0) == data  # MIME-style line breaks are allowed
+    for bad in ("***not base64***", plain[:-2] + "é=", plain[:-1]):
+        with pytest.raises(InvalidImage) as caught:
+            decode_base64(bad, index=2)
+        assert caught.value.code == "invalid_base64"
+        assert "image 2" in caught.value.detail
