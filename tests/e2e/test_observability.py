@@ -243,7 +243,8 @@ def check_logs_hold_no_secret(seen: Observed) -> None:
 
 
 def check_job_lines(seen: Observed) -> None:
-    worker_lines = [e for e in json_lines(seen.processes["worker"]) if e.get("job_id")]
+    worker_log = json_lines(seen.processes["worker"])
+    worker_lines = [e for e in worker_log if e.get("job_id")]
     assert {entry["job_id"] for entry in worker_lines} == set(seen.job_ids)
     for entry in worker_lines:
         assert entry["tenant"] and entry["worker"] == seen.ready["worker"], entry
@@ -251,7 +252,7 @@ def check_job_lines(seen: Observed) -> None:
     assert {entry["job_id"] for entry in succeeded} == set(seen.job_ids)
     assert all(entry["completion_tokens"] > 0 for entry in succeeded)
     # Celery's own line per task received and succeeded would repeat the job events' lines.
-    loggers = {e.get("logger") for e in json_lines(seen.processes["worker"])}
+    loggers = {e.get("logger") for e in worker_log}
     assert not loggers & {"celery.worker.strategy", "celery.app.trace"}, loggers
     access = [
         e
