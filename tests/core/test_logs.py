@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.logs import (
     ContextFilter,
@@ -16,6 +18,8 @@ from core.logs import (
     PlainFormatter,
     bind_log_context,
     log_context,
+    mask_secrets,
+    redact,
     set_process_fields,
 )
 
@@ -107,6 +111,59 @@ def test_secrets_in_messages_are_masked(captured, text: str) -> None:  # type: i
     for secret in ("hunter2-pw", "c2VjcmV0", "Zm9vYmFy", "tok-abc", "tok-zyx987"):
         assert secret not in message
     assert "***" in message
+
+
+CASE_VARIANTS = [
+    "authorization: BEARER tok-abc.def",
+    "Authorization: Basic dXNlcjpwdw==",
+    "PASSWORD=hunter2",
+    "Api_Key: k-123",
+    "apikey=k-123",
+    "AWS_SECRET_ACCESS_KEY=abc/def",
+    "REDIS://:hunter2@cache:6379/0",
+    "pa\u017f\u017fword=hunter2",  # a long s: IGNORECASE matches it to "s"
+    "\u0131vj_0123456789ab_Zm9vYmFy",  # a dotless i: the pattern is case-sensitive
+    "/v1/jobs/job_0123456789abcdef",
+]
+
+
+@pytest.mark.parametrize("text", [*SECRETS.values(), *CASE_VARIANTS])
+def test_the_quick_look_for_secret_words_masks_what_the_patterns_mask(text: str) -> None:
+    assert redact(text) == mask_secrets(text)
+
+
+# Text made of the words the patterns look for, in any case, and the characters around them.
+_PIECES = st.sampled_from(
+    [
+        "://",
+        "whsec_",
+        "ivj_0123456789ab_",
+        "bearer ",
+        "Basic ",
+        "password",
+        "secret",
+        "token",
+        "api_key",
+        "APIKEY",
+        "=",
+        ":",
+        "@",
+        "/",
+        " ",
+        "x",
+        "tok-1",
+        "\u017f",
+        "\u0131",
+        "K",
+        "k",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_PIECES, st.text(max_size=3)), max_size=12).map("".join))
+def test_redact_equals_every_substitution_on_generated_text(text: str) -> None:
+    assert redact(text) == mask_secrets(text)
 
 
 def test_secret_fields_bytes_and_long_strings_never_reach_the_log(captured) -> None:  # type: ignore[no-untyped-def]
