@@ -75,10 +75,11 @@ def popen_exited(process: subprocess.Popen[bytes]) -> Callable[[], str | None]:
 def moto_server(log_dir: Path | None = None) -> Iterator[tuple[str, int]]:
     """An S3-protocol server (moto, a dev dependency) in a child process: (URL, pid).
 
+    It keeps clients' connections open between requests, as S3 does (devtools.s3_server).
     Its output goes to log_dir/s3.log, or nowhere without a log_dir.
     """
     port = free_port()
-    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    command = [sys.executable, "-m", "devtools.s3_server", "-H", "127.0.0.1", "-p", str(port)]
     with open(log_dir / "s3.log" if log_dir else os.devnull, "wb") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
     endpoint = f"http://127.0.0.1:{port}"
