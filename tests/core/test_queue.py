@@ -1,8 +1,10 @@
-"""The Celery app's broker: kombu's Redis transport, with one client per channel."""
+"""The Celery app's broker: kombu's Redis transport, one client per channel, hiredis parsing."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from redis._parsers import _HiredisParser
 
 from core.config import Settings
 from core.queue import RedisTransport, make_celery
@@ -36,3 +38,19 @@ def test_tls_and_embedded_brokers_keep_kombus_own_transports(service_settings: S
         update={"broker_url": f"filesystem://{service_settings.data_dir / 'broker'}"}
     )
     assert make_celery(embedded).conf.broker_transport is None
+
+
+def test_broker_replies_are_parsed_by_hiredis(service_settings: Settings) -> None:
+    app = make_celery(service_settings)
+    try:
+        with app.connection_for_write() as connection:
+            channel: Any = connection.default_channel
+            with channel.conn_or_acquire() as client:
+                assert client.ping()
+                pooled = client.connection_pool.get_connection()
+                try:
+                    assert isinstance(pooled._parser, _HiredisParser)
+                finally:
+                    client.connection_pool.release(pooled)
+    finally:
+        app.close()
