@@ -5,7 +5,9 @@
 address lookup and a close, in the API's and the worker's CPU). S3 and MinIO keep a client's
 connections open between requests, and the service's S3 client pools them (core.s3_direct).
 The benchmarks measure the service's CPU per job, so they serve moto's application from
-uvicorn instead (HTTP/1.1 keep-alive; the WSGI application runs in uvicorn's threads).
+uvicorn instead (HTTP/1.1 keep-alive; the WSGI application runs in uvicorn's threads). One
+thing moto's own request handler does is left out: keeping underscores in header names (S3
+metadata keys); the service sends no metadata.
 
     python -m devtools.s3_server -H 127.0.0.1 -p 5103
 """
