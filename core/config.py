@@ -460,8 +460,9 @@ class Settings(BaseSettings):
         ge=0,
         le=1024,
         description="Size of each recycled shared-memory slot through which prepare processes "
-        "hand pixels to the model's process (one slot per task thread; an image that does not "
-        "fit travels as a shared tensor, dearer); 0: no slots.",
+        "hand pixels to the model's process (one slot per task thread, lent one per image or "
+        "per frame a video job may read; an image that does not fit, or finds no slot free, "
+        "travels as a shared tensor, dearer); 0: no slots.",
     )
 
     # Webhooks

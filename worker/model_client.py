@@ -12,8 +12,8 @@ client gives the runtime what the engine and batcher gave it in one process:
   running generation at its next step, as the shared event did.
 - Pixels are never pickled: an image in a prepare slot travels as its SlotRef (the model
   process maps the same block) and the slot goes back once the model process says it copied
-  it (`received`); an image outside the slots (it did not fit, or no slot was free, or a
-  video's frames, or jobs prepare in this process) travels as a shared tensor
+  it (`received`); an image outside the slots (it did not fit, or no slot was free, or jobs
+  prepare in this process) travels as a shared tensor
   (torch.multiprocessing's reductions, as the prepare pool's). Cached images travel as keys.
 - The prepare cache: this process keeps its index (worker.cache_index) and tells the model
   process, in the job messages themselves, what to keep and what to evict. The front knows a

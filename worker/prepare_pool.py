@@ -20,7 +20,9 @@ Every shared tensor the model's process keeps holds a file descriptor open, so t
 the soft limit on open files to the hard one and the prepare cache is bounded in entries too.
 With slots (worker.prepare_slots, `prepare_slot_mb`), pixels skip that handoff: the prepare
 process writes them into a slot of one block both sides mapped once and returns its index; the
-ids come back as plain bytes. An image that fits no slot still travels as a shared tensor.
+ids come back as plain bytes. A video job's frames use slots the same way (as many are lent as
+the job may read frames; those it does not fill go back at once). An image or a frame that fits
+no slot still travels as a shared tensor.
 
 A prepare process that dies breaks the executor: every job in it sees BrokenProcessPool. A job
 prepares once more in a new pool; if that one breaks too, PrepareFailed hands the job back
@@ -38,6 +40,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -64,6 +67,18 @@ CACHE_ENTRIES_PER_FD = 0.25
 MAX_FD_LIMIT = 1 << 20
 
 Work = Callable[..., JobInputs | WireInputs]  # prepare_job's arguments and results
+
+
+@dataclass
+class WireVideo:
+    """A video job's inputs as they cross back when slots were lent: frames in their slots."""
+
+    frames: list[int]
+    order: list[int]
+    inputs: WireInputs
+
+
+VideoWork = Callable[..., VideoInputs | WireVideo]  # prepare_video_job's arguments, results
 
 
 class PrepareFailed(RuntimeError):
@@ -147,18 +162,26 @@ def prepare_video_job(
     data: bytes | StoredImage,
     max_tiles: int,
     on_device: bool,
-) -> VideoInputs:
+    slots: list[int | None] | None = None,
+) -> VideoInputs | WireVideo:
     """A prepare process's work for a video job: the clip read (when given by its key), its
-    frames sampled and decoded, then prepared."""
+    frames sampled and decoded, then prepared; with slots lent, the frames that fit are
+    written into them, in order (slots beyond the frames read stay unused)."""
     if _preparer is None:
         raise RuntimeError("this process was not started as a prepare process")
     if isinstance(data, StoredImage):
         [read] = _read([data])
         assert isinstance(read, bytes)
         data = read
-    return prepare_video(
+    video = prepare_video(
         _preparer, spec, control_tokens, data, max_tiles=max_tiles, on_device=on_device
     )
+    if slots is None or _arena is None:
+        return video
+    inputs = video.inputs
+    lent = (slots + [None] * len(inputs.tiles))[: len(inputs.tiles)]
+    wire = to_wire(_arena, inputs.input_ids, inputs.tiles, lent, inputs.counts)
+    return WireVideo(video.frames, video.order, wire)
 
 
 def _read(
@@ -202,7 +225,7 @@ class PreparePool:
         pixel_limit: int | None = None,
         threads: int = 1,
         work: Work = prepare_job,
-        video_work: Callable[..., VideoInputs] = prepare_video_job,
+        video_work: VideoWork = prepare_video_job,
         slots: int = 0,
         slot_bytes: int = 0,
         storage: StorageAccess | None = None,
@@ -262,15 +285,13 @@ class PreparePool:
         ImageUndecodable; a process that died makes the job prepare once more in a new pool,
         then PrepareFailed.
         """
-        lent = self._lend(images)
+        lent = self._lend([not isinstance(image, int) for image in images])
         viewed: set[int] = set()  # slots whose views now free them
         try:
             args = (conversation, images, max_tiles, on_device, *([lent] if lent else []))
             return self._received(self._retrying(self._work, args), viewed)
         finally:
-            for slot in lent or []:
-                if slot is not None and slot not in viewed and self.arena is not None:
-                    self.arena.give_back(slot)
+            self._give_back(lent, viewed)
 
     def run_video(
         self,
@@ -281,11 +302,18 @@ class PreparePool:
         max_tiles: int,
         on_device: bool = False,
     ) -> VideoInputs:
-        """A video job sampled, decoded and prepared in a prepare process (frames as shared
-        tensors); a clip no decoder reads comes back as VideoUndecodable."""
-        args = (spec, control_tokens, data, max_tiles, on_device)
-        result: VideoInputs = self._retrying(self._video_work, args)
-        return result
+        """A video job sampled, decoded and prepared in a prepare process (frames in lent slots,
+        or as shared tensors); a clip no decoder reads comes back as VideoUndecodable."""
+        lent = self._lend([True] * int(spec["video"]["num_frames"]))  # the most it may read
+        viewed: set[int] = set()
+        try:
+            args = (spec, control_tokens, data, max_tiles, on_device, *([lent] if lent else []))
+            result: VideoInputs | WireVideo = self._retrying(self._video_work, args)
+            if isinstance(result, VideoInputs):
+                return result
+            return VideoInputs(result.frames, result.order, self._received(result.inputs, viewed))
+        finally:
+            self._give_back(lent, viewed)
 
     def _retrying(self, work: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """`work` run in a prepare process; once more in a new pool if a process died."""
@@ -302,13 +330,19 @@ class PreparePool:
                 log.warning("a prepare process died (%s); preparing the job again", str(exc))
         raise AssertionError("unreachable")
 
-    def _lend(self, images: Sequence[ImageSource | int | StoredImage]) -> list[int | None] | None:
-        """A slot for each image to prepare (None for cached ones), or None without slots."""
+    def _lend(self, wanted: list[bool]) -> list[int | None] | None:
+        """A slot for each place that wants one (None elsewhere, or where none is free), or
+        None without slots."""
         if self.arena is None:
             return None
-        wanted = [not isinstance(image, int) for image in images]
         slots = iter(self.arena.lend(sum(wanted)))
         return [next(slots) if want else None for want in wanted]
+
+    def _give_back(self, lent: list[int | None] | None, viewed: set[int]) -> None:
+        """Lent slots that no view holds (left unfilled, or the job failed) free again."""
+        for slot in lent or []:
+            if slot is not None and slot not in viewed and self.arena is not None:
+                self.arena.give_back(slot)
 
     def _received(self, result: JobInputs | WireInputs, viewed: set[int]) -> JobInputs:
         """The job's inputs, slots viewed in place (each slot then freed with its last view)."""

@@ -19,10 +19,12 @@ import torch
 
 from core.config import ModelSpec
 from tests.support.prepare import stop_once, two_images, wait_for_pid
+from tests.support.videos import make_clip
 from tests.support.worker import photo
 from worker.prepare_pool import PreparePool
 from worker.prepare_slots import PREFIX, SHM_FOLDER, SlotArena
 from worker.preprocess import Picture
+from worker.video import prepare_video
 
 SLOTS = 3
 
@@ -97,6 +99,24 @@ def test_a_job_finding_no_free_slot_still_prepares(pool: PreparePool, engine: An
     assert isinstance(fourth, Picture) and fourth.pixels.is_shared()
     assert not pool.arena.holds(fourth)
     del held, fourth
+    assert all_free(pool)
+
+
+def test_video_frames_come_back_in_slots_and_the_slots_they_did_not_fill_are_free_at_once(
+    pool: PreparePool, engine: Any
+) -> None:
+    clip = make_clip("mkv", seconds=1.0, fps=2)  # two frames, where the job may read five
+    spec = {"task": "video", "images": [], "video": {"sha256": "clip", "num_frames": 5}}
+    here = prepare_video(engine.preparer, spec, engine.control_tokens, clip, max_tiles=1,
+                         on_device=True)  # fmt: skip
+    there = pool.run_video(spec, engine.control_tokens, clip, max_tiles=1, on_device=True)
+    assert (there.frames, there.order) == (here.frames, here.order) == ([0, 1], [0, 1])
+    assert torch.equal(there.inputs.input_ids, here.inputs.input_ids)
+    assert pool.arena is not None and pool.arena.free == SLOTS - 2  # the third lent went back
+    for got, want in zip(there.inputs.tiles, here.inputs.tiles, strict=True):
+        assert isinstance(got, Picture) and isinstance(want, Picture) and pool.arena.holds(got)
+        assert torch.equal(got.pixels, want.pixels)
+    del there, got
     assert all_free(pool)
 
 
