@@ -91,6 +91,12 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
         help="the worker's prepare processes (0: prepare in its task threads; -1: automatic)",
     )
     p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="simulated device: the worker's Celery task threads (0: twice the batch)",
+    )
+    p.add_argument(
         "--model-process",
         default="auto",
         help="simulated device: the worker's model_process setting (auto, on, off); several, "
@@ -261,6 +267,7 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
             log_dir=Path(args.log_dir),
             prepare_processes=args.prepare_processes,
             model_process=mode,
+            worker_threads=args.worker_threads,
         )
         report["load_average"] = {"before": load_before, "after": _load_average()}
         print(format_simulated_report(report))  # noqa: T201 - the command's output

@@ -52,6 +52,7 @@ def run_simulated_bench(
     log_dir: Path,
     prepare_processes: int = -1,
     model_process: str = "auto",
+    worker_threads: int = 0,
 ) -> dict[str, Any]:
     """One round per image size through the whole service with the simulated device."""
     from core.migrations import upgrade
@@ -77,6 +78,7 @@ def run_simulated_bench(
                 "heartbeat_s": HEARTBEAT_S,
                 "prepare_processes": prepare_processes,
                 "model_process": model_process,
+                "worker_threads": worker_threads,
             }
         )
         running = stack.enter_context(
@@ -96,6 +98,7 @@ def run_simulated_bench(
         "new_tokens": new_tokens,
         "prepare_processes": prepare_processes,
         "model_process": model_process,
+        "worker_threads": worker_threads,
         "rows": rows,
     }
 
@@ -177,7 +180,8 @@ def format_simulated_report(report: dict[str, Any]) -> str:
     roles = list(report["rows"][0]["host_cpu_ms_per_job"]) if report["rows"] else []
     lines = [
         f"simulated {report['device']}, {report['jobs']} caption jobs per size, "
-        f"{report['new_tokens']} new tokens, model process {report['model_process']}; "
+        f"{report['new_tokens']} new tokens, model process {report['model_process']}, "
+        f"task threads {report.get('worker_threads') or 'automatic'}; "
         "host CPU ms per job (PostgreSQL, Redis not counted); "
         "overhead: the service's processes (not s3) less the worker's preparing and the model "
         "loop's thread",
