@@ -181,7 +181,7 @@ def format_simulated_report(report: dict[str, Any]) -> str:
     lines = [
         f"simulated {report['device']}, {report['jobs']} caption jobs per size, "
         f"{report['new_tokens']} new tokens, model process {report['model_process']}, "
-        f"task threads {report.get('worker_threads') or 'automatic'}; "
+        f"task threads {report['worker_threads'] or 'automatic'}; "
         "host CPU ms per job (PostgreSQL, Redis not counted); "
         "overhead: the service's processes (not s3) less the worker's preparing and the model "
         "loop's thread",

@@ -179,7 +179,7 @@ def prepare_video_job(
     if slots is None or _arena is None:
         return video
     inputs = video.inputs
-    lent = (slots + [None] * len(inputs.tiles))[: len(inputs.tiles)]
+    lent = slots[: len(inputs.tiles)]  # one per frame it may read: never fewer than it read
     wire = to_wire(_arena, inputs.input_ids, inputs.tiles, lent, inputs.counts)
     return WireVideo(video.frames, video.order, wire)
 
