@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import av
-
 from core.errors import InvalidVideo
 from core.storage import sha256_hex
 
@@ -100,6 +98,8 @@ def inspect_video(data: bytes, *, limits: VideoLimits) -> VideoInfo:
             code="unsupported_video_format",
         )
     _check_structure(data, fmt)
+    import av  # PyAV (FFmpeg) loads on the first clip: a service sent only pictures never needs it
+
     try:
         with av.open(io.BytesIO(data), format=DEMUXERS[fmt], metadata_errors="ignore") as box:
             return _probe(box, data, fmt, limits)
@@ -156,7 +156,7 @@ def _duration_s(box: Any, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
     elif box.duration is not None:
-        duration = box.duration / av.time_base
+        duration = box.duration / 1_000_000  # PyAV's AV_TIME_BASE: container times are in µs
     else:
         duration = 0.0
     if not duration > 0 or math.isinf(duration):

@@ -14,14 +14,16 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import av
 from PIL import Image
 
 from core.prompts import build_conversation
 from core.video import DEMUXERS, container_format
 from worker.preparer import JobInputs, Preparer
+
+if TYPE_CHECKING:
+    import av.container
 
 
 class VideoUndecodable(ValueError):
@@ -77,6 +79,8 @@ def sample_indices(stats: ClipStats, *, num_frames: int, fps: float | None) -> l
 
 
 def _open(data: bytes) -> av.container.InputContainer:
+    import av  # PyAV (FFmpeg) loads on the first clip a worker decodes
+
     fmt = container_format(data)
     if fmt is None:
         raise ValueError("the stored video is not in an accepted container")
