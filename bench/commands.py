@@ -82,7 +82,24 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
         "report device busy fraction, jobs/s and host CPU per job by process",
     )
     p.add_argument(
-        "--sizes", default="448x448,640x480", help="JPEG sizes of the simulated-device rounds"
+        "--device",
+        default="",
+        choices=["", "cpu", "cuda"],
+        help="instead of the simulated device, the real engine (--preset or --checkpoint) on "
+        "this device, with the same rounds and report (on a GPU: NVML's utilization too)",
+    )
+    p.add_argument("--dtype", default="auto", help="--device: auto | bfloat16 | float16 | float32")
+    p.add_argument("--attention", default="auto", help="--device: auto | sdpa | eager | ...")
+    p.add_argument(
+        "--embedded",
+        action="store_true",
+        help="--simulated-device/--device: the embedded defaults (SQLite, filesystem broker, "
+        "local files) instead of PostgreSQL, Redis and S3, for a machine with no servers",
+    )
+    p.add_argument(
+        "--sizes",
+        default="448x448,640x480",
+        help="JPEG sizes of the --simulated-device/--device rounds",
     )
     p.add_argument(
         "--prepare-processes",
@@ -94,12 +111,12 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
         "--worker-threads",
         type=int,
         default=0,
-        help="simulated device: the worker's Celery task threads (0: twice the batch)",
+        help="the worker's Celery task threads (0: twice the batch)",
     )
     p.add_argument(
         "--model-process",
         default="auto",
-        help="simulated device: the worker's model_process setting (auto, on, off); several, "
+        help="the worker's model_process setting (auto, on, off); several, "
         "comma-separated (off,on), run one after another and are reported side by side",
     )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -229,7 +246,7 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     from core.config import get_settings
 
     settings = get_settings()
-    if args.simulated_device:
+    if args.simulated_device or args.device:
         return _simulated_service_bench(args, settings)
     report = run_service_bench(
         checkpoint=args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir))),
@@ -249,13 +266,22 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
 
 
 def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
-    from bench.simulated import format_simulated_report, run_simulated_bench
+    from bench.simulated import Accelerator, format_simulated_report, run_simulated_bench
 
+    if args.simulated_device:
+        accelerator = Accelerator(simulated=args.simulated_device)
+    else:
+        from bench.engine import bench_checkpoint
+
+        checkpoint = args.checkpoint or str(bench_checkpoint(args.preset, Path(args.cache_dir)))
+        accelerator = Accelerator(
+            checkpoint=checkpoint, device=args.device, dtype=args.dtype, attention=args.attention
+        )
     reports = []
     for mode in args.model_process.split(","):  # one stack after another, in one run
         load_before = _load_average()
         report = run_simulated_bench(
-            device=args.simulated_device,
+            accelerator=accelerator,
             cache_dir=Path(args.cache_dir),
             database_url=args.database_url or settings.database_url,
             broker_url=args.broker_url or settings.broker_url,
@@ -268,6 +294,7 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
             prepare_processes=args.prepare_processes,
             model_process=mode,
             worker_threads=args.worker_threads,
+            embedded=args.embedded,
         )
         report["load_average"] = {"before": load_before, "after": _load_average()}
         print(format_simulated_report(report))  # noqa: T201 - the command's output

@@ -1,12 +1,18 @@
-"""`internvl-jobs bench service --simulated-device h100`: the service at device speed on a CPU.
+"""`internvl-jobs bench service --simulated-device h100 | --device cuda`: the service at device
+speed, per image size.
 
-Starts the API, a worker whose engine is worker.simulated_device's (the real prepare at
-InternVL3-1B's 448-px, max-12-tile settings; generation timed as on the device, sleeping), and
-the sweeper; submits distinct JPEG photos as caption jobs over HTTP and reports, per image
-size: jobs/s, the simulated device's busy fraction (its generate time over the wall time), and
-host CPU per job split by process. From those: the cores a host needs to keep one device busy,
-and the service's own overhead per job (its processes' CPU less the worker's preparing, which
-is measured in this process on the same pictures right after each round).
+Starts the API, a worker and the sweeper, submits distinct JPEG photos as caption jobs over
+HTTP and reports, per image size: jobs/s, how busy the device was, and host CPU per job split
+by process. From those: the cores a host needs to keep one device busy, and the service's own
+overhead per job (its processes' CPU less the worker's preparing, which is measured in this
+process on the same pictures right after each round, and less the model loop's thread).
+
+The worker's engine is either worker.simulated_device's (`--simulated-device`: the real
+prepare at InternVL3-1B's 448-px, max-12-tile settings, generation timed as on the device,
+sleeping) or the real one (`--device`: the preset's or checkpoint's weights on that device;
+on a GPU the bench also samples NVML's utilization). The stack is PostgreSQL, Redis and an S3
+server, or with `--embedded` the service's embedded defaults (a SQLite file, the filesystem
+broker, a local directory for objects), for a machine that has no servers, such as a lent GPU.
 """
 
 from __future__ import annotations
@@ -14,20 +20,38 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.gpu_meter import UtilizationMeter, nvml_reader
 from bench.prepare import photo_jpeg
 from bench.service import MOTO_CREDENTIALS, _stack_settings, through_service
 from bench.stack import Stack, service_processes
-from core.config import ModelSpec
+from core.config import ModelSpec, Settings
 from core.tiling import tile_count
 from devtools.harness import free_port, moto_server
 from devtools.tiny_model import PRESETS, build_processor, train_tokenizer
 
 HEARTBEAT_S = 0.5  # the worker's busy time is read from its heartbeat
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """What the worker generates on: a simulated device, or the real engine on a device."""
+
+    simulated: str = ""  # "h100": InternVL3-1B timed as on it (no weights)
+    checkpoint: str = ""  # the real engine: a checkpoint directory
+    device: str = "cpu"  # the real engine: cpu or cuda (the worker takes GPU 0)
+    dtype: str = "auto"
+    attention: str = "auto"
+
+    @property
+    def name(self) -> str:
+        """How the report names it."""
+        return f"simulated {self.simulated}" if self.simulated else f"{self.device} (real engine)"
 
 
 def processor_checkpoint(cache_dir: Path) -> Path:
@@ -40,7 +64,7 @@ def processor_checkpoint(cache_dir: Path) -> Path:
 
 def run_simulated_bench(
     *,
-    device: str,
+    accelerator: Accelerator,
     cache_dir: Path,
     database_url: str,
     broker_url: str,
@@ -53,47 +77,64 @@ def run_simulated_bench(
     prepare_processes: int = -1,
     model_process: str = "auto",
     worker_threads: int = 0,
+    embedded: bool = False,
 ) -> dict[str, Any]:
-    """One round per image size through the whole service with the simulated device."""
+    """One round per image size through the whole service on the accelerator."""
     from core.migrations import upgrade
 
     log_dir.mkdir(parents=True, exist_ok=True)
     spec = ModelSpec(
         alias="bench",
-        checkpoint=str(processor_checkpoint(cache_dir)),
+        checkpoint=accelerator.checkpoint or str(processor_checkpoint(cache_dir)),
         max_batch_size=max_batch_size,
+        dtype=accelerator.dtype,  # checked by ModelSpec
+        attn_implementation=accelerator.attention,
     )
-    upgrade(database_url)
     rows = []
     with ExitStack() as stack:
-        credentials = {} if s3_endpoint_url else MOTO_CREDENTIALS
+        credentials: dict[str, str] = {}
         s3_pid = None
-        if s3_endpoint_url is None:
-            s3_endpoint_url, s3_pid = stack.enter_context(moto_server(log_dir))
-        settings = _stack_settings(
-            spec, database_url, broker_url, s3_endpoint_url, log_dir, credentials
-        ).model_copy(
+        if embedded:
+            settings = _embedded_settings(spec, log_dir)
+        else:
+            credentials = {} if s3_endpoint_url else MOTO_CREDENTIALS
+            if s3_endpoint_url is None:
+                s3_endpoint_url, s3_pid = stack.enter_context(moto_server(log_dir))
+            settings = _stack_settings(
+                spec, database_url, broker_url, s3_endpoint_url, log_dir, credentials
+            )
+        settings = settings.model_copy(
             update={
-                "simulated_device": device,
+                "simulated_device": accelerator.simulated,
                 "heartbeat_s": HEARTBEAT_S,
                 "prepare_processes": prepare_processes,
                 "model_process": model_process,
                 "worker_threads": worker_threads,
             }
         )
+        upgrade(settings.database_url)
         running = stack.enter_context(
-            service_processes(settings, free_port(), log_dir, credentials, sweeper=True)
+            service_processes(
+                settings,
+                free_port(),
+                log_dir,
+                credentials,
+                sweeper=True,
+                devices="0" if accelerator.device == "cuda" else "cpu",
+            )
         )
         if s3_pid is not None:
             running.pids["s3"] = s3_pid
+        meter = UtilizationMeter(nvml_reader(0) if accelerator.device == "cuda" else None)
         through_service(running.base, [photo_jpeg(64, 48, seed=10**6)], 2)  # warm-up
         prepare_ms = prepare_meter(spec.checkpoint)
         for seed, (width, height) in enumerate(sizes):
             pictures = [photo_jpeg(width, height, seed=1000 * seed + i) for i in range(jobs)]
-            row = _round(running, pictures, (width, height), new_tokens)
+            row = _round(running, pictures, (width, height), new_tokens, meter)
             rows.append(_with_overhead(row, prepare_ms(pictures)))
     return {
-        "device": device,
+        "device": accelerator.name,
+        "stack": "embedded" if embedded else "servers",
         "jobs": jobs,
         "new_tokens": new_tokens,
         "prepare_processes": prepare_processes,
@@ -103,6 +144,21 @@ def run_simulated_bench(
     }
 
 
+def _embedded_settings(spec: ModelSpec, log_dir: Path) -> Settings:
+    """The service's embedded defaults under log_dir/data: SQLite, filesystem broker, files."""
+    return Settings(
+        _env_file=None,
+        environment="development",
+        auth_enabled=False,
+        data_dir=log_dir / "data",
+        database_url="",
+        broker_url="",
+        storage_url="",
+        models=[spec],
+        log_json=False,
+    )
+
+
 def _device_and_loop_s(base: str) -> tuple[float, float]:
     """The worker's device-busy seconds and its model loop's CPU seconds, from its heartbeat."""
     stats = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]["stats"]
@@ -110,11 +166,17 @@ def _device_and_loop_s(base: str) -> tuple[float, float]:
 
 
 def _round(
-    running: Stack, pictures: list[bytes], size: tuple[int, int], new_tokens: int
+    running: Stack,
+    pictures: list[bytes],
+    size: tuple[int, int],
+    new_tokens: int,
+    meter: UtilizationMeter,
 ) -> dict[str, Any]:
     time.sleep(2 * HEARTBEAT_S)
     (busy, loop), before = _device_and_loop_s(running.base), running.cpu_seconds()
+    meter.start()
     wall_s, jobs = through_service(running.base, pictures, new_tokens, client_threads=16)
+    utilization = meter.stop()
     after = running.cpu_seconds()
     time.sleep(2 * HEARTBEAT_S)  # the last batch's time reaches the heartbeat
     busy_after, loop_after = _device_and_loop_s(running.base)
@@ -128,7 +190,11 @@ def _round(
         "succeeded": sum(job["status"] == "succeeded" for job in jobs),
         "wall_s": round(wall_s, 2),
         "jobs_per_s": round(len(pictures) / wall_s, 2),
+        # The simulated device's generate time, or the real engine's model steps (host side,
+        # launches and waits included), over the wall time.
         "device_busy_fraction": round(busy_s / wall_s, 3),
+        # NVML's mean utilization.gpu over the round (real GPUs only; None elsewhere).
+        "gpu_utilization": None if utilization is None else round(utilization, 3),
         "device_ms_per_job": round(device_ms, 2),
         "host_cpu_ms_per_job": {role: round(ms, 1) for role, ms in cpu_ms.items()},
         "cores_per_device": round(host_ms / device_ms, 1) if device_ms else None,
@@ -179,23 +245,29 @@ def format_simulated_report(report: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     roles = list(report["rows"][0]["host_cpu_ms_per_job"]) if report["rows"] else []
     lines = [
-        f"simulated {report['device']}, {report['jobs']} caption jobs per size, "
+        f"{report['device']}, {report['stack']} stack, {report['jobs']} caption jobs per size, "
         f"{report['new_tokens']} new tokens, model process {report['model_process']}, "
         f"task threads {report['worker_threads'] or 'automatic'}; "
-        "host CPU ms per job (PostgreSQL, Redis not counted); "
+        "host CPU ms per job (PostgreSQL, Redis not counted); device busy: the engine's "
+        "generate time over the wall time; GPU: NVML's mean utilization; "
         "overhead: the service's processes (not s3) less the worker's preparing and the model "
         "loop's thread",
-        "| image | tiles | ok | jobs/s | device busy | device ms/job | "
+        "| image | tiles | ok | jobs/s | device busy | GPU | device ms/job | "
         + " | ".join(roles)
         + " | cores per device | of which preparing | of which model loop | overhead |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(roles) + "---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(roles) + "---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         cpu = " | ".join(str(row["host_cpu_ms_per_job"][role]) for role in roles)
         lines.append(
             f"| {row['size']} | {row['tiles']} | {row['succeeded']} | {row['jobs_per_s']} "
-            f"| {row['device_busy_fraction']:.1%} | {row['device_ms_per_job']} | {cpu} "
+            f"| {row['device_busy_fraction']:.1%} | {_percent(row['gpu_utilization'])} "
+            f"| {row['device_ms_per_job']} | {cpu} "
             f"| {row['cores_per_device']} | {row['prepare_ms_per_job']} "
             f"| {row['loop_ms_per_job']} | {row['overhead_ms_per_job']} |"
         )
     return "\n".join(lines)
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.1%}"

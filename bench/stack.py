@@ -94,14 +94,15 @@ def service_processes(
     extra_env: dict[str, str],
     *,
     sweeper: bool = False,
+    devices: str = "cpu",
 ) -> Iterator[Stack]:
-    """`internvl-jobs api`, `worker --devices cpu` (and `sweeper`) until the block ends."""
+    """`internvl-jobs api`, `worker --devices DEVICES` (and `sweeper`) until the block ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERNVL_JOBS_")}
     env.update(settings.as_env())
     env.update(extra_env)
     commands = {
         "api": ["api", "--host", "127.0.0.1", "--port", str(port)],
-        "worker": ["worker", "--devices", "cpu"],
+        "worker": ["worker", "--devices", devices],
     }
     if sweeper:
         commands["sweeper"] = ["sweeper"]
