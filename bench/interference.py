@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from bench.prepare import photo_jpeg
+from bench.photos import photo_jpeg
 from core.config import ModelSpec
 from core.prompts import build_conversation
 from core.specs import GenerationParams

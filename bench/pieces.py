@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from bench.prepare import photo_jpeg
+from bench.photos import photo_jpeg
 from bench.service import MOTO_CREDENTIALS
 from bench.stack import cpu_seconds
 from bench.submit import api_process, ensure_bucket

@@ -17,16 +17,14 @@ mean absolute difference from the processor's pixels after normalisation, for bo
 
 from __future__ import annotations
 
-import io
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
+from bench.photos import photo_jpeg
 from core.images import load_rgb
 from core.prompts import build_conversation
 from core.tiling import tile_count
@@ -35,18 +33,6 @@ from worker.device_tiles import ImagePixels, device_tiles, image_nbytes
 from worker.preparer import Preparer
 
 SIZES = ((640, 480), (1920, 1080), (4000, 3000))
-
-
-def photo_jpeg(width: int, height: int, seed: int = 0) -> bytes:
-    """A photo-like JPEG (smooth colour fields with grain, quality 90): noise alone codes badly."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
-    smooth = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
-    grain = rng.integers(-6, 7, (height, width, 3))
-    pixels = (np.asarray(smooth).astype(np.int16) + grain).clip(0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def _cpu_ms(run: Callable[[], Any], repeats: int) -> list[float]:

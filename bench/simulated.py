@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from bench.gpu_meter import UtilizationMeter, nvml_reader
-from bench.prepare import photo_jpeg
+from bench.photos import photo_jpeg, photos
 from bench.service import MOTO_CREDENTIALS, _stack_settings, through_service
 from bench.stack import Stack, service_processes
 from core.config import ModelSpec, Settings
@@ -129,7 +129,7 @@ def run_simulated_bench(
         through_service(running.base, [photo_jpeg(64, 48, seed=10**6)], 2)  # warm-up
         prepare_ms = prepare_meter(spec.checkpoint)
         for seed, (width, height) in enumerate(sizes):
-            pictures = [photo_jpeg(width, height, seed=1000 * seed + i) for i in range(jobs)]
+            pictures = photos(width, height, seeds=range(1000 * seed, 1000 * seed + jobs))
             row = _round(running, pictures, (width, height), new_tokens, meter)
             rows.append(_with_overhead(row, prepare_ms(pictures)))
     return {

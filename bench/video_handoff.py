@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from bench.prepare import photo_jpeg
+from bench.photos import photo_jpeg
 from bench.simulated import processor_checkpoint
 from core.config import ModelSpec
 from core.images import load_rgb
