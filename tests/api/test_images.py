@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import api.uploads
@@ -180,8 +184,6 @@ def test_a_failed_upload_keeps_bytes_another_tenant_recorded_meanwhile(
 
 
 def test_base64_with_and_without_line_breaks_decodes_and_anything_else_is_a_clear_422() -> None:
-    import base64
-
     from api.intake import decode_base64
     from core.errors import InvalidImage
 
@@ -195,3 +197,33 @@ def test_base64_with_and_without_line_breaks_decodes_and_anything_else_is_a_clea
             decode_base64(bad, index=2)
         assert caught.value.code == "invalid_base64"
         assert "image 2" in caught.value.detail
+
+
+# Characters a base64 field may hold, well-formed or not: the alphabet, padding, whitespace of
+# every kind the API strips, and a few that must be refused (URL-safe letters, non-ASCII).
+BASE64_ISH = st.text(
+    alphabet=st.sampled_from(list("AQgw+/09az=") + [" ", "\n", "\r", "\t", "\x0b", "-", "_", "é"]),
+    max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(BASE64_ISH, st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode())))
+def test_base64_is_accepted_and_refused_as_by_the_standard_library(text: str) -> None:
+    from api.intake import decode_base64
+    from core.errors import InvalidImage
+
+    def standard(candidate: str) -> bytes | None:
+        try:
+            return base64.b64decode(candidate, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+    expected = standard(text)
+    if expected is None:
+        expected = standard("".join(text.split()))
+    try:
+        decoded: bytes | None = decode_base64(text, index=0)
+    except InvalidImage:
+        decoded = None
+    assert decoded == expected
