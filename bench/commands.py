@@ -301,7 +301,8 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
         print(f"load average before {load_before}, after {_load_average()}")  # noqa: T201
         reports.append(report)
     _write_json(reports[0] if len(reports) == 1 else {"runs": reports}, args.json)
-    return 0
+    finished = all(row["succeeded"] == args.images for r in reports for row in r["rows"])
+    return 0 if finished else 1  # a job that did not succeed fails the run (scripts/gpu-bench)
 
 
 def _load_average() -> str:

@@ -17,6 +17,7 @@ broker, a local directory for objects), for a machine that has no servers, such 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -145,7 +146,9 @@ def run_simulated_bench(
 
 
 def _embedded_settings(spec: ModelSpec, log_dir: Path) -> Settings:
-    """The service's embedded defaults under log_dir/data: SQLite, filesystem broker, files."""
+    """The service's embedded defaults under log_dir/data, emptied first (no jobs or queued
+    messages of an earlier run): SQLite, the filesystem broker, local files."""
+    shutil.rmtree(log_dir / "data", ignore_errors=True)
     return Settings(
         _env_file=None,
         environment="development",
