@@ -156,7 +156,9 @@ def _duration_s(box: Any, stream: Any) -> float:
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
     elif box.duration is not None:
-        duration = box.duration / 1_000_000  # PyAV's AV_TIME_BASE: container times are in µs
+        import av  # loaded already: the box was opened with it
+
+        duration = box.duration / av.time_base
     else:
         duration = 0.0
     if not duration > 0 or math.isinf(duration):
