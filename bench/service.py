@@ -208,6 +208,27 @@ def _stack_settings(
         region_name=credentials.get("AWS_DEFAULT_REGION"),
     )
     s3.create_bucket(Bucket=bucket)
+    return bench_settings(
+        spec,
+        log_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        storage_url=f"s3://{bucket}/bench",
+        s3_endpoint_url=endpoint,
+    )
+
+
+def bench_settings(
+    spec: ModelSpec,
+    log_dir: Path,
+    *,
+    database_url: str,
+    broker_url: str,
+    storage_url: str,
+    s3_endpoint_url: str | None = None,
+) -> Settings:
+    """A bench's service settings: only `spec`, no .env file, no auth, plain-text logs, data
+    under log_dir/data; the database, broker and storage given (empty: the embedded ones)."""
     return Settings(
         _env_file=None,
         environment="development",
@@ -215,8 +236,8 @@ def _stack_settings(
         data_dir=log_dir / "data",
         database_url=database_url,
         broker_url=broker_url,
-        storage_url=f"s3://{bucket}/bench",
-        s3_endpoint_url=endpoint,
+        storage_url=storage_url,
+        s3_endpoint_url=s3_endpoint_url,
         models=[spec],
         log_json=False,
     )

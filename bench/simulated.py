@@ -29,7 +29,7 @@ import httpx
 
 from bench.gpu_meter import UtilizationMeter, nvml_reader
 from bench.photos import photo_jpeg, photos
-from bench.service import MOTO_CREDENTIALS, _stack_settings, through_service
+from bench.service import MOTO_CREDENTIALS, _stack_settings, bench_settings, through_service
 from bench.stack import Stack, service_processes
 from core.config import ModelSpec, Settings
 from core.tiling import tile_count
@@ -149,17 +149,7 @@ def _embedded_settings(spec: ModelSpec, log_dir: Path) -> Settings:
     """The service's embedded defaults under log_dir/data, emptied first (no jobs or queued
     messages of an earlier run): SQLite, the filesystem broker, local files."""
     shutil.rmtree(log_dir / "data", ignore_errors=True)
-    return Settings(
-        _env_file=None,
-        environment="development",
-        auth_enabled=False,
-        data_dir=log_dir / "data",
-        database_url="",
-        broker_url="",
-        storage_url="",
-        models=[spec],
-        log_json=False,
-    )
+    return bench_settings(spec, log_dir, database_url="", broker_url="", storage_url="")
 
 
 def _device_and_loop_s(base: str) -> tuple[float, float]:
