@@ -154,9 +154,10 @@ class ModelSpec(BaseModel):
         0,
         ge=0,
         le=65_536,
-        description="On a GPU, continuous batching: MiB of pinned host memory (and as much "
-        "device memory) for copying the next group's pixels to the device on a side stream "
-        "while the current step runs; 0: off (copied when the prefill starts). Not used on "
+        description="On a GPU: MiB of pinned host memory (and as much device memory) for "
+        "copying the next group's pixels to the device on a side stream while the current step "
+        "runs (continuous batching), or the next batch's while the current batch generates "
+        "(static batching, beam search); 0: off (copied when the prefill starts). Not used on "
         "a CPU.",
     )
     image_resize: Literal["auto", "device", "host"] = Field(

@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import PermanentJobError
 from worker.engine import Generation, PreparedJob
+
+if TYPE_CHECKING:
+    from worker.staging import Stager
 
 log = logging.getLogger("worker.batcher")
 
@@ -154,6 +157,11 @@ class Batcher:
     A batch starts when it is full (max_batch_size jobs, or max_batch_tiles tiles), when its
     oldest job has waited max_wait_ms, or as soon as no job has arrived for gap_ms and none
     that a task thread announced is still being prepared.
+
+    With a stager (a GPU, `stage_pixels_mb`), as a batch starts the pixels of the batch that
+    would follow it (the compatible jobs waiting then) are copied to the device on the side
+    stream while it generates (worker.staging); jobs that arrive during it are copied when
+    their own batch starts.
     """
 
     def __init__(
@@ -165,6 +173,7 @@ class Batcher:
         max_batch_tiles: int,
         gap_ms: int | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        stager: Stager | None = None,
     ) -> None:
         self._generate = generate
         self.max_batch_size = max_batch_size
@@ -181,6 +190,7 @@ class Batcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="model", daemon=True)
         self.stats = BatchStats()
+        self.stager = stager  # copies the next batch's pixels to the device ahead (a GPU)
 
     def start(self) -> None:
         """Start the model thread."""
@@ -237,9 +247,11 @@ class Batcher:
         while True:
             batch = self._next_batch()
             if batch is None:
-                return
+                break
             self._execute(batch)
             del batch  # not kept while waiting: a finished job's pixels go (a prepare slot)
+        if self.stager is not None:
+            self.stager.drop()
 
     def _next_batch(self) -> list[_Waiting] | None:
         with self._cond:
@@ -291,17 +303,22 @@ class Batcher:
         for item in live:
             self.stats.record_wait(now - item.arrived)
         if live:
-            self._run_batch(live)
+            jobs = self._on_device([item.job for item in live])
+            self._stage_next()  # the next batch's copies run beside this one's generate
+            self._run_batch(live, jobs)
 
-    def _run_batch(self, batch: list[_Waiting]) -> None:
+    def _run_batch(self, batch: list[_Waiting], jobs: list[PreparedJob] | None = None) -> None:
+        """Generate for `batch`; `jobs` are its jobs as the model gets them (their pixels
+        perhaps already on the device), the items' own by default."""
+        jobs = jobs or [item.job for item in batch]
         started = time.monotonic()
         try:
             self.stats.running_since = time.time()  # what the stuck-generation watchdog reads
             self.stats.generating_since = self.stats.running_since
-            results = self._generate([item.job for item in batch])
+            results = self._generate(jobs)
         except Exception as exc:  # noqa: BLE001 - every failure is handed to the jobs' futures
             self.stats.running_since = self.stats.generating_since = None
-            self._recover(batch, exc)
+            self._recover(batch, jobs, exc)
             return
         self.stats.running_since = self.stats.generating_since = None
         elapsed = time.monotonic() - started
@@ -309,7 +326,9 @@ class Batcher:
         for item, result in zip(batch, results, strict=True):
             item.future.set_result(result)
 
-    def _recover(self, batch: list[_Waiting], exc: Exception) -> None:
+    def _recover(self, batch: list[_Waiting], jobs: list[PreparedJob], exc: Exception) -> None:
+        if is_out_of_memory(exc) and self.stager is not None:
+            self.stager.drop()  # the next batch's staged pixels: copied again when it starts
         if len(batch) == 1:
             item = batch[0]
             if is_out_of_memory(exc):
@@ -324,9 +343,45 @@ class Batcher:
         else:
             log.warning("batch of %d failed (%s); running its jobs one by one", len(batch), exc)
         half = len(batch) // 2 if is_out_of_memory(exc) else 1
-        parts = [batch[:half], batch[half:]] if half > 1 else [[item] for item in batch]
-        for part in parts:
-            self._run_batch(part)
+        cuts = (
+            [(0, half), (half, len(batch))] if half > 1 else [(i, i + 1) for i in range(len(batch))]
+        )
+        for start, end in cuts:
+            self._run_batch(batch[start:end], jobs[start:end])
+
+    # -- staging (a GPU's copies ahead of the model: worker.staging) ---------------------------
+
+    def _on_device(self, jobs: list[PreparedJob]) -> list[PreparedJob]:
+        """The jobs with their pixels on the device, staged or copied now; as they are without
+        a stager, or when the copies fail: the model then copies them itself, where running
+        out of memory is handled as for any batch."""
+        if self.stager is None:
+            return jobs
+        try:
+            return self.stager.take(jobs)
+        except Exception:  # noqa: BLE001 - staging saves time only
+            log.warning("copying a batch's pixels to the device failed", exc_info=True)
+            self.stager.drop()
+            return jobs
+
+    def _stage_next(self) -> None:
+        """Start copying the pixels of the batch expected to start next (worker.staging)."""
+        if self.stager is None:
+            return
+        with self._cond:
+            jobs = self._expected_group()
+        try:
+            self.stager.stage(jobs)
+        except Exception:  # noqa: BLE001 - staging saves time only: a batch copies what it lacks
+            log.warning("staging the next batch's pixels failed", exc_info=True)
+            self.stager.drop()
+
+    def _expected_group(self) -> list[PreparedJob]:
+        """The jobs of the batch that would start next if it started now (under the lock);
+        canceled jobs left out."""
+        if not self._waiting:
+            return []
+        return [item.job for item in self._compatible() if not item.future.cancelled()]
 
     def _record(self, batch: list[_Waiting], results: list[Generation], elapsed: float) -> None:
         stats = self.stats

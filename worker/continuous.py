@@ -95,11 +95,11 @@ class ContinuousBatcher(Batcher):
             max_wait_ms=max_wait_ms,
             max_batch_tiles=max_batch_tiles,
             gap_ms=gap_ms,
+            stager=stager,  # copies the next group's pixels to the device ahead (a GPU)
         )
         self.engine = engine
         self.stats.scheduler = "continuous"
         self.running = RunningRows(engine)  # the rows decoding, and the group prefilling
-        self.stager = stager  # copies the next group's pixels to the device ahead (a GPU)
 
     @property
     def max_batch_size(self) -> int:
@@ -263,31 +263,6 @@ class ContinuousBatcher(Batcher):
         self._stage_next()  # while the step computes, before its tokens are read below
         self.running.decoded(logits)
         self.running.leave(self.stats)
-
-    def _on_device(self, jobs: list[PreparedJob]) -> list[PreparedJob]:
-        """The jobs with their pixels on the device, staged or copied now; as they are without
-        a stager, or when the copies fail: the prefill then copies them itself, where running
-        out of memory is handled as for any prefill."""
-        if self.stager is None:
-            return jobs
-        try:
-            return self.stager.take(jobs)
-        except Exception:  # noqa: BLE001 - staging saves time only
-            log.warning("copying a group's pixels to the device failed", exc_info=True)
-            self.stager.drop()
-            return jobs
-
-    def _stage_next(self) -> None:
-        """Start copying the pixels of the group expected to join next (worker.staging)."""
-        if self.stager is None:
-            return
-        with self._cond:
-            jobs = self._expected_group()
-        try:
-            self.stager.stage(jobs)
-        except Exception:  # noqa: BLE001 - staging saves time only: a prefill copies what it lacks
-            log.warning("staging the next group's pixels failed", exc_info=True)
-            self.stager.drop()
 
     def _expected_group(self) -> list[PreparedJob]:
         """The jobs admission would choose after the step being computed: beside the rows that

@@ -24,6 +24,7 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
             max_wait_ms=spec.max_batch_wait_ms,
             max_batch_tiles=spec.max_batch_tiles,
             gap_ms=spec.batch_gap_ms,
+            stager=make_stager(engine.device, spec.stage_pixels_mb),
         )
     return ContinuousBatcher(
         engine,

@@ -2,7 +2,7 @@
 
 Without it a joining group's pixels go to the device when its prefill starts, one image at a
 time, on the compute stream, from pageable memory: on a GPU each copy then holds up the model
-thread and the device alike. With a `Stager` (a continuous batcher on a GPU, `stage_pixels_mb`):
+thread and the device alike. With a `Stager` (a batcher on a GPU, `stage_pixels_mb`):
 
 - while a decode step runs on the device, the batcher names the jobs it expects to join next
   (admission's group, as if the batch stayed as it is) and `stage` starts their copies: each
@@ -12,6 +12,10 @@ thread and the device alike. With a `Stager` (a continuous batcher on a GPU, `st
 - the prefill `take`s its jobs: those staged come with their pixels on the device, the compute
   stream waiting on the copies' event (on the device; the host does not wait); the others are
   copied then, by the same path.
+
+The static batcher (worker.batcher, beam search included) calls the same two: as a batch
+starts it `take`s the batch's jobs, then `stage`s the batch that would follow, whose copies run
+while `generate` computes.
 
 A job is staged as an object, not by its id, and a staged copy is used only by the prefill of
 that very job, so a job prepared again is copied again. What `stage` staged and the next call

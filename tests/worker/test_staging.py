@@ -9,12 +9,13 @@ model and compare every job with the same job run alone without staging.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 import pytest
 import torch
 
+from core.config import ModelSpec
 from core.specs import GenerationParams
 from tests.support.staging import DeferredCopies
 from tests.support.worker import vqa
@@ -374,3 +375,114 @@ def test_the_memory_staged_pixels_may_hold_is_kept_out_of_the_cache_budget(
     ).admission.kv_budget
     assert alone_budget == 2**29 // per_token
     assert staged == (2**29 - 64 * 2**20) // per_token
+
+
+class Recording:
+    """The engine's generate, noting for each batch the jobs it got and the copies issued by
+    then; refusing batches above `max_jobs` like a full GPU."""
+
+    def __init__(self, engine: InternVLEngine, copies: DeferredCopies, max_jobs: int = 99):
+        self.engine = engine
+        self.copies = copies
+        self.max_jobs = max_jobs
+        self.batches: list[tuple[list[PreparedJob], int]] = []
+
+    def generate(self, jobs: Sequence[PreparedJob]) -> list[Generation]:
+        self.batches.append((list(jobs), self.copies.copies_issued))
+        if len(jobs) > self.max_jobs:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.engine.generate(jobs)
+
+
+def static(
+    generate: Callable[[Sequence[PreparedJob]], list[Generation]], stager: Stager
+) -> Batcher:
+    return Batcher(generate, max_batch_size=2, max_wait_ms=0, max_batch_tiles=1000, stager=stager)
+
+
+def test_the_static_batcher_stages_the_next_batch_while_one_generates(
+    engine: InternVLEngine,
+) -> None:
+    jobs = [vqa(engine, i, GenerationParams(max_new_tokens=5), f"j{i}") for i in range(5)]
+    copies = DeferredCopies(lag=None)  # a copy lands only when the model's stream waits on it
+    stager = Stager(copies, limit_bytes=64 * 2**20)
+    device = Recording(engine, copies)
+    b = static(device.generate, stager)
+    futures = [b.submit(job) for job in jobs]  # all waiting: batches j0 j1, j2 j3, j4
+    b.start()
+    for job, future in zip(jobs, futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    assert [[job.job_id for job in batch] for batch, _ in device.batches] == [
+        ["j0", "j1"],
+        ["j2", "j3"],
+        ["j4"],
+    ]
+    # the first batch is copied as it starts; each later one was staged before the batch in
+    # front of it generated (its copies issued by then), and the model got those copies
+    assert [issued for _, issued in device.batches] == [4, 5, 5]
+    assert (stager.stats.staged, stager.stats.used, stager.stats.copied_at_prefill) == (3, 3, 2)
+    for batch, _ in device.batches:
+        for got in batch:
+            submitted = jobs[int(got.job_id[1:])]
+            assert got is not submitted  # the job with its pixels "on the device"
+            assert len(got.pixels) == len(submitted.pixels) == 1
+            assert torch.equal(got.pixels[0], submitted.pixels[0])  # type: ignore[arg-type]
+    assert stager.staged_jobs() == []
+
+
+def test_out_of_memory_in_a_static_batch_drops_what_was_staged_and_splits_on_the_copies(
+    engine: InternVLEngine,
+) -> None:
+    jobs = [vqa(engine, i, GenerationParams(max_new_tokens=4), f"j{i}") for i in range(4)]
+    copies = DeferredCopies(lag=None)
+    stager = Stager(copies, limit_bytes=64 * 2**20)
+    device = Recording(engine, copies, max_jobs=1)
+    b = static(device.generate, stager)
+    futures = [b.submit(job) for job in jobs]
+    b.start()
+    for job, future in zip(jobs, futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    # j2 j3 were staged during j0 j1's attempt and dropped by its out of memory (the device
+    # memory it may free), then copied as their own batch started; the halves of a split batch
+    # run on the copies already made: no copy after a batch starts
+    assert (stager.stats.staged, stager.stats.dropped, stager.stats.used) == (2, 2, 0)
+    assert stager.stats.copied_at_prefill == 4
+    assert [issued for _, issued in device.batches] == [4, 4, 4, 6, 6, 6]
+
+
+def test_the_group_behind_a_beam_search_job_is_staged_while_it_runs(
+    engine: InternVLEngine,
+) -> None:
+    beams = vqa(engine, 3, GenerationParams(max_new_tokens=6, num_beams=2), "beams")
+    greedy = [vqa(engine, i, GenerationParams(max_new_tokens=5), f"g{i}") for i in (4, 5)]
+    stager = Stager(DeferredCopies(lag=None), limit_bytes=64 * 2**20)
+    b = batcher(engine)
+    b.stager = stager
+    futures = [b.submit(beams), *(b.submit(job) for job in greedy)]
+    b.start()
+    for job, future in zip([beams, *greedy], futures, strict=True):
+        assert future.result(timeout=120) == alone(engine, job)
+    b.stop()
+    # the beam job, alone on the static path, is copied as it starts; the greedy group that
+    # joins once it is done was staged meanwhile
+    assert (stager.stats.staged, stager.stats.used, stager.stats.copied_at_prefill) == (2, 2, 1)
+
+
+def test_a_static_batcher_gets_the_stager_its_registry_entry_asks_for(
+    engine: InternVLEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import schedulers
+
+    made: list[tuple[str, int]] = []
+
+    def make(device: torch.device, stage_pixels_mb: int) -> Stager:
+        made.append((device.type, stage_pixels_mb))
+        return Stager(DeferredCopies(), limit_bytes=stage_pixels_mb * 2**20)
+
+    monkeypatch.setattr(schedulers, "make_stager", make)
+    spec = ModelSpec(**{**engine.spec.model_dump(), "scheduler": "static", "stage_pixels_mb": 32})
+    b = schedulers.make_batcher(engine, spec)
+    assert type(b) is Batcher and b.stager is not None
+    assert b.stager.limit_bytes == 32 * 2**20 and made == [("cpu", 32)]
