@@ -8,13 +8,18 @@ uint8 tiles (7.5 MiB a job at 448 px) and as 640x480 pictures the device resizes
 Arrivals are counted in steps, not seconds (`--max-batch-size` jobs at once, then one more
 after every step), so both runs see the same groups and their steps compare one to one.
 
+The static batcher (worker/batcher.py: `scheduler: static`, and the path beam search takes)
+runs them too, all submitted at once: batches of `--max-batch-size`, each later batch staged
+as the one in front of it starts generating.
+
 Figures: seconds, steps, host milliseconds per step with a prefill and per decode-only step;
 on a GPU also the compute stream's milliseconds per prefill chunk and per decode step (CUDA
-events around each model call), and for the staged run the copies on the side stream (count,
-MiB, milliseconds, GB/s) and their overlap: the share of the copies' time during which the
-compute stream was inside a prefill chunk or a decode step. Greedy outputs of the two runs are
-compared job by job. On a CPU there is no pinned memory: the staged run copies through plain
-memory (worker.copies.HostCopies), so only the outputs and the bookkeeping mean anything.
+events around each model call; for the static batcher around each `generate`), and for the
+staged run the copies on the side stream (count, MiB, milliseconds, GB/s) and their overlap:
+the share of the copies' time during which the compute stream was inside a model call. Greedy
+outputs of the two runs of each batcher are compared job by job. On a CPU there is no pinned
+memory: the staged run copies through plain memory (worker.copies.HostCopies), so only the
+outputs and the bookkeeping mean anything.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 from bench.engine import bench_images, device_name, load_bench_engine
 from core.prompts import build_conversation
 from core.specs import GenerationParams
+from worker.batcher import Batcher
 from worker.continuous import ContinuousBatcher
 from worker.copies import Copies, CudaCopies, HostCopies, Ready
 from worker.decode import Prefill, RunningBatch
@@ -80,15 +86,22 @@ class TimedBatcher(ContinuousBatcher):
         return self._timed("decode", lambda: call(batch))
 
     def _timed(self, kind: str, call: Callable[[], Any]) -> Any:
-        if self.engine.device.type != "cuda":
-            return call()
-        stream = torch.cuda.current_stream(self.engine.device)
-        start, end = _event(), _event()
-        start.record(stream)
-        result = call()
-        end.record(stream)
-        self.spans.setdefault(kind, []).append((start, end))
-        return result
+        return timed(self.engine.device, self.spans, kind, call)
+
+
+def timed(
+    device: torch.device, spans: dict[str, list[Span]], kind: str, call: Callable[[], Any]
+) -> Any:
+    """call(), bracketed by events on the compute stream (on a GPU) noted under `kind`."""
+    if device.type != "cuda":
+        return call()
+    stream = torch.cuda.current_stream(device)
+    start, end = _event(), _event()
+    start.record(stream)
+    result = call()
+    end.record(stream)
+    spans.setdefault(kind, []).append((start, end))
+    return result
 
 
 def _event() -> Any:
@@ -108,15 +121,23 @@ def photo_jobs(engine: InternVLEngine, count: int, new_tokens: int) -> list[Prep
 
 
 def run_once(
-    engine: InternVLEngine, jobs: list[PreparedJob], *, staged: bool, stage_mb: int
+    engine: InternVLEngine,
+    jobs: list[PreparedJob],
+    *,
+    staged: bool,
+    stage_mb: int,
+    scheduler: str = "continuous",
 ) -> tuple[list[Generation], dict[str, Any]]:
-    """The jobs through a continuous batcher, `max_batch_size` at once then one per step."""
-    spec = engine.spec
+    """The jobs through a continuous batcher, `max_batch_size` at once then one per step, or
+    all at once through the static one."""
     copies: Copies | None = None
     if staged:
         cuda = engine.device.type == "cuda"
         copies = TimedCopies(CudaCopies(engine.device)) if cuda else HostCopies()
     stager = Stager(copies, limit_bytes=stage_mb * 2**20) if copies is not None else None
+    if scheduler == "static":
+        return _run_static(engine, jobs, stager, copies)
+    spec = engine.spec
     batcher = TimedBatcher(
         engine,
         max_batch_size=spec.max_batch_size,
@@ -139,12 +160,7 @@ def run_once(
             submitted.set()
 
     batcher.on_step = on_step
-    origin = None
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
-        torch.cuda.reset_peak_memory_stats(engine.device)
-        origin = _event()
-        origin.record(torch.cuda.current_stream(engine.device))
+    origin = _origin(engine)
     if first == len(jobs):
         submitted.set()
     batcher.start()
@@ -157,6 +173,50 @@ def run_once(
         torch.cuda.synchronize(engine.device)
         figures.update(_device_figures(engine, batcher.spans, copies, origin))
     return results, figures
+
+
+def _run_static(
+    engine: InternVLEngine, jobs: list[PreparedJob], stager: Stager | None, copies: Copies | None
+) -> tuple[list[Generation], dict[str, Any]]:
+    """The jobs through the static batcher, all submitted before it starts."""
+    spec = engine.spec
+    spans: dict[str, list[Span]] = {}
+    batches: list[float] = []
+    batcher = Batcher(
+        lambda group: timed(engine.device, spans, "generate", lambda: engine.generate(group)),
+        max_batch_size=spec.max_batch_size,
+        max_wait_ms=spec.max_batch_wait_ms,
+        max_batch_tiles=spec.max_batch_tiles,
+        gap_ms=0,
+        on_batch=lambda size, seconds: batches.append(seconds),
+        stager=stager,
+    )
+    futures = [batcher.submit(job) for job in jobs]
+    origin = _origin(engine)
+    batcher.start()
+    results = [future.result() for future in futures]
+    batcher.stop()
+    figures: dict[str, Any] = {
+        "seconds": round(sum(batches), 3),
+        "steps": len(batches),
+        "generate_ms": _mean([seconds * 1000 for seconds in batches]),
+        "staging": asdict(stager.stats) if stager is not None else None,
+    }
+    if origin is not None:
+        torch.cuda.synchronize(engine.device)
+        figures.update(_device_figures(engine, spans, copies, origin))
+    return results, figures
+
+
+def _origin(engine: InternVLEngine) -> Any:
+    """On a GPU, an event recorded now on the compute stream (peak memory reset): time zero."""
+    if engine.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(engine.device)
+    torch.cuda.reset_peak_memory_stats(engine.device)
+    origin = _event()
+    origin.record(torch.cuda.current_stream(engine.device))
+    return origin
 
 
 def _step_figures(steps: list[tuple[float, bool]]) -> dict[str, Any]:
@@ -178,6 +238,7 @@ def _device_figures(
     figures: dict[str, Any] = {
         "gpu_prefill_chunk_ms": _mean([s.elapsed_time(e) for s, e in spans.get("prefill", [])]),
         "gpu_decode_step_ms": _mean([s.elapsed_time(e) for s, e in spans.get("decode", [])]),
+        "gpu_generate_ms": _mean([s.elapsed_time(e) for s, e in spans.get("generate", [])]),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated(engine.device) / 2**20, 1),
     }
     if not isinstance(copies, TimedCopies) or not copies.spans:
@@ -222,21 +283,29 @@ def _mean(values: list[float]) -> float | None:
 def compare_staging(
     engine: InternVLEngine, *, jobs: int, new_tokens: int, stage_mb: int, repeats: int = 1
 ) -> dict[str, Any]:
-    """Copied against staged on both workloads, `repeats` times (order swapped every other)."""
+    """Copied against staged on both workloads and both batchers, `repeats` times (order
+    swapped every other)."""
     report: dict[str, Any] = {"runs": [], "identical": {}, "stage_mb": stage_mb}
     for workload, on_device in (("tiles", False), ("pictures", True)):
         engine.resize_on_device = on_device
         prepared = photo_jobs(engine, jobs, new_tokens)
-        for staged in (False, True):  # warm-up: kernels, allocator, pinned buffers
-            run_once(engine, prepared[:4], staged=staged, stage_mb=stage_mb)
-        texts: list[list[str]] = []
-        for repeat in range(repeats):
-            for staged in (False, True) if repeat % 2 == 0 else (True, False):
-                results, figures = run_once(engine, prepared, staged=staged, stage_mb=stage_mb)
-                mode = "staged" if staged else "copied"
-                report["runs"].append({"workload": workload, "mode": mode, **figures})
-                texts.append([result.text for result in results])
-        report["identical"][workload] = all(out == texts[0] for out in texts)
+        for scheduler in ("continuous", "static"):
+            for staged in (False, True):  # warm-up: kernels, allocator, pinned buffers
+                run_once(
+                    engine, prepared[:4], staged=staged, stage_mb=stage_mb, scheduler=scheduler
+                )
+            texts: list[list[str]] = []
+            for repeat in range(repeats):
+                for staged in (False, True) if repeat % 2 == 0 else (True, False):
+                    results, figures = run_once(
+                        engine, prepared, staged=staged, stage_mb=stage_mb, scheduler=scheduler
+                    )
+                    mode = "staged" if staged else "copied"
+                    run = {"workload": workload, "scheduler": scheduler, "mode": mode}
+                    report["runs"].append({**run, **figures})
+                    texts.append([result.text for result in results])
+            key = workload if scheduler == "continuous" else f"{workload}, static"
+            report["identical"][key] = all(out == texts[0] for out in texts)
     return report
 
 
@@ -278,6 +347,7 @@ def format_staging(report: dict[str, Any]) -> str:
     """The figures as a plain-text table."""
     columns = (
         ("workload", 9, "workload"),
+        ("scheduler", 10, "batcher"),
         ("mode", 7, "mode"),
         ("seconds", 8, "seconds"),
         ("steps", 6, "steps"),
@@ -285,6 +355,8 @@ def format_staging(report: dict[str, Any]) -> str:
         ("decode_step_ms", 8, "dec ms"),
         ("gpu_prefill_chunk_ms", 9, "gpu pf"),
         ("gpu_decode_step_ms", 8, "gpu dec"),
+        ("generate_ms", 8, "gen ms"),
+        ("gpu_generate_ms", 8, "gpu gen"),
         ("copy_mib", 8, "copy MiB"),
         ("copy_ms", 8, "copy ms"),
         ("copy_gb_per_s", 6, "GB/s"),

@@ -94,17 +94,27 @@ def test_staging_comparison_runs_copied_and_staged_on_both_workloads(tmp_path: P
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(report.read_text())
-    runs = [(run["workload"], run["mode"]) for run in figures["runs"]]
-    assert runs == [("tiles", "copied"), ("tiles", "staged")] + [
-        ("pictures", "copied"),
-        ("pictures", "staged"),
+    runs = [(run["workload"], run["scheduler"], run["mode"]) for run in figures["runs"]]
+    assert runs == [
+        (workload, scheduler, mode)
+        for workload in ("tiles", "pictures")
+        for scheduler in ("continuous", "static")
+        for mode in ("copied", "staged")
     ]
-    assert figures["identical"] == {"tiles": True, "pictures": True}
+    assert figures["identical"] == {
+        "tiles": True,
+        "tiles, static": True,
+        "pictures": True,
+        "pictures, static": True,
+    }
     for copied, staged in zip(figures["runs"][::2], figures["runs"][1::2], strict=True):
         assert copied["staging"] is None and copied["steps"] == staged["steps"] > 0
         counts = staged["staging"]
         assert counts["used"] > 0 and counts["used"] + counts["copied_at_prefill"] == 6
+        if staged["scheduler"] == "static":  # batches of 3: the second staged during the first
+            assert (staged["steps"], counts["used"], counts["copied_at_prefill"]) == (2, 3, 3)
     assert "greedy outputs of copied and staged, pictures: identical" in result.stdout
+    assert "greedy outputs of copied and staged, pictures, static: identical" in result.stdout
 
 
 def test_copy_overlap_counts_only_the_time_inside_compute() -> None:
