@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from core.db import transaction
-from core.job_telemetry import install_job_telemetry
 from core.jobs import claim_job, complete_job, release_job
 from core.models import Job, JobEvent
 from core.storage import ObjectStorage, image_key, store_once
@@ -53,39 +50,6 @@ def test_caption_job_succeeds_with_text_and_usage(
     assert done.usage["queue_s"] >= 0 and done.usage["inference_s"] > 0
     assert done.started_at and done.finished_at and done.attempts == 1
     assert events(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
-
-
-def test_a_finished_job_is_logged_once_by_its_event_and_a_superseded_one_by_the_worker(
-    worker_runtime: Any,
-    sessions: Any,
-    storage: ObjectStorage,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    install_job_telemetry()  # as the worker process does: job events become log lines
-    done = queue_job(
-        sessions, storage, worker_runtime.spec, [photo()], params={"max_new_tokens": 2}
-    )
-    lost = queue_job(
-        sessions, storage, worker_runtime.spec, [photo()], params={"max_new_tokens": 2}
-    )
-    original = worker_runtime._outcomes
-
-    def fenced() -> Any:  # the attempt lost its lease while it generated
-        writer = original()
-        writer.write = lambda statement: None
-        return writer
-
-    with caplog.at_level(logging.INFO):
-        assert worker_runtime.run_job(done.id) == "succeeded"
-        monkeypatch.setattr(worker_runtime, "_outcomes", fenced)
-        assert worker_runtime.run_job(lost.id) == "superseded"
-
-    def lines(job_id: str) -> list[str]:
-        return [r.getMessage() for r in caplog.records if job_id in r.getMessage()]
-
-    assert lines(done.id) == [f"job.running {done.id}", f"job.succeeded {done.id}"]
-    assert lines(lost.id) == [f"job.running {lost.id}", f"job {lost.id} superseded (attempt 1)"]
 
 
 def test_vqa_job_answers(worker_runtime: Any, sessions: Any, storage: ObjectStorage) -> None:
