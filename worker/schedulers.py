@@ -17,6 +17,7 @@ from worker.staging import make_stager
 
 def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
     """The batcher a model's registry entry asks for: continuous (default) or static."""
+    stager = make_stager(engine.device, spec.stage_pixels_mb)  # both copy ahead on a GPU
     if spec.scheduler == "static" or not engine.steps_rows:
         return Batcher(
             engine.generate,
@@ -24,7 +25,7 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
             max_wait_ms=spec.max_batch_wait_ms,
             max_batch_tiles=spec.max_batch_tiles,
             gap_ms=spec.batch_gap_ms,
-            stager=make_stager(engine.device, spec.stage_pixels_mb),
+            stager=stager,
         )
     return ContinuousBatcher(
         engine,
@@ -40,5 +41,5 @@ def make_batcher(engine: InternVLEngine, spec: ModelSpec) -> Batcher:
         overtake_max_ms=spec.join_overtake_max_ms,
         recover_steps=spec.kv_budget_recover_steps,
         recover_factor=spec.kv_budget_recover_factor,
-        stager=make_stager(engine.device, spec.stage_pixels_mb),
+        stager=stager,
     )
