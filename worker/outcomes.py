@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import ModelSpec, Settings
-from core.db import transaction, utcnow
+from core.db import utcnow
 from core.dispatch import publish_or_defer
 from core.errors import ServiceError
 from core.jobs import cancel_job, complete_job, fail_job, release_job
@@ -33,6 +33,7 @@ from core.models import Job
 from core.retry import is_transient, retry_transient
 from worker.claims import Held
 from worker.engine import Generation
+from worker.group_commit import GroupCommitter
 
 log = logging.getLogger("worker.outcomes")
 
@@ -51,10 +52,13 @@ class OutcomeWriter:
         sessions: sessionmaker[Session],
         celery: Celery | None,
         write_deadline_s: float = RESULT_WRITE_DEADLINE_S,
+        commits: GroupCommitter | None = None,
     ) -> None:
         self.settings = settings
         self.spec = spec
         self.sessions = sessions
+        # The worker's task threads share one, so outcomes written together commit together.
+        self.commits = commits or GroupCommitter(sessions)
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
         self.write_deadline_s = write_deadline_s
 
@@ -140,13 +144,11 @@ class OutcomeWriter:
 
     def write(self, change: Callable[[Session], Any]) -> Any:
         """Apply a fenced state change, retrying while the database is unreachable."""
-
-        def attempt() -> Any:
-            with transaction(self.sessions) as session:
-                return change(session)
-
-        deadline_s = self.write_deadline_s
-        return retry_transient(attempt, what="writing a job result", deadline_s=deadline_s)
+        return retry_transient(
+            lambda: self.commits.run(change),
+            what="writing a job result",
+            deadline_s=self.write_deadline_s,
+        )
 
 
 def permanent_code(exc: Exception) -> tuple[str, str] | None:

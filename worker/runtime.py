@@ -22,7 +22,7 @@ from celery.exceptions import Reject
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import ModelSpec, Settings
-from core.db import transaction, utcnow
+from core.db import utcnow
 from core.jobs import claim_job
 from core.leases import LeaseCheck
 from core.models import Job
@@ -34,6 +34,7 @@ from worker.batcher import Batcher
 from worker.claims import Held, WorkerDraining
 from worker.engine import Generation, InternVLEngine
 from worker.gathering import IMAGE_READ_DEADLINE_S, Gatherer
+from worker.group_commit import GroupCommitter
 from worker.model_client import ModelClient
 from worker.model_host import Announced, LocalModel, ModelHost, ModelRequest
 from worker.outcomes import RESULT_WRITE_DEADLINE_S, OutcomeWriter
@@ -66,6 +67,8 @@ class WorkerRuntime:
         self.engine = engine
         self.worker_id = worker_id
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
+        # Claims and outcomes of the task threads: those made together commit together.
+        self.commits = GroupCommitter(sessions)
         # Prepare processes (worker.prepare_pool), or else this process's task threads.
         if preparing is None:
             assert engine is not None, "without an engine here, jobs prepare elsewhere"
@@ -127,8 +130,8 @@ class WorkerRuntime:
         return outcome
 
     def _claim(self, job_id: str) -> Job | None:
-        with transaction(self.sessions) as session:
-            return claim_job(
+        return self.commits.run(
+            lambda session: claim_job(
                 session,
                 job_id,
                 worker_id=self.worker_id,
@@ -136,6 +139,7 @@ class WorkerRuntime:
                 running_limit=self.settings.max_running_jobs_per_tenant,
                 hold_s=self.settings.tenant_limit_hold_s,
             )
+        )
 
     def _run_claimed(self, job: Job, held: Held) -> str:
         started = time.monotonic()
@@ -211,6 +215,7 @@ class WorkerRuntime:
             sessions=self.sessions,
             celery=self.celery,
             write_deadline_s=self.write_deadline_s,
+            commits=self.commits,
         )
 
     # -- leases, cancels and shutdown ------------------------------------------------------

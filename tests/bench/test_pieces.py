@@ -26,8 +26,8 @@ def test_pieces_bench_reports_the_cpu_of_every_piece(
     # Another process's CPU is read from /proc in clock ticks (10 ms), so a cheap piece timed
     # there (the API's requests, the Celery worker's tasks) may read 0 over a few calls; the
     # pieces called in the bench's own thread are timed by its clock.
-    assert len(pieces) == 13 and all(ms >= 0 for ms in pieces.values()), pieces
-    in_thread = ("API: the submission", "API: of which", "worker: the", "a pooled connection")
+    assert len(pieces) == 15 and all(ms >= 0 for ms in pieces.values()), pieces
+    in_thread = ("API: the submission", "API: of which", "worker: the", "worker: a ", "a pooled")
     assert all(ms > 0 for piece, ms in pieces.items() if piece.startswith(in_thread)), pieces
 
     def cpu(start: str) -> float:

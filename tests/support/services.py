@@ -85,6 +85,19 @@ def sessions(db_url: str) -> Iterator[Any]:
     engine.dispose()
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def any_sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A session factory on the PostgreSQL test database, then on a migrated SQLite file."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("sessions")
+        return
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database, flushed before and after each test."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import select
@@ -182,3 +184,55 @@ def test_a_job_over_the_default_running_limit_is_held_not_run(
     assert (job.status, job.attempts, job.published_at) == ("queued", 0, None)
     assert job.available_at is not None and job.available_at > job.created_at
     assert events(sessions, held.id) == ["job.queued"]
+
+
+def four_photos(
+    runtime: Any, sessions: Any, storage: ObjectStorage, *, new_tokens: int
+) -> list[Job]:
+    params = {"max_new_tokens": new_tokens}
+    return [
+        queue_job(sessions, storage, runtime.spec, [photo(seed=i)], params=params) for i in range(4)
+    ]
+
+
+def run_claims_together(runtime: Any, job_ids: list[str]) -> list[str]:
+    """Run the jobs on threads of their own while their claims queue behind a held commit, so
+    the claims commit as one group (as a batch's next jobs do at saturation); their outcomes."""
+    commits = runtime.commits
+    with ThreadPoolExecutor(len(job_ids)) as pool, commits._commit_lock:
+        runs = [pool.submit(runtime.run_job, job_id) for job_id in job_ids]
+        deadline = time.monotonic() + 30
+        while len(commits._pending) < len(job_ids):
+            assert time.monotonic() < deadline, "the claims never queued"
+            time.sleep(0.005)
+    return [run.result(120) for run in runs]
+
+
+def test_claims_and_outcomes_of_the_task_threads_commit_in_groups(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    jobs = four_photos(worker_runtime, sessions, storage, new_tokens=3)
+    commits = worker_runtime.commits
+    before = (commits.transactions, commits.changes)
+    assert run_claims_together(worker_runtime, [job.id for job in jobs]) == ["succeeded"] * 4
+    # Four claims and four results, the claims in one transaction.
+    assert commits.changes - before[1] == 8
+    assert commits.transactions - before[0] <= 5
+    for job in jobs:
+        done = reload(sessions, job.id)
+        assert (done.status, done.attempts) == ("succeeded", 1) and done.result
+        assert events(sessions, job.id) == ["job.queued", "job.running", "job.succeeded"]
+
+
+def test_a_tenants_running_limit_holds_within_one_group_of_claims(
+    worker_runtime: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    worker_runtime.settings = worker_runtime.settings.model_copy(
+        update={"max_running_jobs_per_tenant": 2, "tenant_limit_hold_s": 30.0}
+    )
+    jobs = four_photos(worker_runtime, sessions, storage, new_tokens=2)
+    outcomes = run_claims_together(worker_runtime, [job.id for job in jobs])
+    # Each claim of the group counts the ones before it in the same transaction.
+    assert sorted(outcomes) == ["duplicate", "duplicate", "succeeded", "succeeded"]
+    statuses = sorted(reload(sessions, job.id).status for job in jobs)
+    assert statuses == ["queued", "queued", "succeeded", "succeeded"]

@@ -1,0 +1,105 @@
+"""Group commit: the state changes a worker's task threads make together, in one transaction.
+
+Each job's claim and outcome is a short transaction: one statement (on PostgreSQL), then a
+COMMIT. At saturation the jobs of a batch end on the same decoding step, so their task threads
+write their outcomes, and claim the jobs that take their places, at the same moment. Run in
+one transaction, they pay the session, the pool's checkout with its pre-ping and the COMMIT's
+round trip once instead of once each (docs/benchmarks.md, "Group commit").
+
+Nothing waits to form a group: a change that finds no transaction in progress commits at once,
+alone; the changes that arrive while one commits go together in the next (the leader/follower
+scheme of a database's group commit, with no timer). Every change stays fenced on its own (its
+conditional UPDATE moves its own job or nothing), so what one change does never depends on
+another. A change that raises rolls back the group it was in, and each of the group's changes
+is then run again in a transaction of its own: one job's error is never another's. An error of
+the transaction itself (the database unreachable) reaches the caller of every change in the
+group, and each caller retries as it would have alone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import transaction
+from core.retry import is_transient
+
+T = TypeVar("T")
+
+# More changes than this wait for the next transaction (a bound on how long one holds its rows).
+MAX_GROUP = 64
+
+
+@dataclass
+class _Change:
+    """One caller's change, the caller's context (log fields), and where its result goes."""
+
+    change: Callable[[Session], Any]
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    outcome: Future[Any] = field(default_factory=Future)
+
+    def apply(self, session: Session) -> Any:
+        # In the caller's context: the lines it logs and the log fields it binds are its own.
+        return self.context.run(self.change, session)
+
+
+class GroupCommitter:
+    """Runs state changes from many threads, committing those that arrive together at once."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_group: int = MAX_GROUP) -> None:
+        self.sessions = sessions
+        self.max_group = max_group
+        self._pending: list[_Change] = []
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()  # held by the thread committing a group
+        self.transactions = 0  # committed, for tests and benchmarks
+        self.changes = 0
+
+    def run(self, change: Callable[[Session], T]) -> T:
+        """change(session) in a transaction, shared with the changes arriving with it; its result
+        once committed, or what it (or the transaction) raised."""
+        item = _Change(change)
+        with self._pending_lock:
+            self._pending.append(item)
+        while not item.outcome.done():
+            with self._commit_lock:
+                if item.outcome.done():  # the thread before this one committed it
+                    break
+                with self._pending_lock:
+                    group = self._pending[: self.max_group]
+                    del self._pending[: self.max_group]
+                try:
+                    self._commit(group)
+                finally:
+                    # Only if this thread was interrupted (a signal, not an error of a change):
+                    # the others' changes go back for the next thread to commit.
+                    left = [
+                        other for other in group if other is not item and not other.outcome.done()
+                    ]
+                    if left:
+                        with self._pending_lock:
+                            self._pending[:0] = left
+        return cast(T, item.outcome.result())
+
+    def _commit(self, group: list[_Change]) -> None:
+        try:
+            with transaction(self.sessions) as session:
+                results = [item.apply(session) for item in group]
+        except Exception as exc:  # noqa: BLE001 - handed to the callers
+            if len(group) == 1 or is_transient(exc):
+                for item in group:
+                    item.outcome.set_exception(exc)
+            else:  # one change failed: none of the others may fail with it
+                for item in group:
+                    self._commit([item])
+            return
+        self.transactions += 1
+        self.changes += len(group)
+        for item, result in zip(group, results, strict=True):
+            item.outcome.set_result(result)
