@@ -50,7 +50,7 @@ def statuses(sessions: Any, job_ids: list[str]) -> list[str]:
     return [found[job_id] for job_id in job_ids]
 
 
-class Held:
+class HeldCommit:
     """A committer whose first change holds its transaction open until released, so that the
     changes submitted meanwhile queue up behind it, as they do behind a slow COMMIT."""
 
@@ -114,7 +114,7 @@ def test_changes_that_arrive_during_a_commit_share_the_next(
     job_ids = queued_jobs(any_sessions, 6)
     committer = GroupCommitter(any_sessions)
     commits.clear()
-    held = Held(committer, pool)
+    held = HeldCommit(committer, pool)
     first = held.start(job_ids[0])
     behind = held.submit_behind([claim(job_id) for job_id in job_ids[1:]])
     claimed = [first.result(30)] + [future.result(30) for future in behind]
@@ -140,7 +140,7 @@ def test_a_change_that_raises_fails_only_its_own_caller(
         claim_job(session, job_ids[2], worker_id="w1", lease_s=60)
         raise ValueError("this job's own error")
 
-    held = Held(committer, pool)
+    held = HeldCommit(committer, pool)
     held.start(job_ids[0])
     behind = held.submit_behind([claim(job_ids[1]), claims_then_raises, claim(job_ids[3])])
     assert behind[0].result(30) is not None and behind[2].result(30) is not None
@@ -159,7 +159,7 @@ def test_an_error_of_the_transaction_reaches_every_caller_in_it(
     def connection_lost(session: Session) -> None:
         raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
 
-    held = Held(committer, pool)
+    held = HeldCommit(committer, pool)
     held.start(job_ids[0])
     behind = held.submit_behind([claim(job_ids[1]), connection_lost, claim(job_ids[2])])
     for future in behind:  # each caller retries it as it would its own (core.retry)
@@ -186,7 +186,7 @@ def test_each_change_runs_in_its_callers_log_context(
             committer.run(claiming)
             return current_log_context(), threading.get_ident()
 
-    held = Held(committer, pool)
+    held = HeldCommit(committer, pool)
     held.start(job_ids[0])
     callers = held.call_behind(
         [lambda job_id=job_id: claim_in_its_context(job_id) for job_id in job_ids[1:]]
