@@ -211,9 +211,18 @@ class Settings(BaseSettings):
         le=1000,
         description="Connections each process keeps open to PostgreSQL, and as many again "
         "opened for bursts (SQLite: ignored); 0: the API 10, a worker 4, the sweeper 2. A "
-        "worker's task threads (twice its batch) open and close connections beyond its pool "
-        "at full load: half the task threads opens almost none, at the price of more held "
-        "connections (docs/scaling.md).",
+        "worker's claims and results use `database_commit_concurrency` of them, its "
+        "heartbeat one (docs/scaling.md).",
+    )
+    database_commit_concurrency: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Transactions a worker runs at once for its task threads' claims and "
+        "results (group commit: the changes made while all are busy commit together in the "
+        "next one); SQLite: always 1. 1 groups the most and costs the least CPU; raise it "
+        "where the database's round trip is long enough to limit a worker's jobs/s "
+        "(docs/scaling.md).",
     )
     broker_url: str = Field(
         "",

@@ -8,7 +8,9 @@ round trip once instead of once each (docs/benchmarks.md, "Group commit").
 
 Nothing waits to form a group: a change that finds no transaction in progress commits at once,
 alone; the changes that arrive while one commits go together in the next (the leader/follower
-scheme of a database's group commit, with no timer). Every change stays fenced on its own (its
+scheme of a database's group commit, with no timer). `concurrency` transactions may run at
+once (`database_commit_concurrency`; SQLite: 1), the changes arriving while all are busy
+waiting for the next. Every change stays fenced on its own (its
 conditional UPDATE moves its own job or nothing), so what one change does never depends on
 another. A change that raises rolls back the group it was in, and each of the group's changes
 is then run again in a transaction of its own: one job's error is never another's. An error of
@@ -21,7 +23,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -36,7 +38,7 @@ T = TypeVar("T")
 MAX_GROUP = 64
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: each is one caller's
 class _Change:
     """One caller's change, the caller's context (log fields), and where its result goes."""
 
@@ -52,12 +54,23 @@ class _Change:
 class GroupCommitter:
     """Runs state changes from many threads, committing those that arrive together at once."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, max_group: int = MAX_GROUP) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        concurrency: int = 1,
+        max_group: int = MAX_GROUP,
+    ) -> None:
         self.sessions = sessions
         self.max_group = max_group
+        # Transactions at once: 1 groups the most; more lets a distant database's round
+        # trips overlap (the changes arriving while all are busy still go together).
+        bind = sessions.kw.get("bind")
+        if bind is not None and bind.dialect.name == "sqlite":
+            concurrency = 1  # one writer at a time there: a second transaction would only wait
+        self._slots = threading.BoundedSemaphore(concurrency)
         self._pending: list[_Change] = []
         self._pending_lock = threading.Lock()
-        self._commit_lock = threading.Lock()  # held by the thread committing a group
         self.transactions = 0  # committed, for tests and benchmarks
         self.changes = 0
 
@@ -68,24 +81,34 @@ class GroupCommitter:
         with self._pending_lock:
             self._pending.append(item)
         while not item.outcome.done():
-            with self._commit_lock:
-                if item.outcome.done():  # the thread before this one committed it
-                    break
-                with self._pending_lock:
-                    group = self._pending[: self.max_group]
-                    del self._pending[: self.max_group]
-                try:
-                    self._commit(group)
-                finally:
-                    # Only if this thread was interrupted (a signal, not an error of a change):
-                    # the others' changes go back for the next thread to commit.
-                    left = [
-                        other for other in group if other is not item and not other.outcome.done()
-                    ]
-                    if left:
-                        with self._pending_lock:
-                            self._pending[:0] = left
+            with self._slots:
+                group = self._take(item)
+                if group:
+                    try:
+                        self._commit(group)
+                    finally:
+                        self._put_back(group, item)
+            if not group:  # another thread is committing this change: wait for its end
+                wait([item.outcome], timeout=0.1)
         return cast(T, item.outcome.result())
+
+    def _take(self, item: _Change) -> list[_Change]:
+        """This change and those queued before it, up to max_group; [] if another thread took it."""
+        with self._pending_lock:
+            if item not in self._pending:
+                return []
+            others = [other for other in self._pending if other is not item]
+            group = [item, *others[: self.max_group - 1]]
+            self._pending = others[self.max_group - 1 :]
+        return group
+
+    def _put_back(self, group: list[_Change], item: _Change) -> None:
+        # Only if this thread was interrupted (a signal, not an error of a change): the
+        # others' changes go back for their own threads to commit.
+        left = [other for other in group if other is not item and not other.outcome.done()]
+        if left:
+            with self._pending_lock:
+                self._pending[:0] = left
 
     def _commit(self, group: list[_Change]) -> None:
         try:
@@ -99,7 +122,8 @@ class GroupCommitter:
                 for item in group:
                     self._commit([item])
             return
-        self.transactions += 1
-        self.changes += len(group)
+        with self._pending_lock:
+            self.transactions += 1
+            self.changes += len(group)
         for item, result in zip(group, results, strict=True):
             item.outcome.set_result(result)

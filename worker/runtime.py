@@ -68,7 +68,7 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.celery = celery  # publishes jobs handed back at shutdown; else the sweeper does
         # Claims and outcomes of the task threads: those made together commit together.
-        self.commits = GroupCommitter(sessions)
+        self.commits = GroupCommitter(sessions, concurrency=settings.database_commit_concurrency)
         # Prepare processes (worker.prepare_pool), or else this process's task threads.
         if preparing is None:
             assert engine is not None, "without an engine here, jobs prepare elsewhere"

@@ -204,3 +204,32 @@ def test_each_change_runs_in_its_callers_log_context(
         ran_in[job_id] != t for job_id, t in zip(job_ids[1:], callers_threads, strict=True)
     ]
     assert sum(elsewhere) == 2
+
+
+def test_with_two_slots_a_change_commits_beside_a_slow_one_and_later_ones_group(
+    sessions: Any, pool: ThreadPoolExecutor
+) -> None:
+    job_ids = queued_jobs(sessions, 6)
+    committer = GroupCommitter(sessions, concurrency=2)
+    held = HeldCommit(committer, pool)
+    first = held.start(job_ids[0])
+    # The other slot is free: the next change commits at once, the held one still open.
+    beside = committer.run(claim(job_ids[1]))
+    assert beside is not None and beside.id == job_ids[1]
+    assert not first.done() and committer.transactions == 1
+    # Both slots busy: the changes made meanwhile wait, then commit together.
+    second = HeldCommit(committer, pool)
+    second_first = second.start(job_ids[2])
+    behind = second.submit_behind([claim(job_id) for job_id in job_ids[3:]])
+    held.release.set()
+    claimed = [first.result(30), second_first.result(30)] + [f.result(30) for f in behind]
+    assert [job.id if job else None for job in claimed] == [job_ids[0], *job_ids[2:]]
+    assert statuses(sessions, job_ids) == ["running"] * 6
+    assert (committer.transactions, committer.changes) == (4, 6)
+
+
+def test_on_sqlite_one_transaction_at_a_time_whatever_the_setting(any_sessions: Any) -> None:
+    committer = GroupCommitter(any_sessions, concurrency=4)
+    sqlite = any_sessions.kw["bind"].dialect.name == "sqlite"
+    acquired = [committer._slots.acquire(blocking=False) for _ in range(4)]
+    assert acquired == ([True, False, False, False] if sqlite else [True] * 4)
