@@ -93,7 +93,7 @@ class GroupCommitter:
         return cast(T, item.outcome.result())
 
     def _take(self, item: _Change) -> list[_Change]:
-        """This change and those queued before it, up to max_group; [] if another thread took it."""
+        """This change and the oldest others queued, max_group in all; [] once another has it."""
         with self._pending_lock:
             if item not in self._pending:
                 return []
