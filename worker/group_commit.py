@@ -10,12 +10,14 @@ Nothing waits to form a group: a change that finds no transaction in progress co
 alone; the changes that arrive while one commits go together in the next (the leader/follower
 scheme of a database's group commit, with no timer). `concurrency` transactions may run at
 once (`database_commit_concurrency`; SQLite: 1), the changes arriving while all are busy
-waiting for the next. Every change stays fenced on its own (its
-conditional UPDATE moves its own job or nothing), so what one change does never depends on
-another. A change that raises rolls back the group it was in, and each of the group's changes
-is then run again in a transaction of its own: one job's error is never another's. An error of
-the transaction itself (the database unreachable) reaches the caller of every change in the
-group, and each caller retries as it would have alone.
+waiting for the next.
+
+Every change stays fenced on its own (its conditional UPDATE moves its own job or nothing), so
+what one change does never depends on another. A change that raises rolls back the group it
+was in, and each of the group's changes is then run again in a transaction of its own: one
+job's error is never another's. An error of the transaction itself (the database unreachable)
+reaches the caller of every change in the group, and each caller retries as it would have
+alone.
 """
 
 from __future__ import annotations
