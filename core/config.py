@@ -210,7 +210,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="Connections each process keeps open to PostgreSQL, and as many again "
-        "opened for bursts (SQLite: ignored); 0: the API 10, a worker 4, the sweeper 2. A "
+        "for bursts, opened as needed and kept open (SQLite: ignored); 0: the API 10, a "
+        "worker 4, the sweeper 2. A "
         "worker's claims and results use `database_commit_concurrency` of them, its "
         "heartbeat one (docs/scaling.md).",
     )

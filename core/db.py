@@ -34,8 +34,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
+    # Up to twice pool_size connections, opened as concurrent work needs them and kept open:
+    # a pool of pool_size plus as many overflow connections would close each overflow
+    # connection as it comes back and open a new one for the next burst, a fork and a
+    # catalog warm-up on the server every time (docs/scaling.md).
     return create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+        url, pool_pre_ping=True, pool_size=2 * pool_size, max_overflow=0, pool_recycle=1800
     )
 
 
