@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -47,6 +47,7 @@ class _Change:
     change: Callable[[Session], Any]
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     outcome: Future[Any] = field(default_factory=Future)
+    taken: bool = False  # a transaction holds it (set and read under the committer's lock)
 
     def apply(self, session: Session) -> Any:
         # In the caller's context: the lines it logs and the log fields it binds are its own.
@@ -70,9 +71,15 @@ class GroupCommitter:
         bind = sessions.kw.get("bind")
         if bind is not None and bind.dialect.name == "sqlite":
             concurrency = 1  # one writer at a time there: a second transaction would only wait
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.concurrency = concurrency
+        # One lock for the queue and the free slots. A thread waits on it until its change is
+        # committed, or until a slot is free while its change is still queued (it then
+        # commits it with the others queued). A thread whose change another has taken does
+        # not compete for the next slot: it would only take it to find nothing to do, and the
+        # changes arriving meanwhile would commit one at a time.
+        self._lock = threading.Condition()
+        self._free = concurrency
         self._pending: list[_Change] = []
-        self._pending_lock = threading.Lock()
         self.transactions = 0  # committed, for tests and benchmarks
         self.changes = 0
 
@@ -80,37 +87,45 @@ class GroupCommitter:
         """change(session) in a transaction, shared with the changes arriving with it; its result
         once committed, or what it (or the transaction) raised."""
         item = _Change(change)
-        with self._pending_lock:
+        with self._lock:
             self._pending.append(item)
         while not item.outcome.done():
-            with self._slots:
-                group = self._take(item)
-                if group:
-                    try:
-                        self._commit(group)
-                    finally:
-                        self._put_back(group, item)
-            if not group:  # another thread is committing this change: wait for its end
-                wait([item.outcome], timeout=0.1)
+            group = self._lead_or_wait(item)
+            if group:
+                try:
+                    self._commit(group)
+                finally:
+                    self._finish(group, item)
         return cast(T, item.outcome.result())
 
-    def _take(self, item: _Change) -> list[_Change]:
-        """This change and the oldest others queued, max_group in all; [] once another has it."""
-        with self._pending_lock:
-            if item not in self._pending:
-                return []
-            others = [other for other in self._pending if other is not item]
-            group = [item, *others[: self.max_group - 1]]
-            self._pending = others[self.max_group - 1 :]
-        return group
+    def _lead_or_wait(self, item: _Change) -> list[_Change]:
+        """This change and the oldest others queued, max_group in all, once a slot is free;
+        [] once this change is committed (by whichever thread took it)."""
+        with self._lock:
+            while not item.outcome.done():
+                if not item.taken and self._free:
+                    self._free -= 1
+                    others = [other for other in self._pending if other is not item]
+                    group = [item, *others[: self.max_group - 1]]
+                    self._pending = others[self.max_group - 1 :]
+                    for taken in group:
+                        taken.taken = True
+                    return group
+                self._lock.wait()
+            return []
 
-    def _put_back(self, group: list[_Change], item: _Change) -> None:
-        # Only if this thread was interrupted (a signal, not an error of a change): the
-        # others' changes go back for their own threads to commit.
-        left = [other for other in group if other is not item and not other.outcome.done()]
-        if left:
-            with self._pending_lock:
-                self._pending[:0] = left
+    def _finish(self, group: list[_Change], item: _Change) -> None:
+        """Free the slot and wake the waiting threads: those whose changes just committed, and
+        one to take the changes queued meanwhile."""
+        with self._lock:
+            self._free += 1
+            # Only if this thread was interrupted (a signal, not an error of a change): the
+            # others' changes go back for their own threads to commit.
+            left = [other for other in group if other is not item and not other.outcome.done()]
+            for other in left:
+                other.taken = False
+            self._pending[:0] = left
+            self._lock.notify_all()
 
     def _commit(self, group: list[_Change]) -> None:
         try:
@@ -124,7 +139,7 @@ class GroupCommitter:
                 for item in group:
                     self._commit([item])
             return
-        with self._pending_lock:
+        with self._lock:
             self.transactions += 1
             self.changes += len(group)
         for item, result in zip(group, results, strict=True):

@@ -199,17 +199,17 @@ def run_claims_together(runtime: Any, job_ids: list[str]) -> list[str]:
     """Run the jobs on threads of their own while their claims queue behind a held commit, so
     the claims commit as one group (as a batch's next jobs do at saturation); their outcomes."""
     commits = runtime.commits
-    slots = runtime.settings.database_commit_concurrency
-    for _ in range(slots):  # every transaction slot busy, as behind slow COMMITs
-        commits._slots.acquire()
+    with commits._lock:  # every transaction slot busy, as behind slow COMMITs
+        slots, commits._free = commits._free, 0
     with ThreadPoolExecutor(len(job_ids)) as pool:
         runs = [pool.submit(runtime.run_job, job_id) for job_id in job_ids]
         deadline = time.monotonic() + 30
         while len(commits._pending) < len(job_ids):
             assert time.monotonic() < deadline, "the claims never queued"
             time.sleep(0.005)
-        for _ in range(slots):
-            commits._slots.release()
+        with commits._lock:
+            commits._free = slots
+            commits._lock.notify_all()
         return [run.result(120) for run in runs]
 
 
