@@ -355,13 +355,34 @@ def cmd_bench_pieces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_commits(args: argparse.Namespace) -> int:
+    """Jobs/s a worker's group commit records with the database a round trip away."""
+    from bench.commits import format_commits, run_commits
+
+    if not args.database_url:
+        raise SystemExit("--database-url is required (a scratch PostgreSQL database)")
+    load_before = _load_average()
+    rows = run_commits(
+        database_url=args.database_url,
+        rtts_ms=[float(v) for v in args.rtt_ms.split(",")],
+        concurrencies=[int(v) for v in args.concurrency.split(",")],
+        jobs=args.jobs,
+        threads=args.threads,
+    )
+    print(format_commits(rows))  # noqa: T201 - the command's output
+    print(f"load average before {load_before}, after {_load_average()}")  # noqa: T201
+    _write_json({"commits": rows}, args.json)
+    return 0
+
+
 def _write_json(report: dict[str, object], path: str) -> None:
     if path:
         Path(path).write_text(json.dumps(report, indent=2))
 
 
 def register(bench: argparse._SubParsersAction) -> None:
-    """Add the `internvl-jobs bench` subcommands: engine, service, submit, prepare, pieces."""
+    """Add the `internvl-jobs bench` subcommands: engine, service, submit, prepare, pieces,
+    commits."""
     p = bench.add_parser("engine", help=cmd_bench_engine.__doc__)
     engine_arguments(p)
     p.set_defaults(func=cmd_bench_engine)
@@ -388,3 +409,11 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--calls", type=int, default=200, help="calls of each piece")
     p.add_argument("--json", default="", help="also write the figures to this file")
     p.set_defaults(func=cmd_bench_pieces)
+    p = bench.add_parser("commits", help=cmd_bench_commits.__doc__)
+    p.add_argument("--database-url", default="", help="a scratch PostgreSQL database")
+    p.add_argument("--rtt-ms", default="0,1,2,5", help="round trips added, comma-separated")
+    p.add_argument("--concurrency", default="1,2,4", help="database_commit_concurrency values")
+    p.add_argument("--jobs", type=int, default=1000, help="jobs claimed and completed per cell")
+    p.add_argument("--threads", type=int, default=32, help="task threads (a worker's automatic)")
+    p.add_argument("--json", default="", help="also write the figures to this file")
+    p.set_defaults(func=cmd_bench_commits)
