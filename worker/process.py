@@ -41,13 +41,13 @@ def worker_name(model_alias: str, device: str, host: str | None = None) -> str:
 
 
 def worker_engine(settings: Settings) -> Engine:
-    """The worker's database engine: a pool of 4 connections, as many again for bursts,
-    unless database_pool_size says otherwise. At full load its task threads (twice the batch)
-    open and close connections beyond those, about one for every three jobs with batches of
-    16; a pool of half the task threads opens almost none, but holds 16 to 32 connections per
-    worker process, which PostgreSQL's default max_connections (100) caps at a few GPUs per
-    database, and in the bench it was no cheaper (docs/scaling.md, docs/benchmarks.md)."""
-    return make_engine(settings.database_url, pool_size=settings.pool_size(4))
+    """The worker's database engine: a pool of 4 connections, as many again for bursts, unless
+    database_pool_size says otherwise; by default never fewer than the group commit's
+    transactions at once (database_commit_concurrency) and two more (the heartbeat, reads).
+    The task threads' claims and outcomes all go through the group commit, so the pool does
+    not grow with the threads (docs/scaling.md)."""
+    automatic = max(4, settings.database_commit_concurrency + 2)
+    return make_engine(settings.database_url, pool_size=settings.pool_size(automatic))
 
 
 def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = "INFO") -> None:

@@ -109,6 +109,9 @@ def test_database_pools_follow_the_setting_else_each_process_default(tmp_path: P
     # The pool holds the setting and as many again for bursts (core.db.make_engine).
     assert worker_engine(automatic).pool.size() == 2 * 4  # type: ignore[attr-defined]
     assert automatic.pool_size(10) == 10
+    # Enough for the group commit's transactions at once, the heartbeat and a read.
+    wide = make(database_url=url, data_dir=tmp_path, database_commit_concurrency=8)
+    assert worker_engine(wide).pool.size() == 2 * 10  # type: ignore[attr-defined]
     chosen = make(database_url=url, database_pool_size=16, data_dir=tmp_path)
     assert worker_engine(chosen).pool.size() == 2 * 16  # type: ignore[attr-defined]
     assert chosen.pool_size(10) == 16
