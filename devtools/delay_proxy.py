@@ -1,11 +1,15 @@
 """A TCP proxy that delays every byte by a fixed time each way: a distant server, on loopback.
 
 The benchmarks use it to put PostgreSQL "a few milliseconds away" on one machine, where the
-kernel's traffic shaping (tc netem) is not available. Each connection gets two threads a
-direction: one reads what arrives and stamps it with the time it may leave, the other sends
-it at that time, in order (time.sleep is precise to tens of microseconds, where an event
-loop's timers round to whole milliseconds). The round trip a client sees is about twice
---delay-ms plus the proxy's own forwarding: measure it (bench.commits does) rather than assume it.
+kernel's traffic shaping (tc netem) is not available. The fault tests put it, with no delay,
+between the service and PostgreSQL and kill it: every connection through it is cut and new
+ones are refused, a network partition or a failover, while the shared server keeps running.
+
+Each connection gets two threads a direction: one reads what arrives and stamps it with the
+time it may leave, the other sends it at that time, in order (time.sleep is precise to tens
+of microseconds, where an event loop's timers round to whole milliseconds). The round trip a
+client sees is about twice --delay-ms plus the proxy's own forwarding: measure it
+(bench.commits does) rather than assume it.
 
     python -m devtools.delay_proxy --listen-port 6543 --target 127.0.0.1:5432 --delay-ms 0.5
 """
@@ -53,7 +57,11 @@ def _pipe(source: socket.socket, target: socket.socket, delay_s: float) -> list[
 
 
 def _serve_connection(client: socket.socket, target: tuple[str, int], delay_s: float) -> None:
-    server = socket.create_connection(target)
+    try:
+        server = socket.create_connection(target)
+    except OSError:  # the target is down: the client sees its connection closed
+        client.close()
+        return
     for sock in (client, server):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     threads = _pipe(client, server, delay_s) + _pipe(server, client, delay_s)
@@ -68,6 +76,10 @@ def _serve_connection(client: socket.socket, target: tuple[str, int], delay_s: f
 def serve(listen_port: int, target: tuple[str, int], delay_s: float) -> None:
     """Accept on 127.0.0.1:listen_port forever, each connection forwarded to target."""
     listener = socket.create_server(("127.0.0.1", listen_port), backlog=128)
+    print(  # noqa: T201 - what a harness waits for
+        f"proxy 127.0.0.1:{listen_port} -> {target[0]}:{target[1]}, {1000 * delay_s:g} ms each way",
+        flush=True,
+    )
     while True:
         client, _ = listener.accept()
         threading.Thread(

@@ -26,12 +26,14 @@ LISTENING = "proxy 127.0.0.1"
 
 
 class Proxy:
-    """tests.faults.tcp_proxy in front of the test database, on a port that survives restarts."""
+    """devtools.delay_proxy, with no delay, in front of the test database, on a port that
+    survives restarts."""
 
     def __init__(self, database_url: str, logs: Path) -> None:
         target = make_url(database_url)
         self.port = free_port()
-        self.args = [str(self.port), target.host or "127.0.0.1", str(target.port or 5432)]
+        self.args = ["--listen-port", str(self.port), "--delay-ms", "0"]
+        self.args += ["--target", f"{target.host or '127.0.0.1'}:{target.port or 5432}"]
         self.url = target.set(host="127.0.0.1", port=self.port).render_as_string(
             hide_password=False
         )
@@ -40,7 +42,7 @@ class Proxy:
 
     def start(self) -> Proxy:
         process = ServiceProcess(
-            self.args, service_env(), self.log_path, module="tests.faults.tcp_proxy"
+            self.args, service_env(), self.log_path, module="devtools.delay_proxy"
         )
         started = process.log().count(LISTENING)
         process.start()
