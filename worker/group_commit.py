@@ -48,6 +48,7 @@ class _Change:
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
     outcome: Future[Any] = field(default_factory=Future)
     taken: bool = False  # a transaction holds it (set and read under the committer's lock)
+    wake: threading.Event = field(default_factory=threading.Event)  # committed, or a slot freed
 
     def apply(self, session: Session) -> Any:
         # In the caller's context: the lines it logs and the log fields it binds are its own.
@@ -72,14 +73,14 @@ class GroupCommitter:
         if bind is not None and bind.dialect.name == "sqlite":
             concurrency = 1  # one writer at a time there: a second transaction would only wait
         self.concurrency = concurrency
-        # One lock for the queue and the free slots. A thread waits on it until its change is
-        # committed, or until a slot is free while its change is still queued (it then
-        # commits it with the others queued). A thread whose change another has taken does
-        # not compete for the next slot: it would only take it to find nothing to do, and the
-        # changes arriving meanwhile would commit one at a time.
-        self._lock = threading.Condition()
+        # A thread waits on its own change's event only: woken when its change has committed
+        # (whoever committed it), or when a slot frees while its change is the oldest queued.
+        # The first thread to find a free slot while its change is queued (a woken one, or one
+        # just arriving) commits all the changes queued. A thread whose change another took
+        # never competes for a slot, and a commit wakes only the threads it concerns.
+        self._lock = threading.Lock()
         self._free = concurrency
-        self._pending: list[_Change] = []
+        self._pending: list[_Change] = []  # queued, none taken
         self.transactions = 0  # committed, for tests and benchmarks
         self.changes = 0
 
@@ -89,43 +90,54 @@ class GroupCommitter:
         item = _Change(change)
         with self._lock:
             self._pending.append(item)
-        while not item.outcome.done():
-            group = self._lead_or_wait(item)
+            group = self._take(item)
+        while True:
             if group:
                 try:
                     self._commit(group)
                 finally:
                     self._finish(group, item)
-        return cast(T, item.outcome.result())
+            if item.outcome.done():
+                return cast(T, item.outcome.result())
+            item.wake.wait()
+            with self._lock:
+                item.wake.clear()
+                group = self._take(item)
 
-    def _lead_or_wait(self, item: _Change) -> list[_Change]:
-        """This change and the oldest others queued, max_group in all, once a slot is free;
-        [] once this change is committed (by whichever thread took it)."""
-        with self._lock:
-            while not item.outcome.done():
-                if not item.taken and self._free:
-                    self._free -= 1
-                    others = [other for other in self._pending if other is not item]
-                    group = [item, *others[: self.max_group - 1]]
-                    self._pending = others[self.max_group - 1 :]
-                    for taken in group:
-                        taken.taken = True
-                    return group
-                self._lock.wait()
+    def _take(self, item: _Change) -> list[_Change]:
+        """With a slot free and this change still queued: the slot, this change and the oldest
+        others queued, max_group in all; else [] (under the lock)."""
+        if item.taken or not self._free:
             return []
+        self._free -= 1
+        others = [other for other in self._pending if other is not item]
+        group = [item, *others[: self.max_group - 1]]
+        for taken in group:
+            taken.taken = True
+        self._pending = others[self.max_group - 1 :]
+        return group
 
     def _finish(self, group: list[_Change], item: _Change) -> None:
-        """Free the slot and wake the waiting threads: those whose changes just committed, and
-        one to take the changes queued meanwhile."""
+        """Wake the threads whose changes just committed, then free the slot. Woken first,
+        those threads' next changes (a claim after an outcome) can join the next group."""
+        for other in group:
+            if other is not item and other.outcome.done():
+                other.wake.set()
         with self._lock:
-            self._free += 1
             # Only if this thread was interrupted (a signal, not an error of a change): the
             # others' changes go back for their own threads to commit.
             left = [other for other in group if other is not item and not other.outcome.done()]
             for other in left:
                 other.taken = False
             self._pending[:0] = left
-            self._lock.notify_all()
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        """Free a slot and wake the thread of the oldest change queued, if any (under the lock):
+        it takes the slot unless a thread arriving first takes it, and its change with it."""
+        self._free += 1
+        if self._pending:
+            self._pending[0].wake.set()
 
     def _commit(self, group: list[_Change]) -> None:
         try:

@@ -208,8 +208,8 @@ def run_claims_together(runtime: Any, job_ids: list[str]) -> list[str]:
             assert time.monotonic() < deadline, "the claims never queued"
             time.sleep(0.005)
         with commits._lock:
-            commits._free = slots
-            commits._lock.notify_all()
+            for _ in range(slots):
+                commits._release_slot()
         return [run.result(120) for run in runs]
 
 
