@@ -223,7 +223,7 @@ class Settings(BaseSettings):
         "results (group commit: the changes made while all are busy commit together in the "
         "next one); SQLite: always 1. 1 groups the most and costs the least CPU; raise it "
         "where the database's round trip limits a worker's jobs/s: measured, 1 records about "
-        "190 jobs/s at a 1.5 ms round trip and 64 at 5.8 ms, 2 and 4 about 1.8x and 2.5x that "
+        "225 jobs/s at a 1.3 ms round trip and 60 at 5.8 ms, 2 and 4 about 1.5x and 2-3x that "
         "(`internvl-jobs bench commits`, docs/scaling.md).",
     )
     broker_url: str = Field(
