@@ -128,6 +128,25 @@ def _record(url: str, ids: list[str], *, concurrency: int, threads: int) -> dict
     """Claim and complete every job from `threads` threads through one group committer."""
     engine = make_engine(url, pool_size=max(concurrency, 1))
     committer = GroupCommitter(make_session_factory(engine), concurrency=concurrency)
+    cpu, started = time.process_time(), time.perf_counter()
+    failures = claim_and_complete(committer, ids, threads=threads)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    engine.dispose()
+    if failures:
+        raise RuntimeError(f"{len(failures)} jobs were not claimed and completed: {failures[:3]}")
+    return {
+        "concurrency": concurrency,
+        "jobs": len(ids),
+        "jobs_per_s": round(len(ids) / wall, 1),
+        "changes_per_transaction": round(committer.changes / committer.transactions, 1),
+        "cpu_ms_per_job": round(1000 * cpu / len(ids), 2),
+    }
+
+
+def claim_and_complete(committer: GroupCommitter, ids: list[str], *, threads: int) -> list[str]:
+    """Each of `threads` threads claims a job and records its outcome through `committer`, back
+    to back, until none is left (a worker's task threads at saturation, with no model in
+    between); the jobs not claimed or not completed."""
     todo = list(reversed(ids))
     lock = threading.Lock()
     failures: list[str] = []
@@ -144,22 +163,11 @@ def _record(url: str, ids: list[str], *, concurrency: int, threads: int) -> dict
                 failures.append(job_id)
 
     workers = [threading.Thread(target=task_thread) for _ in range(threads)]
-    cpu, started = time.process_time(), time.perf_counter()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    engine.dispose()
-    if failures:
-        raise RuntimeError(f"{len(failures)} jobs were not claimed and completed: {failures[:3]}")
-    return {
-        "concurrency": concurrency,
-        "jobs": len(ids),
-        "jobs_per_s": round(len(ids) / wall, 1),
-        "changes_per_transaction": round(committer.changes / committer.transactions, 1),
-        "cpu_ms_per_job": round(1000 * cpu / len(ids), 2),
-    }
+    return failures
 
 
 def _claim(job_id: str, session: Session) -> Job | None:

@@ -14,10 +14,11 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from bench.commits import claim_and_complete
 from core.config import Settings
 from core.db import transaction
 from core.job_telemetry import install_job_telemetry
-from core.jobs import claim_job, complete_job, insert_job, new_job
+from core.jobs import claim_job, insert_job, new_job
 from core.logs import current_log_context, log_context
 from core.models import Job, JobEvent
 from core.tenants import ensure_default_tenant
@@ -139,28 +140,7 @@ def test_threads_claiming_and_completing_back_to_back_keep_forming_groups(
     # would commit one at a time (about 1.1 changes a transaction, before).
     job_ids = queued_jobs(any_sessions, 160)
     committer = GroupCommitter(any_sessions)
-    todo = list(job_ids)
-    lock = threading.Lock()
-
-    def task_thread() -> None:
-        while True:
-            with lock:
-                if not todo:
-                    return
-                job_id = todo.pop()
-            assert committer.run(claim(job_id)) is not None
-            done = committer.run(
-                lambda session, job_id=job_id: complete_job(
-                    session, job_id, attempt=1, result={"text": "ok"}, usage={}
-                )
-            )
-            assert done is not None
-
-    threads = [threading.Thread(target=task_thread) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    assert claim_and_complete(committer, job_ids, threads=16) == []
     assert statuses(any_sessions, job_ids) == ["succeeded"] * 160
     assert committer.changes == 320
     assert committer.changes / committer.transactions >= 3, committer.transactions
