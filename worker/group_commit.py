@@ -72,7 +72,6 @@ class GroupCommitter:
         bind = sessions.kw.get("bind")
         if bind is not None and bind.dialect.name == "sqlite":
             concurrency = 1  # one writer at a time there: a second transaction would only wait
-        self.concurrency = concurrency
         # A thread waits on its own change's event only: woken when its change has committed
         # (whoever committed it), or when a slot frees while its change is the oldest queued.
         # The first thread to find a free slot while its change is queued (a woken one, or one
