@@ -3,8 +3,8 @@
 Each job's claim and outcome is a short transaction: one statement (on PostgreSQL), then a
 COMMIT. At saturation the jobs of a batch end on the same decoding step, so their task threads
 write their outcomes, and claim the jobs that take their places, at the same moment. Run in
-one transaction, they pay the session, the pool's checkout with its pre-ping and the COMMIT's
-round trip once instead of once each (docs/benchmarks.md, "Group commit").
+one transaction, they pay the session, the pool's checkout and the COMMIT's round trip once
+instead of once each (docs/benchmarks.md, "Group commit").
 
 Nothing waits to form a group: a change that finds no transaction in progress commits at once,
 alone; the changes that arrive while one commits go together in the next (the leader/follower
