@@ -190,26 +190,19 @@ def _submission_pieces(settings: Settings, pictures: list[bytes], calls: int) ->
 
 def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
     """A worker's transactions and image read, called in this process."""
+    from bench.commits import insert_queued_jobs
     from core.db import make_engine, make_session_factory, transaction
-    from core.jobs import claim_job, complete_job, insert_job, new_job
+    from core.jobs import claim_job, complete_job
     from core.storage import settings_storage
-    from core.tenants import ensure_tenant
 
     engine = make_engine(settings.database_url, pool_size=2)
     sessions = make_session_factory(engine)
     storage = settings_storage(settings)
     storage.put("pieces/read", photo_jpeg(640, 480, seed=3))
-    spec = {"task": "caption", "images": [], "params": {"max_new_tokens": 32}}
     with transaction(sessions) as session:
-        tenant = ensure_tenant(session, "pieces").id
-        ids = [
-            insert_job(
-                session,
-                new_job(tenant_id=tenant, model=settings.default_model, spec=spec, max_attempts=3),
-                image_shas=[],
-            ).id
-            for _ in range((1 + GROUP) * calls)
-        ]
+        ids = insert_queued_jobs(
+            session, tenant="pieces", model=settings.default_model, count=(1 + GROUP) * calls
+        )
     alone, grouped = ids[:calls], ids[calls:]
     result = {"text": "a red circle", "finish_reason": "length"}
     usage = {"prompt_tokens": 3358, "completion_tokens": 32, "image_tiles": [13]}
@@ -251,7 +244,7 @@ def _worker_pieces(settings: Settings, calls: int) -> list[Piece]:
             _per_call(lambda i: storage.get("pieces/read"), calls, time.thread_time),
         ),
         (
-            "a pooled connection's checkout with its pre-ping",
+            "a pooled connection's checkout (back to back: no ping)",
             _per_call(checkout, calls, time.thread_time),
         ),
     ]
