@@ -108,20 +108,26 @@ def _round_trip_ms(url: str, times: int = 200) -> float:
 def _queued_jobs(database_url: str, model: ModelSpec, count: int) -> list[str]:
     """`count` new queued jobs (inserted directly, not through the proxy)."""
     engine = make_engine(database_url, pool_size=1)
-    spec = {"task": "caption", "images": [], "params": {"max_new_tokens": 32}}
     try:
         with transaction(make_session_factory(engine)) as session:
-            tenant = ensure_tenant(session, "bench-commits").id
-            return [
-                insert_job(
-                    session,
-                    new_job(tenant_id=tenant, model=model, spec=spec, max_attempts=3),
-                    image_shas=[],
-                ).id
-                for _ in range(count)
-            ]
+            return insert_queued_jobs(session, tenant="bench-commits", model=model, count=count)
     finally:
         engine.dispose()
+
+
+def insert_queued_jobs(session: Session, *, tenant: str, model: ModelSpec, count: int) -> list[str]:
+    """The ids of `count` queued caption jobs of `tenant` (made if new), inserted directly: jobs
+    for benches of claiming and completing, with no images and no message published."""
+    spec = {"task": "caption", "images": [], "params": {"max_new_tokens": 32}}
+    tenant_id = ensure_tenant(session, tenant).id
+    return [
+        insert_job(
+            session,
+            new_job(tenant_id=tenant_id, model=model, spec=spec, max_attempts=3),
+            image_shas=[],
+        ).id
+        for _ in range(count)
+    ]
 
 
 def _record(url: str, ids: list[str], *, concurrency: int, threads: int) -> dict[str, Any]:
