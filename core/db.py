@@ -55,13 +55,13 @@ def make_engine(
 def _ping_when_idle(engine: Engine, idle_s: float) -> None:
     """SQLAlchemy's pre-ping, for connections idle `idle_s` or longer only.
 
-    pool_pre_ping pings at every checkout: a round trip, and about 0.1 ms of CPU on each side,
-    before every transaction; about three a job. What it guards against (a server restarted,
-    a connection closed by the server, a proxy or a firewall while idle) happens to idle
-    connections; a connection used a moment ago that has since broken fails its first
-    statement instead, as an in-flight one would, and that disconnect invalidates the pool
-    just as a failed ping does. A failed ping here also invalidates every pooled connection
-    and the checkout retries on a new one, as pool_pre_ping does.
+    pool_pre_ping pings at every checkout: a round trip and about 0.1 ms of this process's CPU
+    before every transaction, about three a job (docs/benchmarks.md). What it guards against
+    (a server restarted, a connection closed by the server, a proxy or a firewall while idle)
+    happens to idle connections; a connection used a moment ago that has since broken fails
+    its first statement instead, as an in-flight one would, and that disconnect invalidates
+    the pool just as a failed ping does. A failed ping here also invalidates every pooled
+    connection and the checkout retries on a new one, as pool_pre_ping does.
     """
     dialect = engine.dialect
 
