@@ -29,6 +29,7 @@ import httpx
 
 from bench.gpu_meter import UtilizationMeter, nvml_reader
 from bench.photos import photo_jpeg, photos
+from bench.server_cpu import server_cpu_meter
 from bench.service import MOTO_CREDENTIALS, _stack_settings, bench_settings, through_service
 from bench.stack import Stack, service_processes
 from core.config import ModelSpec, Settings
@@ -127,11 +128,12 @@ def run_simulated_bench(
         if s3_pid is not None:
             running.pids["s3"] = s3_pid
         meter = UtilizationMeter(nvml_reader(0) if accelerator.device == "cuda" else None)
+        servers = server_cpu_meter(settings.database_url, settings.broker_url)
         through_service(running.base, [photo_jpeg(64, 48, seed=10**6)], 2)  # warm-up
         prepare_ms = prepare_meter(spec.checkpoint)
         for seed, (width, height) in enumerate(sizes):
             pictures = photos(width, height, seeds=range(1000 * seed, 1000 * seed + jobs))
-            row = _round(running, pictures, (width, height), new_tokens, meter)
+            row = _round(running, pictures, (width, height), new_tokens, meter, servers)
             rows.append(_with_overhead(row, prepare_ms(pictures)))
     return {
         "device": accelerator.name,
@@ -164,13 +166,16 @@ def _round(
     size: tuple[int, int],
     new_tokens: int,
     meter: UtilizationMeter,
+    servers: Callable[[], dict[str, float]],
 ) -> dict[str, Any]:
     time.sleep(2 * HEARTBEAT_S)
     (busy, loop), before = _device_and_loop_s(running.base), running.cpu_seconds()
+    servers_before = servers()
     meter.start()
     wall_s, jobs = through_service(running.base, pictures, new_tokens, client_threads=16)
     utilization = meter.stop()
     after = running.cpu_seconds()
+    servers_after = servers()
     time.sleep(2 * HEARTBEAT_S)  # the last batch's time reaches the heartbeat
     busy_after, loop_after = _device_and_loop_s(running.base)
     busy_s = busy_after - busy
@@ -190,6 +195,12 @@ def _round(
         "gpu_utilization": None if utilization is None else round(utilization, 3),
         "device_ms_per_job": round(device_ms, 2),
         "host_cpu_ms_per_job": {role: round(ms, 1) for role, ms in cpu_ms.items()},
+        # PostgreSQL's and Redis's servers where readable from here (bench.server_cpu); not
+        # the service's, so in no other figure.
+        "server_cpu_ms_per_job": {
+            name: round(1000 * (servers_after[name] - servers_before[name]) / len(pictures), 1)
+            for name in servers_after
+        },
         "cores_per_device": round(host_ms / device_ms, 1) if device_ms else None,
         # The model loop's thread (in the worker's or the model's process): generating's host
         # share, inside that process's figure above.
@@ -236,27 +247,32 @@ def _with_overhead(row: dict[str, Any], prepare_ms: float) -> dict[str, Any]:
 
 def format_simulated_report(report: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
-    roles = list(report["rows"][0]["host_cpu_ms_per_job"]) if report["rows"] else []
+    first = report["rows"][0] if report["rows"] else {}
+    roles = list(first.get("host_cpu_ms_per_job", {}))
+    servers = list(first.get("server_cpu_ms_per_job", {}))
     lines = [
         f"{report['device']}, {report['stack']} stack, {report['jobs']} caption jobs per size, "
         f"{report['new_tokens']} new tokens, model process {report['model_process']}, "
         f"task threads {report['worker_threads'] or 'automatic'}; "
-        "host CPU ms per job (PostgreSQL, Redis not counted); device busy: the engine's "
-        "generate time over the wall time; GPU: NVML's mean utilization; "
-        "overhead: the service's processes (not s3) less the worker's preparing and the model "
-        "loop's thread",
+        "host CPU ms per job; postgres, redis: those servers' CPU (where readable; counted "
+        "nowhere else); device busy: the engine's generate time over the wall time; GPU: "
+        "NVML's mean utilization; overhead: the service's processes (not s3) less the "
+        "worker's preparing and the model loop's thread",
         "| image | tiles | ok | jobs/s | device busy | GPU | device ms/job | "
-        + " | ".join(roles)
-        + " | cores per device | of which preparing | of which model loop | overhead |",
-        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(roles) + "---:|---:|---:|---:|",
+        + "".join(f"{name} | " for name in roles + servers)
+        + "cores per device | of which preparing | of which model loop | overhead |",
+        "|---|---:|---:|---:|---:|---:|---:|"
+        + "---:|" * (len(roles) + len(servers))
+        + "---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
-        cpu = " | ".join(str(row["host_cpu_ms_per_job"][role]) for role in roles)
+        cpu = "".join(f"{row['host_cpu_ms_per_job'][role]} | " for role in roles)
+        cpu += "".join(f"{row['server_cpu_ms_per_job'][name]} | " for name in servers)
         lines.append(
             f"| {row['size']} | {row['tiles']} | {row['succeeded']} | {row['jobs_per_s']} "
             f"| {row['device_busy_fraction']:.1%} | {_percent(row['gpu_utilization'])} "
-            f"| {row['device_ms_per_job']} | {cpu} "
-            f"| {row['cores_per_device']} | {row['prepare_ms_per_job']} "
+            f"| {row['device_ms_per_job']} | {cpu}"
+            f"{row['cores_per_device']} | {row['prepare_ms_per_job']} "
             f"| {row['loop_ms_per_job']} | {row['overhead_ms_per_job']} |"
         )
     return "\n".join(lines)

@@ -51,6 +51,7 @@ def test_real_engine_rounds_run_on_the_embedded_stack_without_the_server_package
         assert row["gpu_utilization"] is None  # no GPU here
         assert set(row["host_cpu_ms_per_job"]) >= {"api", "worker", "sweeper"}
         assert row["host_cpu_ms_per_job"]["worker"] > 0
+        assert row["server_cpu_ms_per_job"] == {}  # SQLite and the filesystem broker: no servers
     assert "| 64x48 |" in result.stdout
     # The data lived in the embedded stack's files.
     assert (tmp_path / "logs" / "data" / "jobs.db").is_file()
