@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.stack import descendants
+from bench.stack import cpu_seconds_if_alive, descendants
 
 _REDIS_CPU_FIELDS = (
     "used_cpu_sys",
@@ -74,16 +74,10 @@ def postgres_postmaster(database_url: str) -> int | None:
 def process_tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, of its children that have ended (and been
     waited for), and of every live process below it."""
-    fields = _stat(pid)
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    below = 0
-    for child in descendants(pid):
-        try:
-            child_fields = _stat(child)
-        except (OSError, IndexError):  # it ended meanwhile: in cutime at the next reading
-            continue
-        below += int(child_fields[11]) + int(child_fields[12])
-    return (utime + stime + cutime + cstime + below) / os.sysconf("SC_CLK_TCK")
+    own = sum(int(field) for field in _stat(pid)[11:15])  # utime, stime, cutime, cstime
+    # A child that ended meanwhile counts 0 here, and in cutime at the next reading.
+    below = sum(cpu_seconds_if_alive(child) for child in descendants(pid))
+    return own / os.sysconf("SC_CLK_TCK") + below
 
 
 def redis_cpu_seconds(redis_url: str) -> float:

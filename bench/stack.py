@@ -39,8 +39,8 @@ class Stack:
             below = descendants(self.pids["worker"])
             model = self.model_pid()
             if model is not None and model in below:
-                seconds["model"] = _cpu_if_alive(model)
-            seconds["prepare"] = sum(_cpu_if_alive(pid) for pid in below if pid != model)
+                seconds["model"] = cpu_seconds_if_alive(model)
+            seconds["prepare"] = sum(cpu_seconds_if_alive(pid) for pid in below if pid != model)
         return seconds
 
     def model_pid(self) -> int | None:
@@ -79,7 +79,8 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").exists()
 
 
-def _cpu_if_alive(pid: int) -> float:
+def cpu_seconds_if_alive(pid: int) -> float:
+    """cpu_seconds, or 0 for a process that has ended."""
     try:
         return cpu_seconds(pid)
     except (OSError, IndexError, ValueError):  # it exited meanwhile
