@@ -50,6 +50,7 @@ class WorkerHealth(Collector):
         self.batcher: Any = None  # set once the model is loaded
         self.heartbeat: Any = None
         self.jobs_done: Callable[[], int] = lambda: 0
+        self.prepare_cache: Callable[[], dict[str, int]] | None = None  # set with the model
         self._stop = threading.Event()
 
     # -- probes ---------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class WorkerHealth(Collector):
         """Report on a loaded worker runtime: its batcher, its jobs, and check it for stalls."""
         self.batcher = runtime.batcher
         self.jobs_done = lambda: int(runtime.jobs_done)
+        self.prepare_cache = runtime.model.cache_counts
         runtime.batcher.on_batch = self.on_batch
         if watchdog_interval_s is not None:
             self.start_watchdog(watchdog_interval_s)
@@ -210,6 +212,7 @@ class WorkerHealth(Collector):
                 beat,
             )
         yield from self._batch_counters(labels, values)
+        yield from self._prepare_cache(labels, values)
         # With a model process, the memory is its devices', sent with its statistics.
         yield from _gpu_memory(labels, values, getattr(self.batcher, "gpu_memory", None))
 
@@ -260,6 +263,35 @@ class WorkerHealth(Collector):
             family = CounterMetricFamily(name, text, labels=labels)
             family.add_metric(values, float(value))
             yield family
+
+    def _prepare_cache(
+        self, labels: list[str], values: list[str]
+    ) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Hits over hits and misses is the share of images prepared once and used again."""
+        if self.prepare_cache is None:
+            return
+        counts = self.prepare_cache()
+        for name, text in (
+            ("hits", "Images found prepared in the prepare cache."),
+            ("misses", "Images looked up in the prepare cache and not found."),
+        ):
+            family = CounterMetricFamily(f"internvl_jobs_prepare_cache_{name}", text, labels=labels)
+            family.add_metric(values, float(counts[name]))
+            yield family
+        yield _gauge(
+            "internvl_jobs_prepare_cache_bytes",
+            "Bytes of prepared images the prepare cache keeps.",
+            labels,
+            values,
+            float(counts["bytes"]),
+        )
+        yield _gauge(
+            "internvl_jobs_prepare_cache_max_bytes",
+            "The prepare cache's bound in bytes (prepare_cache_mb).",
+            labels,
+            values,
+            float(counts["max_bytes"]),
+        )
 
 
 def _gauge(

@@ -54,6 +54,7 @@ from worker.model_messages import (
     settle,
 )
 from worker.model_process import ModelProcessConfig, Submission, serve_model
+from worker.prepare_cache import cache_counts
 from worker.prepare_slots import SlotArena
 
 log = logging.getLogger("worker.model_client")
@@ -179,6 +180,11 @@ class ModelClient:
             self.index.unpin(
                 [key for key, count in zip(keys, tiles, strict=True) if count is not None]
             )
+
+    def cache_counts(self) -> dict[str, int]:
+        """The prepare cache's hits, misses, entries and bytes, as this process's index of it
+        has them (the model process stores what the index decides)."""
+        return cache_counts(self.index)
 
     def cancel_event(self, job_id: str) -> threading.Event:
         """An event whose set() stops the job in the model process."""

@@ -25,6 +25,7 @@ from core.specs import GenerationParams
 from worker.batcher import Batcher
 from worker.device_tiles import ImagePixels, image_tile_count
 from worker.engine import Generation, InternVLEngine, PreparedJob
+from worker.prepare_cache import cache_counts
 
 
 @dataclass
@@ -96,6 +97,9 @@ class ModelHost(Protocol):
     def cached(self, keys: list[Hashable]) -> AbstractContextManager[list[CachedImage | None]]:
         """The images cached under keys (None: not cached), kept while the context is open."""
 
+    def cache_counts(self) -> dict[str, int]:
+        """The prepare cache's hits, misses, entries and bytes (worker.prepare_cache)."""
+
     def cancel_event(self, job_id: str) -> threading.Event:
         """The event that, set, stops a job's generation (wherever the model runs)."""
 
@@ -143,6 +147,10 @@ class LocalModel:
         """The cached images, held by the caller (eviction cannot take them away)."""
         found = [self.engine.prepare_cache.get(key) for key in keys]
         yield [None if i is None else CachedImage(image_tile_count(i), i) for i in found]
+
+    def cache_counts(self) -> dict[str, int]:
+        """The engine's prepare cache's hits, misses, entries and bytes."""
+        return cache_counts(self.engine.prepare_cache)
 
     def cancel_event(self, job_id: str) -> threading.Event:
         """A plain event: the model loop reads it directly."""

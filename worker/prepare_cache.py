@@ -15,8 +15,32 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Protocol
 
 from worker.device_tiles import ImagePixels, image_nbytes
+
+
+class CountedCache(Protocol):
+    """A prepare cache, or the record of one, as the worker reports it."""
+
+    hits: int
+    misses: int
+    bytes: int
+    max_bytes: int
+
+    def __len__(self) -> int: ...
+
+
+def cache_counts(cache: CountedCache) -> dict[str, int]:
+    """What a worker reports of its prepare cache (heartbeat stats, /metrics): lookups that
+    found an image and those that did not, entries, bytes kept, and the bound in bytes."""
+    return {
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "entries": len(cache),
+        "bytes": cache.bytes,
+        "max_bytes": cache.max_bytes,
+    }
 
 
 class PrepareCache:

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -31,6 +31,9 @@ from core.queue import celery_worker, make_celery
 from core.storage import settings_storage
 from worker.health import WorkerHealth, probe_port
 from worker.heartbeat import Heartbeat
+
+if TYPE_CHECKING:
+    from worker.runtime import WorkerRuntime
 
 log = logging.getLogger("worker.process")
 
@@ -74,10 +77,7 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
         return state["runtime"].held_attempts() if state["runtime"] else {}
 
     def stats() -> dict[str, Any]:
-        runtime = state["runtime"]
-        if runtime is None:
-            return {"jobs_done": 0}
-        return {"jobs_done": runtime.jobs_done, **runtime.batcher.stats.as_dict()}
+        return heartbeat_stats(state["runtime"])
 
     heartbeat = Heartbeat(
         sessions=sessions,
@@ -121,6 +121,17 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
             probes.stop()
     if state["model_died"]:
         raise SystemExit("the model process died; the worker exits for its launcher to restart")
+
+
+def heartbeat_stats(runtime: WorkerRuntime | None) -> dict[str, Any]:
+    """What each heartbeat records of the worker (`GET /v1/workers` shows it as `stats`)."""
+    if runtime is None:
+        return {"jobs_done": 0}
+    return {
+        "jobs_done": runtime.jobs_done,
+        **runtime.batcher.stats.as_dict(),
+        "prepare_cache": runtime.model.cache_counts(),
+    }
 
 
 def _start_health(

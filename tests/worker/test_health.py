@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.storage import ObjectStorage
 from tests.support.worker import photo, queue_job
@@ -134,3 +135,43 @@ def test_probe_ports_follow_device_and_model_position() -> None:
     assert probe_port(9310, device="gpu3", model_position=0) == 9313
     assert probe_port(9310, device="gpu2-3", model_position=1) == 9412
     assert probe_port(0, device="gpu1", model_position=0) == 0
+
+
+def test_the_prepare_cache_is_reported_in_the_heartbeat_and_the_metrics(
+    probed: Any, sessions: Any, storage: ObjectStorage
+) -> None:
+    from worker.process import heartbeat_stats
+
+    runtime, hung, _health, base, _exits = probed
+    hung.release.set()
+    before = heartbeat_stats(runtime)["prepare_cache"]
+    image = photo(57, size=(640, 480))
+    for question in ("What is shown?", "What colour is it?"):
+        job = queue_job(
+            sessions, storage, runtime.spec, [image], task="vqa", question=question,
+            params={"max_new_tokens": 3},
+        )  # fmt: skip
+        assert runtime.run_job(job.id) == "succeeded"
+    after = heartbeat_stats(runtime)["prepare_cache"]
+    # The first job prepared the photo and kept it; the second found it.
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
+    assert after["entries"] == before["entries"] + 1 and after["bytes"] > before["bytes"]
+    assert after["max_bytes"] == runtime.spec.prepare_cache_mb * 2**20
+    scraped = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+        for sample in family.samples
+        if sample.name.startswith("internvl_jobs_prepare_cache")
+    }
+    assert scraped == {
+        "internvl_jobs_prepare_cache_hits_total": after["hits"],
+        "internvl_jobs_prepare_cache_misses_total": after["misses"],
+        "internvl_jobs_prepare_cache_bytes": after["bytes"],
+        "internvl_jobs_prepare_cache_max_bytes": after["max_bytes"],
+    }
+
+
+def test_a_worker_without_its_model_yet_reports_no_jobs_done() -> None:
+    from worker.process import heartbeat_stats
+
+    assert heartbeat_stats(None) == {"jobs_done": 0}

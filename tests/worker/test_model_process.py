@@ -252,8 +252,16 @@ def test_the_probes_and_heartbeat_read_the_model_process_statistics(
     batches: list[int] = []
     health.on_batch = lambda size, seconds: batches.append(size)  # type: ignore[method-assign]
     health.watch(runtime, watchdog_interval_s=None)
+    cached = runtime.model.cache_counts()
     job = queue_job(sessions, storage, runtime.spec, [photo(81)], params={"max_new_tokens": 3})
     assert runtime.run_job(job.id) == "succeeded"
+    # The prepare cache as the front's index of it has it: one more image kept.
+    counts = runtime.model.cache_counts()
+    assert counts["misses"] == cached["misses"] + 1 and counts["hits"] == cached["hits"]
+    assert counts["entries"] == cached["entries"] + 1 and counts["bytes"] > cached["bytes"]
+    scraped = {m.name: m.samples[0].value for m in health.collect()}
+    assert scraped["internvl_jobs_prepare_cache_misses"] == counts["misses"]
+    assert scraped["internvl_jobs_prepare_cache_bytes"] == counts["bytes"]
     while runtime.batcher.stats.jobs < 1 or not batches:  # the next statistics message
         threading.Event().wait(0.05)
     report = health.report()
