@@ -119,6 +119,13 @@ def service_arguments(p: argparse.ArgumentParser) -> None:
         help="the worker's model_process setting (auto, on, off); several, "
         "comma-separated (off,on), run one after another and are reported side by side",
     )
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        default=2000,
+        help="--simulated-device/--device: before each size's round, at most this many other "
+        "photos of the size, uncounted, until the worker's prepare cache is full (0: none)",
+    )
     p.add_argument("--json", default="", help="also write the figures to this JSON file")
 
 
@@ -295,6 +302,7 @@ def _simulated_service_bench(args: argparse.Namespace, settings: Any) -> int:
             model_process=mode,
             worker_threads=args.worker_threads,
             embedded=args.embedded,
+            warm_up=args.warm_up,
         )
         report["load_average"] = {"before": load_before, "after": _load_average()}
         print(format_simulated_report(report))  # noqa: T201 - the command's output

@@ -38,6 +38,8 @@ from devtools.harness import free_port, moto_server
 from devtools.tiny_model import PRESETS, build_processor, train_tokenizer
 
 HEARTBEAT_S = 0.5  # the worker's busy time is read from its heartbeat
+WARM_UP_STEP = 32  # photos sent first to learn how many bytes of the prepare cache each takes
+WARM_UP_SEEDS = 10**7  # warm-up photos are others than any round's
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,15 @@ def run_simulated_bench(
     model_process: str = "auto",
     worker_threads: int = 0,
     embedded: bool = False,
+    warm_up: int = 0,
 ) -> dict[str, Any]:
-    """One round per image size through the whole service on the accelerator."""
+    """One round per image size through the whole service on the accelerator.
+
+    Before each round, up to `warm_up` other photos of its size go through uncounted, until
+    the worker's prepare cache is full (`warm_up_photos`): a worker that has run a while
+    keeps its cache at its bound, evicting as it adds, while one that has not yet filled it
+    pays for the new memory (its first pages) in each job it keeps.
+    """
     from core.migrations import upgrade
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -132,9 +141,11 @@ def run_simulated_bench(
         through_service(running.base, [photo_jpeg(64, 48, seed=10**6)], 2)  # warm-up
         prepare_ms = prepare_meter(spec.checkpoint)
         for seed, (width, height) in enumerate(sizes):
+            first_seed = WARM_UP_SEEDS + 10**5 * seed
+            warmed = fill_prepare_cache(running.base, (width, height), first_seed, warm_up)
             pictures = photos(width, height, seeds=range(1000 * seed, 1000 * seed + jobs))
             row = _round(running, pictures, (width, height), new_tokens, meter, servers)
-            rows.append(_with_overhead(row, prepare_ms(pictures)))
+            rows.append({**_with_overhead(row, prepare_ms(pictures)), "warm_up_photos": warmed})
     return {
         "device": accelerator.name,
         "stack": "embedded" if embedded else "servers",
@@ -154,9 +165,55 @@ def _embedded_settings(spec: ModelSpec, log_dir: Path) -> Settings:
     return bench_settings(spec, log_dir, database_url="", broker_url="", storage_url="")
 
 
+def fill_prepare_cache(base: str, size: tuple[int, int], first_seed: int, most: int) -> int:
+    """Send distinct photos of `size` through the service, uncounted, until the worker's
+    prepare cache is full or `most` have gone; how many went."""
+    if most <= 0:
+        return 0
+    sent = 0
+    start = None
+    while True:
+        time.sleep(2 * HEARTBEAT_S)  # the last photos' entries reach the heartbeat
+        now = _worker_stats(base).get("prepare_cache")
+        start = start or now
+        more = warm_up_photos(start, now, sent, most)
+        if not more:
+            return sent
+        seeds = range(first_seed + sent, first_seed + sent + more)
+        through_service(base, photos(*size, seeds=seeds), 2, client_threads=16)
+        sent += more
+
+
+def warm_up_photos(
+    start: dict[str, int] | None, now: dict[str, int] | None, sent: int, most: int
+) -> int:
+    """How many more photos fill the worker's prepare cache, `start` and `now` its counts
+    before the first and after the last of `sent` photos, within `most` in all: a first step,
+    then as many as the room left takes at the bytes each of them added. 0 when one more
+    would evict (or entries no longer grow: it evicts already), or there is no cache."""
+    if start is None or now is None or sent >= most or now["max_bytes"] <= 0:
+        return 0
+    if not sent:
+        return min(WARM_UP_STEP, most)
+    grew = now["entries"] - start["entries"]
+    if grew <= 0:
+        return 0
+    each = (now["bytes"] - start["bytes"]) / grew
+    room = now["max_bytes"] - now["bytes"]
+    if each <= 0 or room < each:
+        return 0
+    return min(int(room // each) + 1, most - sent)
+
+
+def _worker_stats(base: str) -> dict[str, Any]:
+    """The worker's heartbeat statistics (GET /v1/workers)."""
+    stats: dict[str, Any] = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]["stats"]
+    return stats
+
+
 def _device_and_loop_s(base: str) -> tuple[float, float]:
     """The worker's device-busy seconds and its model loop's CPU seconds, from its heartbeat."""
-    stats = httpx.get(f"{base}/v1/workers", timeout=5).json()["workers"][0]["stats"]
+    stats = _worker_stats(base)
     return float(stats.get("busy_s", 0.0)), float(stats.get("loop_cpu_s", 0.0))
 
 
@@ -254,14 +311,15 @@ def format_simulated_report(report: dict[str, Any]) -> str:
         f"{report['device']}, {report['stack']} stack, {report['jobs']} caption jobs per size, "
         f"{report['new_tokens']} new tokens, model process {report['model_process']}, "
         f"task threads {report['worker_threads'] or 'automatic'}; "
-        "host CPU ms per job; postgres, redis: those servers' CPU (where readable; counted "
+        "warm-up: photos of the size sent first, uncounted, to fill the worker's prepare "
+        "cache; host CPU ms per job; postgres, redis: those servers' CPU (where readable; counted "
         "nowhere else); device busy: the engine's generate time over the wall time; GPU: "
         "NVML's mean utilization; overhead: the service's processes (not s3) less the "
         "worker's preparing and the model loop's thread",
-        "| image | tiles | ok | jobs/s | device busy | GPU | device ms/job | "
+        "| image | tiles | warm-up | ok | jobs/s | device busy | GPU | device ms/job | "
         + "".join(f"{name} | " for name in roles + servers)
         + "cores per device | of which preparing | of which model loop | overhead |",
-        "|---|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
         + "---:|" * (len(roles) + len(servers))
         + "---:|---:|---:|---:|",
     ]
@@ -269,7 +327,8 @@ def format_simulated_report(report: dict[str, Any]) -> str:
         cpu = "".join(f"{row['host_cpu_ms_per_job'][role]} | " for role in roles)
         cpu += "".join(f"{row['server_cpu_ms_per_job'][name]} | " for name in servers)
         lines.append(
-            f"| {row['size']} | {row['tiles']} | {row['succeeded']} | {row['jobs_per_s']} "
+            f"| {row['size']} | {row['tiles']} | {row.get('warm_up_photos', 0)} "
+            f"| {row['succeeded']} | {row['jobs_per_s']} "
             f"| {row['device_busy_fraction']:.1%} | {_percent(row['gpu_utilization'])} "
             f"| {row['device_ms_per_job']} | {cpu}"
             f"{row['cores_per_device']} | {row['prepare_ms_per_job']} "

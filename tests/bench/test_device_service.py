@@ -25,7 +25,7 @@ def test_real_engine_rounds_run_on_the_embedded_stack_without_the_server_package
 ) -> None:
     report = tmp_path / "device.json"
     args = ["bench", "service", "--device", "cpu", "--preset", "test", "--embedded"]
-    args += ["--sizes", "64x48,96x64", "--images", "3", "--new-tokens", "3"]
+    args += ["--sizes", "64x48,96x64", "--images", "3", "--new-tokens", "3", "--warm-up", "4"]
     args += ["--max-batch-size", "3", "--cache-dir", str(tmp_path / "models")]
     args += ["--log-dir", str(tmp_path / "logs"), "--json", str(report)]
     env = {
@@ -47,6 +47,7 @@ def test_real_engine_rounds_run_on_the_embedded_stack_without_the_server_package
     assert [row["size"] for row in figures["rows"]] == ["64x48", "96x64"]
     for row in figures["rows"]:
         assert row["succeeded"] == 3
+        assert row["warm_up_photos"] == 4  # the most asked for: tiny photos fill no cache
         assert 0 < row["device_busy_fraction"] <= 1
         assert row["gpu_utilization"] is None  # no GPU here
         assert set(row["host_cpu_ms_per_job"]) >= {"api", "worker", "sweeper"}
