@@ -7,16 +7,24 @@ steps enabled. The filesystem broker of dev mode has no priorities.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from celery import Celery
+from kombu.transport import filesystem as kombu_filesystem
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 from core.config import ModelSpec, Settings
+
+log = logging.getLogger("core.queue")
 
 RUN_JOB_TASK = "internvl_jobs.run_job"
 WEBHOOK_QUEUE = "internvl.webhooks"
@@ -86,6 +94,46 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _RedisChannel
 
 
+class _FilesystemChannel(kombu_filesystem.Channel):
+    """kombu's filesystem channel, with each message written whole before it can be read.
+
+    kombu creates a message's file in the queue folder and then writes it, so a consumer
+    listing the folder in between takes an empty file: it fails to decode it and the worker's
+    consumer stops with an unrecoverable error (kombu issue #1551), the message gone. Here the
+    message is written under a name no consumer reads (a leading dot: the queue's messages are
+    `<time>_<uuid>.<queue>.msg`) and renamed into place, which is atomic on one filesystem.
+    A message that still cannot be decoded (a file left half written by a crash before this
+    change) is dropped with a warning instead of stopping the consumer: the job's row is the
+    record, and the sweeper publishes a queued job whose message went missing again.
+    """
+
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.part")
+        try:
+            with open(partial, "wb") as out:
+                out.write(dumps(payload).encode())  # type: ignore[no-untyped-call]
+            os.replace(partial, final)
+        except OSError as exc:
+            with suppress(OSError):
+                os.remove(partial)
+            raise kombu_filesystem.ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        while True:
+            try:
+                return super()._get(queue)  # type: ignore[no-untyped-call]
+            except ValueError:  # json.JSONDecodeError: not a whole message
+                log.warning("dropped an undecodable message of queue %s", queue)
+
+
+class FilesystemTransport(kombu_filesystem.Transport):
+    """kombu's filesystem transport with the channel above (the embedded broker)."""
+
+    Channel = _FilesystemChannel
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for at-least-once delivery of job ids."""
     url, transport_options = broker_options(settings.broker_url)
@@ -119,6 +167,8 @@ def make_celery(settings: Settings) -> Celery:
     )
     if url.startswith("redis://"):  # rediss:// keeps kombu's own, which sets its TLS up
         app.conf.broker_transport = f"{__name__}:RedisTransport"
+    elif url.startswith("filesystem://"):
+        app.conf.broker_transport = f"{__name__}:FilesystemTransport"
     return app
 
 

@@ -1,13 +1,22 @@
-"""The Celery app's broker: kombu's Redis transport, one client per channel, hiredis parsing."""
+"""The Celery app's broker: kombu's Redis transport, one client per channel, hiredis parsing;
+the embedded broker's messages written whole before they can be read."""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from queue import Empty
 from typing import Any
 
+import pytest
 from redis._parsers import _HiredisParser
 
+import core.queue as queue_module
 from core.config import Settings
-from core.queue import RedisTransport, make_celery
+from core.queue import FilesystemTransport, RedisTransport, make_celery
 
 
 def test_a_redis_broker_channel_reuses_one_client_until_its_pool_is_replaced(
@@ -31,13 +40,81 @@ def test_a_redis_broker_channel_reuses_one_client_until_its_pool_is_replaced(
         app.close()
 
 
-def test_tls_and_embedded_brokers_keep_kombus_own_transports(service_settings: Settings) -> None:
+def test_a_tls_broker_keeps_kombus_own_transport(service_settings: Settings) -> None:
     tls = service_settings.model_copy(update={"broker_url": "rediss://cache.invalid:6380/0"})
     assert make_celery(tls).conf.broker_transport is None
-    embedded = service_settings.model_copy(
-        update={"broker_url": f"filesystem://{service_settings.data_dir / 'broker'}"}
-    )
-    assert make_celery(embedded).conf.broker_transport is None
+
+
+@pytest.fixture
+def embedded_channel(service_settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    embedded = service_settings.model_copy(update={"broker_url": f"filesystem://{tmp_path}"})
+    app = make_celery(embedded)
+    try:
+        with app.connection_for_write() as connection:
+            assert isinstance(connection.transport, FilesystemTransport)
+            yield connection.default_channel
+    finally:
+        app.close()
+
+
+def test_an_embedded_message_cannot_be_read_before_it_is_written_whole(
+    embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+
+    def read_while_writing(payload: Any) -> str:
+        # Runs while the publisher writes its message: a consumer must find nothing yet.
+        try:
+            seen.append(embedded_channel._get("jobs"))
+        except Empty:
+            seen.append("empty")
+        return json.dumps(payload)
+
+    monkeypatch.setattr(queue_module, "dumps", read_while_writing)
+    embedded_channel._put("jobs", {"body": "job_1"})
+    assert seen == ["empty"]
+    assert embedded_channel._get("jobs") == {"body": "job_1"}
+    with pytest.raises(Empty):
+        embedded_channel._get("jobs")
+
+
+def test_kombus_own_filesystem_channel_hands_out_a_message_being_written(
+    embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Why the channel above exists (kombu issue #1551): if kombu's own writer no longer lets
+    # a consumer take its file before the message is in it, this fails and the channel above
+    # can go.
+    import kombu.transport.filesystem as kombu_filesystem
+
+    seen: list[str] = []
+
+    def read_while_writing(payload: Any) -> str:
+        try:
+            kombu_filesystem.Channel._get(embedded_channel, "jobs")
+            seen.append("read")
+        except ValueError:
+            seen.append("undecodable")
+        except Empty:
+            seen.append("empty")
+        return json.dumps(payload)
+
+    monkeypatch.setattr(kombu_filesystem, "dumps", read_while_writing)
+    kombu_filesystem.Channel._put(embedded_channel, "jobs", {"body": "job_1"})
+    assert seen == ["undecodable"]  # the file was there, empty, and is now gone
+    with pytest.raises(Empty):
+        embedded_channel._get("jobs")
+
+
+def test_an_undecodable_embedded_message_is_dropped_not_fatal(
+    embedded_channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = Path(embedded_channel.data_folder_in)
+    (folder / "1_00000000-0000-0000-0000-000000000000.jobs.msg").write_bytes(b"")
+    embedded_channel._put("jobs", {"body": "job_2"})
+    with caplog.at_level(logging.WARNING, logger="core.queue"):
+        assert embedded_channel._get("jobs") == {"body": "job_2"}
+    assert "dropped an undecodable message of queue jobs" in caplog.text
+    assert not [name for name in os.listdir(folder) if name.endswith(".jobs.msg")]
 
 
 def test_broker_replies_are_parsed_by_hiredis(service_settings: Settings) -> None:
