@@ -34,7 +34,15 @@ class Stack:
         """CPU time (user + system) each process has used so far; "prepare" is the worker's
         prepare processes (its descendants: the fork server and the processes it forked),
         "model" its model process when it has one (`model_process`), not counted in prepare."""
-        seconds = {role: cpu_seconds(pid) for role, pid in self.pids.items()}
+        seconds = {}
+        for role, pid in self.pids.items():
+            try:
+                seconds[role] = cpu_seconds(pid)
+            except OSError as exc:  # a figure without this process's CPU would be wrong
+                raise RuntimeError(
+                    f"the {role} process ({pid}) has exited (a worker restarted by its "
+                    "launcher, say): see its log; the figures of this run would not count it"
+                ) from exc
         if "worker" in self.pids:
             below = descendants(self.pids["worker"])
             model = self.model_pid()
