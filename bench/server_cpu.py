@@ -61,13 +61,15 @@ def postgres_postmaster(database_url: str) -> int | None:
     try:
         with engine.connect() as connection:
             backend = int(connection.execute(text("select pg_backend_pid()")).scalar_one())
+            # Read while the connection is open: once it closes, the backend exits and its
+            # /proc entry goes, which on a quick exit made this server look like a remote one.
+            try:
+                postmaster = int(_stat(backend)[1])
+                name = Path(f"/proc/{postmaster}/comm").read_text().strip()
+            except (OSError, IndexError, ValueError):  # no such process here: elsewhere
+                return None
     finally:
         engine.dispose()
-    try:
-        postmaster = int(_stat(backend)[1])
-        name = Path(f"/proc/{postmaster}/comm").read_text().strip()
-    except (OSError, IndexError, ValueError):  # no such process here: the server is elsewhere
-        return None
     return postmaster if name in ("postgres", "postmaster") else None
 
 
