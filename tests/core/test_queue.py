@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -57,20 +58,29 @@ def embedded_channel(service_settings: Settings, tmp_path: Path) -> Iterator[Any
         app.close()
 
 
-def test_an_embedded_message_cannot_be_read_before_it_is_written_whole(
-    embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[Any] = []
+def reading_while_writing(read: Callable[[], Any], seen: list[str]) -> Callable[[Any], str]:
+    """A stand-in for the publisher's JSON encoder: it runs while the publisher writes its
+    message, tries `read` (a consumer's read of the queue) and notes what it found."""
 
-    def read_while_writing(payload: Any) -> str:
-        # Runs while the publisher writes its message: a consumer must find nothing yet.
+    def dumps(payload: Any) -> str:
         try:
-            seen.append(embedded_channel._get("jobs"))
+            read()
+            seen.append("read")
+        except ValueError:
+            seen.append("undecodable")
         except Empty:
             seen.append("empty")
         return json.dumps(payload)
 
-    monkeypatch.setattr(queue_module, "dumps", read_while_writing)
+    return dumps
+
+
+def test_an_embedded_message_cannot_be_read_before_it_is_written_whole(
+    embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    read = partial(embedded_channel._get, "jobs")
+    monkeypatch.setattr(queue_module, "dumps", reading_while_writing(read, seen))
     embedded_channel._put("jobs", {"body": "job_1"})
     assert seen == ["empty"]
     assert embedded_channel._get("jobs") == {"body": "job_1"}
@@ -87,18 +97,8 @@ def test_kombus_own_filesystem_channel_hands_out_a_message_being_written(
     import kombu.transport.filesystem as kombu_filesystem
 
     seen: list[str] = []
-
-    def read_while_writing(payload: Any) -> str:
-        try:
-            kombu_filesystem.Channel._get(embedded_channel, "jobs")
-            seen.append("read")
-        except ValueError:
-            seen.append("undecodable")
-        except Empty:
-            seen.append("empty")
-        return json.dumps(payload)
-
-    monkeypatch.setattr(kombu_filesystem, "dumps", read_while_writing)
+    read = partial(kombu_filesystem.Channel._get, embedded_channel, "jobs")
+    monkeypatch.setattr(kombu_filesystem, "dumps", reading_while_writing(read, seen))
     kombu_filesystem.Channel._put(embedded_channel, "jobs", {"body": "job_1"})
     assert seen == ["undecodable"]  # the file was there, empty, and is now gone
     with pytest.raises(Empty):
