@@ -16,6 +16,7 @@ from bench.simulated import format_simulated_report
 def test_postgres_counts_the_work_of_a_backend_that_has_ended(pg_url: str) -> None:
     read = server_cpu_meter(pg_url, "")
     before = read()
+    assert set(before) == {"postgres"}  # the server on this host was found
     engine = create_engine(pg_url, poolclass=NullPool)  # the backend exits when it closes
     try:
         with engine.connect() as connection:
