@@ -94,6 +94,20 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _RedisChannel
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def message_name(queue: str, at_ms: int) -> str:
+    """The file name of an embedded-broker message written at `at_ms` (unix milliseconds).
+
+    Consumers take a queue's files in sorted name order, so the time is zero-padded: kombu's
+    own names (unpadded milliseconds of the host's uptime) sort 10,000 before 9,999 and start
+    again from 0 after a reboot, so a queue was not first in, first out.
+    """
+    return f"{at_ms:016d}_{uuid.uuid4()}.{queue}.msg"
+
+
 class _FilesystemChannel(kombu_filesystem.Channel):
     """kombu's filesystem channel, with each message written whole before it can be read.
 
@@ -101,14 +115,14 @@ class _FilesystemChannel(kombu_filesystem.Channel):
     listing the folder in between takes an empty file: it fails to decode it and the worker's
     consumer stops with an unrecoverable error (kombu issue #1551), the message gone. Here the
     message is written under a name no consumer reads (a leading dot: the queue's messages are
-    `<time>_<uuid>.<queue>.msg`) and renamed into place, which is atomic on one filesystem.
+    named by `message_name`) and renamed into place, which is atomic on one filesystem.
     A message that still cannot be decoded (a file left half written by a crash before this
     change) is dropped with a warning instead of stopping the consumer: the job's row is the
     record, and the sweeper publishes a queued job whose message went missing again.
     """
 
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        name = message_name(queue, _now_ms())
         final = os.path.join(self.data_folder_out, name)
         partial = os.path.join(self.data_folder_out, f".{name}.part")
         try:

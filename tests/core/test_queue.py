@@ -17,7 +17,7 @@ from redis._parsers import _HiredisParser
 
 import core.queue as queue_module
 from core.config import Settings
-from core.queue import FilesystemTransport, RedisTransport, make_celery
+from core.queue import FilesystemTransport, RedisTransport, make_celery, message_name
 
 
 def test_a_redis_broker_channel_reuses_one_client_until_its_pool_is_replaced(
@@ -109,7 +109,7 @@ def test_an_undecodable_embedded_message_is_dropped_not_fatal(
     embedded_channel: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = Path(embedded_channel.data_folder_in)
-    (folder / "1_00000000-0000-0000-0000-000000000000.jobs.msg").write_bytes(b"")
+    (folder / message_name("jobs", 0)).write_bytes(b"")  # older than any message put now
     embedded_channel._put("jobs", {"body": "job_2"})
     with caplog.at_level(logging.WARNING, logger="core.queue"):
         assert embedded_channel._get("jobs") == {"body": "job_2"}
@@ -131,3 +131,15 @@ def test_broker_replies_are_parsed_by_hiredis(service_settings: Settings) -> Non
                     client.connection_pool.release(pooled)
     finally:
         app.close()
+
+
+def test_embedded_messages_are_taken_in_the_order_they_were_put(
+    embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 9,999 and 10,000 ms: unpadded, "10000_..." sorts first and the queue would not be FIFO.
+    times = iter([9_999, 10_000, 10_001])
+    monkeypatch.setattr(queue_module, "_now_ms", lambda: next(times))
+    for body in ("first", "second", "third"):
+        embedded_channel._put("jobs", {"body": body})
+    taken = [embedded_channel._get("jobs")["body"] for _ in range(3)]
+    assert taken == ["first", "second", "third"]
