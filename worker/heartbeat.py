@@ -56,6 +56,7 @@ class Heartbeat:
         self.state = WorkerState.STARTING
         self.last_beat_at: float | None = None  # unix time of the last recorded beat
         self._stop = threading.Event()
+        self._beat_now = threading.Event()  # set by record_state: beat at once, not on time
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -63,9 +64,16 @@ class Heartbeat:
         self.beat()
         self._thread.start()
 
+    def record_state(self, state: WorkerState) -> None:
+        """Take a new state and have the thread record it now, not at the next interval: a
+        worker that starts taking jobs is listed ready within moments, not heartbeat_s later."""
+        self.state = state
+        self._beat_now.set()
+
     def stop(self, *, final_state: WorkerState = WorkerState.STOPPED) -> None:
         """Stop beating and record the final state."""
         self._stop.set()
+        self._beat_now.set()
         self._thread.join(self.interval_s + 5)
         self.state = final_state
         try:
@@ -75,9 +83,13 @@ class Heartbeat:
 
     def _run(self) -> None:
         next_beat = time.monotonic() + self.interval_s
-        while not self._stop.wait(self.poll_s):
+        while True:
+            self._beat_now.wait(self.poll_s)
+            if self._stop.is_set():
+                return
             try:
-                if time.monotonic() >= next_beat:
+                if self._beat_now.is_set() or time.monotonic() >= next_beat:
+                    self._beat_now.clear()
                     next_beat = time.monotonic() + self.interval_s
                     self.beat()
                 else:

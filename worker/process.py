@@ -108,11 +108,13 @@ def serve(*, settings: Settings, model_alias: str, device: str, loglevel: str = 
     state["runtime"] = runtime
     health.watch(runtime)
     runtime.batcher.start()
-    heartbeat.state = health.state = WorkerState.READY
+    health.state = WorkerState.READY
+    heartbeat.record_state(WorkerState.READY)
     try:
         _consume(settings, runtime, name, loglevel)
     finally:
-        heartbeat.state = health.state = WorkerState.STOPPING
+        health.state = WorkerState.STOPPING
+        heartbeat.record_state(WorkerState.STOPPING)
         health.stop_watchdog()
         runtime.batcher.stop()
         runtime.preparing.close()

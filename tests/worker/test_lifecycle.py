@@ -225,3 +225,38 @@ def test_shutdown_grace_hands_back_a_batch_that_runs_too_long(
     assert sweep_once(sessions=sessions, celery=celery, settings=service_settings).exhausted == 0
     celery.close()
     assert load(sessions, job.id).status == "queued"
+
+
+def test_a_new_state_is_recorded_at_once_not_at_the_next_beat(
+    sessions: Any, service_settings: Settings
+) -> None:
+    from core.models import Worker, WorkerState
+
+    heartbeat = Heartbeat(
+        sessions=sessions,
+        worker_id="cpu0.tiny@host-a",
+        device="cpu0",
+        model="tiny",
+        queue="internvl.tiny",
+        lease_s=300,
+        interval_s=60,  # no regular beat comes during this test
+        held=dict,
+        on_check=lambda check: None,
+        stats=dict,
+    )
+
+    def recorded() -> str:
+        with sessions() as session:
+            return str(session.get(Worker, "cpu0.tiny@host-a").state)
+
+    heartbeat.start()
+    try:
+        assert recorded() == WorkerState.STARTING
+        heartbeat.record_state(WorkerState.READY)
+        deadline = time.monotonic() + 10
+        while recorded() != WorkerState.READY:
+            assert time.monotonic() < deadline, "the ready state was not recorded"
+            time.sleep(0.05)
+    finally:
+        heartbeat.stop()
+    assert recorded() == WorkerState.STOPPED
