@@ -143,3 +143,13 @@ def test_embedded_messages_are_taken_in_the_order_they_were_put(
         embedded_channel._put("jobs", {"body": body})
     taken = [embedded_channel._get("jobs")["body"] for _ in range(3)]
     assert taken == ["first", "second", "third"]
+
+
+def test_a_message_named_the_old_way_is_still_delivered(embedded_channel: Any) -> None:
+    # A message left by a version that named files by unpadded uptime (kombu's names).
+    folder = Path(embedded_channel.data_folder_in)
+    old_name = "291510_00000000-0000-0000-0000-000000000000.jobs.msg"
+    (folder / old_name).write_text(json.dumps({"body": "left before the upgrade"}))
+    embedded_channel._put("jobs", {"body": "put after"})
+    taken = [embedded_channel._get("jobs")["body"] for _ in range(2)]
+    assert taken == ["put after", "left before the upgrade"]
