@@ -226,7 +226,8 @@ def check_deployment_metrics(metrics: dict[str, Samples]) -> None:
     tiny = {"model": "tiny", "task": "caption"}
     assert value(api, "internvl_jobs_jobs_submitted_total", **tiny) == 3
     assert value(api, "internvl_jobs_queue_depth", model="tiny", queue="internvl.tiny") == 0
-    assert value(api, "internvl_jobs_workers", model="tiny", state="ready") == 1
+    workers = {k: v for k, v in api.items() if k[0].startswith("internvl_jobs_worker")}
+    assert value(api, "internvl_jobs_workers", model="tiny", state="ready") == 1, workers
     sweep = "internvl_jobs_sweeper_last_sweep_timestamp_seconds"
     assert value(metrics["sweeper"], sweep) > 0
     attempts = "internvl_jobs_webhook_attempts_total"
