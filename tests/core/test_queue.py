@@ -117,22 +117,6 @@ def test_an_undecodable_embedded_message_is_dropped_not_fatal(
     assert not [name for name in os.listdir(folder) if name.endswith(".jobs.msg")]
 
 
-def test_broker_replies_are_parsed_by_hiredis(service_settings: Settings) -> None:
-    app = make_celery(service_settings)
-    try:
-        with app.connection_for_write() as connection:
-            channel: Any = connection.default_channel
-            with channel.conn_or_acquire() as client:
-                assert client.ping()
-                pooled = client.connection_pool.get_connection()
-                try:
-                    assert isinstance(pooled._parser, _HiredisParser)
-                finally:
-                    client.connection_pool.release(pooled)
-    finally:
-        app.close()
-
-
 def test_embedded_messages_are_taken_in_the_order_they_were_put(
     embedded_channel: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,3 +137,19 @@ def test_a_message_named_the_old_way_is_still_delivered(embedded_channel: Any) -
     embedded_channel._put("jobs", {"body": "put after"})
     taken = [embedded_channel._get("jobs")["body"] for _ in range(2)]
     assert taken == ["put after", "left before the upgrade"]
+
+
+def test_broker_replies_are_parsed_by_hiredis(service_settings: Settings) -> None:
+    app = make_celery(service_settings)
+    try:
+        with app.connection_for_write() as connection:
+            channel: Any = connection.default_channel
+            with channel.conn_or_acquire() as client:
+                assert client.ping()
+                pooled = client.connection_pool.get_connection()
+                try:
+                    assert isinstance(pooled._parser, _HiredisParser)
+                finally:
+                    client.connection_pool.release(pooled)
+    finally:
+        app.close()
